@@ -1,0 +1,5 @@
+import sys
+
+from omniglue_sfm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,389 @@
+"""The files between stages: ``features.h5``, ``matches.h5``, ``global.h5`` and ``pairs.txt``.
+
+Contract (DESIGN.md §1):
+
+* ``features.h5``: one group per image, keyed by its POSIX path relative to the image folder
+  (nested groups for sub-folders, as hloc does). Datasets ``keypoints`` float32 (N, 2) in
+  original-image pixels (centre of the top-left pixel at (0, 0)), ``scores`` float32 (N,),
+  ``descriptors`` (D, N), ``image_size`` int (W, H) and, for guided matchers, ``guidance``
+  float16 (C, N). Keypoints are never stored in float16.
+* ``matches.h5``: one entry per unordered pair, stored once under the canonical (sorted) order
+  and found whichever order is asked for. Pair keys percent-encode each name, so they are
+  collision-free (hloc's ``/`` -> ``-`` is not). ``matches0`` int32 (N0,) index into image 1
+  or -1; ``matching_scores0`` float32 (N0,).
+* Every file carries the configuration that made it in its root attribute ``config`` (JSON).
+  Re-opening with a different configuration raises :class:`ConfigMismatchError`; nothing is
+  ever silently mixed.
+
+Crash safety: results are buffered and flushed as small shard files
+(``<file>.parts/shard-*.h5``), each written to a temporary name and renamed, which is atomic on
+POSIX. ``kill -9`` can therefore only lose the unflushed buffer, never corrupt what was written.
+``finalize()`` merges the shards into the final file, again through a temporary file and a
+rename. A re-run reads the final file plus the surviving shards and skips the keys they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import h5py
+import numpy as np
+
+CONFIG_ATTR = "config"
+
+
+class ConfigMismatchError(RuntimeError):
+    """An output file exists but was made with another configuration."""
+
+
+# --------------------------------------------------------------------------------------------
+# names and keys
+
+
+def pair_key(name0: str, name1: str) -> str:
+    """Collision-free HDF5 key of an unordered pair (canonical order, percent-encoded names)."""
+    a, b = sorted((name0, name1))
+    return f"{quote(a, safe='')}/{quote(b, safe='')}"
+
+
+def split_pair_key(key: str) -> tuple[str, str]:
+    a, b = key.split("/")
+    return unquote(a), unquote(b)
+
+
+def canonical_pair(name0: str, name1: str) -> tuple[str, str]:
+    a, b = sorted((name0, name1))
+    return a, b
+
+
+def config_to_json(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# sharded, resumable writer
+
+
+def _item_paths(h5: h5py.File, kind: str) -> list[str]:
+    """Keys of the complete items in an open file (groups holding the marker dataset)."""
+    marker = "keypoints" if kind == "features" else _MARKERS[kind]
+    found: list[str] = []
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Group) and marker in obj:
+            found.append(name)
+
+    h5.visititems(visit)
+    return found
+
+
+_MARKERS = {"features": "keypoints", "matches": "matches0", "global": "global_descriptor"}
+
+
+def _write_item(h5: h5py.File, key: str, item: dict[str, np.ndarray], attrs: dict | None) -> None:
+    if key in h5:
+        del h5[key]
+    group = h5.create_group(key)
+    for dname, value in item.items():
+        group.create_dataset(dname, data=value)
+    for aname, value in (attrs or {}).items():
+        group.attrs[aname] = value
+
+
+def _copy_items(src: h5py.File, dst: h5py.File, keys: Iterable[str]) -> None:
+    for key in keys:
+        if key in dst:
+            del dst[key]
+        parent = os.path.dirname(key)
+        if parent and parent not in dst:
+            dst.require_group(parent)
+        src.copy(src[key], dst, name=key)
+
+
+class ShardedH5:
+    """A resumable HDF5 output of independent items (images or pairs).
+
+    ``kind`` is ``"features"``, ``"matches"`` or ``"global"``; ``config`` is the configuration
+    that makes the items (stored as JSON and checked on re-open).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        kind: str,
+        config: dict,
+        overwrite: bool = False,
+        flush_every: int = 64,
+        flush_seconds: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.config_json = config_to_json(config)
+        self.parts_dir = self.path.with_name(self.path.name + ".parts")
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._buffer: list[tuple[str, dict, dict | None]] = []
+        self._last_flush = time.monotonic()
+        if overwrite:
+            self._remove_all()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._done = self._scan_existing()
+
+    # ---- state on disk
+    def _shards(self) -> list[Path]:
+        if not self.parts_dir.exists():
+            return []
+        return sorted(self.parts_dir.glob("shard-*.h5"))
+
+    def _remove_all(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        if self.parts_dir.exists():
+            for p in self.parts_dir.iterdir():
+                p.unlink()
+            self.parts_dir.rmdir()
+
+    def _check_config(self, h5: h5py.File, where: Path) -> None:
+        found = h5.attrs.get(CONFIG_ATTR)
+        if found is None:
+            raise ConfigMismatchError(
+                f"{where} was not written by omniglue-sfm (no '{CONFIG_ATTR}' attribute); "
+                "use another output folder or --overwrite."
+            )
+        if isinstance(found, bytes):
+            found = found.decode()
+        if found != self.config_json:
+            raise ConfigMismatchError(
+                f"{where} was made with another configuration:\n  found:    {found}\n"
+                f"  expected: {self.config_json}\nUse another output folder or --overwrite."
+            )
+
+    def _scan_existing(self) -> set[str]:
+        done: set[str] = set()
+        sources = ([self.path] if self.path.exists() else []) + self._shards()
+        for src in sources:
+            with h5py.File(src, "r") as h5:
+                self._check_config(h5, src)
+                done.update(_item_paths(h5, self.kind))
+        return done
+
+    # ---- public API
+    def __contains__(self, key: str) -> bool:
+        return key in self._done or any(k == key for k, _, _ in self._buffer)
+
+    @property
+    def done(self) -> set[str]:
+        return set(self._done) | {k for k, _, _ in self._buffer}
+
+    def add(self, key: str, item: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+        self._buffer.append((key, item, attrs))
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._last_flush > self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffer as one new shard (temporary name, then atomic rename)."""
+        if not self._buffer:
+            return
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        final = self.parts_dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+        tmp = final.with_suffix(".h5.tmp")
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs[CONFIG_ATTR] = self.config_json
+            for key, item, attrs in self._buffer:
+                _write_item(h5, key, item, attrs)
+        _fsync(tmp)
+        os.replace(tmp, final)
+        self._done.update(k for k, _, _ in self._buffer)
+        self._buffer.clear()
+        self._last_flush = time.monotonic()
+
+    def finalize(self) -> Path:
+        """Merge everything into ``path`` (atomically) and delete the shards."""
+        self.flush()
+        shards = self._shards()
+        if not shards and self.path.exists():
+            return self.path
+        tmp = self.path.with_name(self.path.name + ".merge.tmp")
+        with h5py.File(tmp, "w") as out:
+            out.attrs[CONFIG_ATTR] = self.config_json
+            for src_path in ([self.path] if self.path.exists() else []) + shards:
+                with h5py.File(src_path, "r") as src:
+                    _copy_items(src, out, _item_paths(src, self.kind))
+        _fsync(tmp)
+        os.replace(tmp, self.path)
+        for shard in shards:
+            shard.unlink()
+        for leftover in self.parts_dir.glob("*.tmp") if self.parts_dir.exists() else []:
+            leftover.unlink()
+        if self.parts_dir.exists() and not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
+        return self.path
+
+    def __enter__(self) -> ShardedH5:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an exception (Ctrl-C included) keep what was computed, as a shard, for the re-run.
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.flush()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
+    """Merge finished files (e.g. match shards from several machines) with equal configs."""
+    configs = set()
+    for src in sources:
+        with h5py.File(src, "r") as h5:
+            configs.add(h5.attrs.get(CONFIG_ATTR))
+    if len(configs) != 1:
+        raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
+    config = json.loads(configs.pop())
+    store = ShardedH5(dest, kind, config)
+    tmp = dest.with_name(dest.name + ".merge.tmp")
+    with h5py.File(tmp, "w") as out:
+        out.attrs[CONFIG_ATTR] = store.config_json
+        for src_path in ([dest] if dest.exists() else []) + list(sources):
+            with h5py.File(src_path, "r") as src:
+                _copy_items(src, out, _item_paths(src, kind))
+    os.replace(tmp, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+
+
+def read_config(path: Path | str) -> dict:
+    with h5py.File(path, "r") as h5:
+        value = h5.attrs[CONFIG_ATTR]
+    return json.loads(value.decode() if isinstance(value, bytes) else value)
+
+
+def list_names(path: Path | str, kind: str = "features") -> list[str]:
+    with h5py.File(path, "r") as h5:
+        return sorted(_item_paths(h5, kind))
+
+
+def read_features(path: Path | str, name: str) -> dict[str, np.ndarray]:
+    """All datasets of one image; ``keypoints`` float32 (N,2), ``descriptors`` (D,N), ..."""
+    with h5py.File(path, "r") as h5:
+        if name not in h5:
+            raise KeyError(f"no features for image {name!r} in {path}")
+        group = h5[name]
+        return {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
+
+
+def read_keypoints(path: Path | str, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as h5:
+        return h5[name]["keypoints"][()].astype(np.float32)
+
+
+def write_pairs(path: Path | str, pairs: Iterable[tuple[str, str]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for a, b in pairs:
+            f.write(f"{quote_name(a)} {quote_name(b)}\n")
+    os.replace(tmp, path)
+
+
+def quote_name(name: str) -> str:
+    """Names in pairs.txt are space separated; spaces (and only unsafe characters) are escaped."""
+    return quote(name, safe="/()[]{}!@#$^&*+=,;:'~`<>?|")
+
+
+def read_pairs(path: Path | str) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{line_no}: expected 'name0 name1', got {line!r}")
+            pairs.append((unquote(parts[0]), unquote(parts[1])))
+    return pairs
+
+
+def unique_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop self-pairs and duplicates in either order, keep the first order seen."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for a, b in pairs:
+        if a == b:
+            continue
+        c = canonical_pair(a, b)
+        if c not in seen:
+            seen.add(c)
+            out.append((a, b))
+    return out
+
+
+def write_match_item(
+    matches0: np.ndarray, scores0: np.ndarray, num_keypoints1: int
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Datasets and attributes for one pair, already in canonical order."""
+    return (
+        {
+            "matches0": np.asarray(matches0, dtype=np.int32),
+            "matching_scores0": np.asarray(scores0, dtype=np.float32),
+        },
+        {"num_keypoints1": int(num_keypoints1)},
+    )
+
+
+def orient_matches(
+    name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray, num_keypoints1: int
+) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
+    """Bring a (name0, name1) result into canonical order for storage."""
+    a, b = canonical_pair(name0, name1)
+    if (a, b) == (name0, name1):
+        return matches0, scores0, (a, b)
+    flipped = np.full(num_keypoints1, -1, dtype=np.int32)
+    flipped_scores = np.zeros(num_keypoints1, dtype=np.float32)
+    valid = np.flatnonzero(matches0 >= 0)
+    flipped[matches0[valid]] = valid
+    flipped_scores[matches0[valid]] = scores0[valid]
+    return flipped, flipped_scores, (a, b)
+
+
+def read_matches(path: Path | str, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matches of a pair in the order asked: (K, 2) int indices into (name0, name1), (K,) scores."""
+    key = pair_key(name0, name1)
+    with h5py.File(path, "r") as h5:
+        if key not in h5:
+            raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {path}")
+        group = h5[key]
+        m0 = group["matches0"][()]
+        s0 = group["matching_scores0"][()]
+    idx0 = np.flatnonzero(m0 >= 0)
+    pairs = np.stack([idx0, m0[idx0]], axis=1).astype(np.int64)
+    scores = s0[idx0].astype(np.float32)
+    if canonical_pair(name0, name1) != (name0, name1):
+        pairs = pairs[:, ::-1].copy()
+    return pairs, scores
+
+
+def iter_match_keys(path: Path | str) -> Iterator[tuple[str, str]]:
+    for key in list_names(path, "matches"):
+        yield split_pair_key(key)
