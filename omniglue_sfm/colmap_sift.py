@@ -1,0 +1,189 @@
+"""The ``sift`` preset: COLMAP's own SIFT extraction and matching through pycolmap.
+
+Cameras and images are written by :mod:`omniglue_sfm.sfm` (same camera modes, same EXIF-oriented
+frame) before COLMAP extracts into that database; mapping and outputs are sfm.py's too, so this
+module only adds extraction and matching.
+
+COLMAP (pycolmap 4.2) reads pixels without applying the EXIF orientation. Images whose tag says
+they are rotated or mirrored are therefore copied upright (JPEG q95) to ``OUT/oriented_images/``
+and COLMAP reads those; the other images are linked, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pycolmap
+from PIL import Image, ImageOps
+
+from . import io, presets, sfm
+from .images import list_images
+
+logger = logging.getLogger(__name__)
+
+PAIR_MODES = ("exhaustive", "sequential", "file")
+_ORIENTATION_TAG = 274
+
+
+def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
+    """(W, H) after applying the EXIF orientation, and whether the orientation changes the pixels."""
+    with Image.open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    rotated = orientation not in (None, 1)
+    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), rotated
+
+
+def prepare_images(image_dir: Path, names: Sequence[str], work_dir: Path) -> tuple[Path, list[sfm.ImageInfo]]:
+    """The folder COLMAP should read (upright copies where needed) and every image's size."""
+    infos, rotated = [], []
+    for name in names:
+        (w, h), is_rotated = _oriented_size(image_dir / name)
+        infos.append(sfm.ImageInfo(name, w, h))
+        if is_rotated:
+            rotated.append(name)
+    if not rotated:
+        return image_dir, infos
+    for name in names:
+        target = work_dir / name
+        if target.exists() or target.is_symlink():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name in rotated:
+            with Image.open(image_dir / name) as img:
+                ImageOps.exif_transpose(img).convert("RGB").save(target, format="JPEG", quality=95)
+        else:
+            os.symlink((image_dir / name).resolve(), target)
+    return work_dir, infos
+
+
+def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
+    feats = preset.get("features", {})
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = sfm._num_threads()
+    options.max_image_size = int(feats.get("resize_max", -1) or -1)
+    options.sift.max_num_features = int(feats.get("max_keypoints", 8192))
+    return options
+
+
+def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None) -> None:
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = sfm._num_threads()
+    verification = sfm.two_view_options()
+    if pairs_mode == "exhaustive":
+        pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
+    elif pairs_mode == "sequential":
+        pairing = pycolmap.SequentialPairingOptions(overlap=window, quadratic_overlap=False)
+        pycolmap.match_sequential(db_path, matching, pairing, verification)
+    elif pairs_mode == "file":
+        if pairs_path is None:
+            raise ValueError("pairs mode 'file' needs a pairs file")
+        colmap_pairs = db_path.with_name("pairs_colmap.txt")
+        # COLMAP's pair list splits on spaces and knows no escaping: write raw names
+        pairs = io.unique_pairs(io.read_pairs(pairs_path))
+        if any(" " in n for p in pairs for n in p):
+            raise ValueError("COLMAP's pair list cannot hold image names with spaces")
+        colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        pairing = pycolmap.ImportedPairingOptions(match_list_path=str(colmap_pairs))
+        pycolmap.match_image_pairs(db_path, matching, pairing, verification)
+    else:
+        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+
+
+def _db_state_matches(db_path: Path, config_key: str) -> bool:
+    state = db_path.with_name("database.json")
+    if not db_path.exists() or not state.exists():
+        return False
+    return json.loads(state.read_text()).get("config") == config_key
+
+
+def main(
+    image_dir: Path | str,
+    output_dir: Path | str,
+    preset: dict | str = "sift",
+    pairs_mode: str = "exhaustive",
+    window: int = 10,
+    pairs_path: Path | str | None = None,
+    camera_mode: str = "auto",
+    camera_model: str = "SIMPLE_RADIAL",
+    camera_params: str | None = None,
+    mapper: str = "incremental",
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    verbose: bool = False,
+    progress: bool = True,
+    timings: dict[str, float] | None = None,
+) -> sfm.SfMResult:
+    """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
+    preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
+    if preset.get("pipeline") != "colmap-sift":
+        raise ValueError(f"preset {preset.get('name')!r} is not a COLMAP SIFT preset")
+    if pairs_mode not in PAIR_MODES:
+        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+    names = sorted(image_names) if image_names is not None else list_images(image_dir)
+    if not names:
+        raise FileNotFoundError(f"no images found in {image_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    timings = {} if timings is None else timings
+    pairs_list = io.read_pairs(pairs_path) if pairs_path else None
+    config_key = sfm.fingerprint({
+        "features": preset.get("features"), "names": names, "camera_mode": camera_mode,
+        "camera_model": camera_model, "camera_params": camera_params, "pairs_mode": pairs_mode,
+        "window": window, "pairs": pairs_list,
+    })
+    key = sfm.fingerprint({"db": config_key, "mapper": mapper, "version": sfm.STATS_VERSION})
+    db_path = output_dir / "database.db"
+    if overwrite:
+        db_path.unlink(missing_ok=True)
+    else:
+        previous = sfm.load_previous(output_dir, key)
+        if previous is not None:
+            logger.info("sift: reusing the model in %s (same inputs)", output_dir / "sparse")
+            return previous
+    sfm.configure_colmap_logging(output_dir, verbose)
+    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
+                   "camera_model": camera_model, "preset": preset.get("name", "sift"), "seconds": {}}
+
+    t0 = time.perf_counter()
+    read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images")
+    if not _db_state_matches(db_path, config_key):
+        # COLMAP resumes extraction and matching inside an existing database; start a new one
+        # whenever the configuration changed, so nothing is mixed.
+        db_path.unlink(missing_ok=True)
+        cameras, assignment = sfm.make_cameras(read_dir, infos, camera_mode, camera_model, camera_params)
+        with pycolmap.Database.open(db_path) as db:
+            sfm.write_images(db, infos, cameras, assignment)
+        (output_dir / "database.json").write_text(json.dumps({"config": config_key}))
+    print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
+    pycolmap.extract_features(
+        db_path, read_dir, image_names=list(names),
+        reader_options=pycolmap.ImageReaderOptions(camera_model=camera_model),
+        extraction_options=extraction_options(preset), device=pycolmap.Device.auto,
+    )
+    timings["extract"] = stats["seconds"]["extract"] = time.perf_counter() - t0
+    _check_extracted(db_path, names)
+
+    t0 = time.perf_counter()
+    print(f"==> match (COLMAP SIFT, {pairs_mode})", flush=True)
+    _match(db_path, pairs_mode, window, Path(pairs_path) if pairs_path else None)
+    timings["match"] = stats["seconds"]["match+verification"] = time.perf_counter() - t0
+
+    print("==> sfm", flush=True)
+    result = sfm.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, progress)
+    timings["sfm"] = stats["seconds"]["mapping"] + stats["seconds"].get("export", 0.0)
+    return result
+
+
+def _check_extracted(db_path: Path, names: Sequence[str]) -> None:
+    with pycolmap.Database.open(db_path) as db:
+        missing = [n for n in names if db.num_keypoints_for_image(db.read_image_with_name(n).image_id) == 0]
+    if len(missing) == len(names):
+        raise sfm.ReconstructionError("COLMAP SIFT found no keypoints in any image (see colmap.log)")
+    if missing:
+        logger.warning("no SIFT keypoints in %d image(s): %s", len(missing), ", ".join(missing[:5]))

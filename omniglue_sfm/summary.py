@@ -1,0 +1,60 @@
+"""Progress and the closing summary table printed by ``sfm`` and ``reconstruct``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from .sfm import SfMResult
+
+
+def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:
+    """A two-column text table with aligned columns."""
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title, "-" * len(title)] if title else []
+    lines += [f"{key.ljust(width)}  {value}" for key, value in rows]
+    return "\n".join(lines)
+
+
+@contextmanager
+def stage(name: str, timings: dict[str, float], stream: TextIO = sys.stderr) -> Iterator[None]:
+    """Announce a stage and record its wall time in ``timings[name]``."""
+    print(f"==> {name}", file=stream, flush=True)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - t0
+
+
+def summary_rows(stats: Mapping, failed: Mapping[str, str] | None = None,
+                 seconds: Mapping[str, float] | None = None) -> list[tuple[str, str]]:
+    rows = [
+        ("images registered", f"{stats.get('registered', 0)} / {stats.get('total', 0)}"),
+        ("3D points", str(stats.get("num_points3D", 0))),
+        ("mean track length", f"{stats.get('mean_track_length', 0.0):.2f}"),
+        ("mean reprojection error", f"{stats.get('mean_reprojection_error', 0.0):.3f} px"),
+    ]
+    if stats.get("num_models", 1) > 1:
+        rows.append(("other models (images)", ", ".join(map(str, stats["other_models_registered"]))))
+    for name, secs in (seconds or stats.get("seconds", {})).items():
+        rows.append((f"seconds: {name}", f"{secs:.1f}"))
+    unregistered = stats.get("unregistered", [])
+    if unregistered:
+        shown = ", ".join(unregistered[:10]) + (" ..." if len(unregistered) > 10 else "")
+        rows.append(("not registered", shown))
+    for name, reason in (failed or {}).items():
+        rows.append((f"failed: {name}", reason))
+    return rows
+
+
+def print_sfm_summary(result: SfMResult, failed: Mapping[str, str] | None = None,
+                      seconds: Mapping[str, float] | None = None, stream: TextIO = sys.stdout) -> None:
+    title = f"Reconstruction: {result.output_dir / 'sparse'}"
+    if result.skipped:
+        title += " (reused, inputs unchanged)"
+    print(format_table(summary_rows(result.stats, failed, seconds), title), file=stream)
