@@ -1,0 +1,174 @@
+"""Stage 1: image folder -> ``features.h5`` (+ ``global.h5`` for retrieval pairs).
+
+Each image is read (EXIF orientation applied, see :mod:`omniglue_sfm.images`), downscaled so its
+long side is at most ``resize_max``, and run through the preset's extractor (and guidance
+backbone, when the preset has one) once. Keypoints are stored in original-image pixels.
+Resumable: images already in the output (made with the same configuration) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import io, presets, registry
+from .guidance.aliked_grid import global_descriptor
+from .guidance.base import sample_dense
+from .images import ImageReadError, list_images, read_image, resize_for_extraction, scale_keypoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractSummary:
+    names: list[str] = field(default_factory=list)  # images with features (new or already there)
+    failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
+    seconds: float = 0.0
+
+
+def resolve_preset(preset: dict | str) -> dict:
+    return presets.get(preset) if isinstance(preset, str) else dict(preset)
+
+
+def features_config(preset: dict) -> dict:
+    """The part of a preset that determines ``features.h5`` (what resume compares)."""
+    if preset.get("pipeline") == "colmap-sift":
+        raise ValueError(
+            f"preset {preset.get('name', 'sift')!r} uses COLMAP's own SIFT (pipeline 'colmap-sift'); "
+            "its features are extracted inside the sfm stage, not by `extract`"
+        )
+    if "features" not in preset:
+        raise ValueError("preset has no [features] section")
+    config = {"features": preset["features"]}
+    if preset.get("guidance"):
+        config["guidance"] = preset["guidance"]
+    return config
+
+
+def default_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def extract_image(
+    img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
+    resize_max: int | None, device: torch.device,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor."""
+    resized, scale = resize_for_extraction(img, resize_max)
+    tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+    tensor = tensor.to(device=device, dtype=torch.float32) / 255.0
+    with torch.inference_mode():
+        pred = extractor(tensor)
+        kp = pred["keypoints"]
+        item = {
+            "keypoints": scale_keypoints(kp.cpu().numpy(), scale),
+            "scores": pred["scores"].cpu().numpy().astype(np.float32),
+            "descriptors": pred["descriptors"].t().cpu().numpy().astype(np.float32),  # (D, N)
+            "image_size": np.array([img.shape[1], img.shape[0]], dtype=np.int64),
+        }
+        if guidance is not None:
+            gout = guidance(tensor, pred)
+            size = (resized.shape[1], resized.shape[0])
+            sampled = sample_dense(gout["dense"], kp, size)  # (N, C)
+            item["guidance"] = sampled.t().cpu().numpy().astype(np.float16)
+            gdesc = gout["global_descriptor"]
+        elif "dense" in pred:
+            gdesc = global_descriptor(pred["dense"])
+        else:
+            gdesc = None
+    gvec = None if gdesc is None else gdesc.float().cpu().numpy().astype(np.float32)
+    return item, gvec
+
+
+def main(
+    image_dir: Path,
+    features_path: Path,
+    preset: dict | str,
+    image_names: list[str] | None = None,
+    global_path: Path | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    flush_every: int = 64,
+) -> ExtractSummary:
+    """Extract features (and global descriptors when ``global_path`` is given) for a folder."""
+    start = time.perf_counter()
+    preset = resolve_preset(preset)
+    config = features_config(preset)
+    image_dir = Path(image_dir)
+    names = list(image_names) if image_names is not None else list_images(image_dir)
+    store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
+    gstore = None
+    if global_path is not None:
+        gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}
+        gstore = io.ShardedH5(global_path, "global", gconfig, overwrite=overwrite, flush_every=flush_every)
+    todo = [n for n in names if n not in store or (gstore is not None and n not in gstore)]
+    summary = ExtractSummary()
+    if todo:
+        dev = default_device(device)
+        extractor = registry.extractor(config["features"]).to(dev).eval()
+        guidance = registry.guidance(config["guidance"]).to(dev).eval() if "guidance" in config else None
+        resize_max = config["features"].get("resize_max")
+        with store, (gstore if gstore is not None else nullcontext()):
+            for name in tqdm(todo, desc="extract", unit="img", dynamic_ncols=True):
+                try:
+                    img = read_image(image_dir / name)
+                except ImageReadError as err:
+                    log.warning("skipping %s: %s", name, err.reason)
+                    summary.failed[name] = err.reason
+                    continue
+                item, gvec = extract_image(img, extractor, guidance, resize_max, dev)
+                if name not in store:
+                    store.add(name, item)
+                if gstore is not None and name not in gstore:
+                    if gvec is None:
+                        raise ValueError(f"extractor {config['features']['name']!r} gives no dense map, "
+                                         "so no global descriptor; use a preset with guidance")
+                    gstore.add(name, {"global_descriptor": gvec})
+    else:
+        store.finalize()
+        if gstore is not None:
+            gstore.finalize()
+    summary.names = [n for n in names if n not in summary.failed]
+    summary.seconds = time.perf_counter() - start
+    if summary.failed:
+        log.warning("%d image(s) could not be read: %s", len(summary.failed), ", ".join(summary.failed))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("extract", help="image folder -> features.h5 (+ global.h5)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path, help="image folder (searched recursively)")
+    p.add_argument("out_h5", type=Path, help="features.h5 to write (resumed if it exists)")
+    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
+                   help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
+    p.add_argument("--global", dest="global_h5", type=Path, default=None,
+                   help="also write global descriptors (for `pairs --mode retrieval`) here")
+    p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    summary = main(args.images, args.out_h5, args.preset, global_path=args.global_h5,
+                   overwrite=args.overwrite, device=args.device, flush_every=args.flush_every)
+    n = len(summary.names)
+    print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
+    for name, reason in summary.failed.items():
+        print(f"  failed: {name}: {reason}")
+    return 1 if summary.failed and n == 0 else 0

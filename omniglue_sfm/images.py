@@ -1,0 +1,105 @@
+"""Finding and reading photos.
+
+Orientation convention: images are read with their EXIF orientation **applied**, i.e. as people
+see them (and as COLMAP 4 reads them). Keypoints and ``image_size`` in ``features.h5`` are in this
+EXIF-oriented frame. A phone photo stored landscape with orientation tag 6 therefore has
+``image_size`` (H_stored, W_stored) and keypoints in the upright picture.
+
+Every image becomes (H, W, 3) uint8 RGB: grayscale is repeated, alpha is dropped, palettes are
+expanded and 16-bit samples are scaled down to 8 bit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class ImageReadError(OSError):
+    """An image file exists but cannot be decoded."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def list_images(root: Path | str) -> list[str]:
+    """Sorted POSIX paths (relative to ``root``) of every image below ``root``, recursively.
+
+    Hidden files and folders (starting with ``.``) are skipped, e.g. ``.ipynb_checkpoints``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder does not exist: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fname in filenames:
+            if fname.startswith(".") or not fname.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            found.append((Path(dirpath) / fname).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or 32-bit) single channel: scale the full range of the type down to 8 bit
+        arr = np.asarray(img, dtype=np.float64)
+        peak = float(arr.max(initial=0))
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "F":
+            top = 1.0 if peak <= 1.0 else peak  # float images: [0, 1] or whatever range they use
+        else:
+            top = 65535.0 if peak > 255 else 255.0  # mode "I" holds 8- or 16-bit data
+        arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, LA, P, RGBA, CMYK, YCbCr...: alpha is dropped
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncated files fail here, not later
+            img = ImageOps.exif_transpose(img)
+            arr = _to_uint8_rgb(img)
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(path, f"unexpected image shape {arr.shape}")
+    return arr
+
+
+def resize_for_extraction(img: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Downscale so the long side is at most ``resize_max`` (never upscale).
+
+    Returns the resized image and ``scale_xy`` = original / resized size per axis; keypoints go
+    back to original pixels with ``(kp + 0.5) * scale_xy - 0.5`` (pixel centres at integers).
+    """
+    h, w = img.shape[:2]
+    if not resize_max or resize_max <= 0 or max(h, w) <= resize_max:
+        return img, np.ones(2, dtype=np.float64)
+    factor = resize_max / max(h, w)
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    # BOX is an area average: no aliasing when shrinking a lot (like cv2.INTER_AREA in hloc)
+    resized = np.array(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BOX))
+    return resized, np.array([w / new_w, h / new_h], dtype=np.float64)
+
+
+def scale_keypoints(kp: np.ndarray, scale_xy: np.ndarray) -> np.ndarray:
+    """Keypoints of the resized image -> original pixels (centre of the top-left pixel at 0)."""
+    return ((kp + 0.5) * scale_xy - 0.5).astype(np.float32)

@@ -1,0 +1,247 @@
+"""Stage 3: ``features.h5`` + ``pairs.txt`` -> ``matches.h5``.
+
+Pairs are matched in padded batches (``matchers.base.collate_pairs``), sorted by keypoint count
+so a batch holds pairs of similar size (little padding). Each image's features are read once and
+cached. On CUDA the matcher runs under autocast (bfloat16 where supported, else float16).
+Results are stored once per unordered pair in canonical order, and the file is resumable.
+
+Scale (DESIGN.md §6): ``--shard i/n`` matches every n-th pair (from the i-th) into its own file
+``<out>.shard-i-of-n.h5``; run the n shards anywhere, then ``omniglue-sfm merge OUT SHARDS...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import io, presets, registry
+from .extract import default_device, resolve_preset
+from .matchers.base import collate_pairs, features_to_tensors, to_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MatchSummary:
+    num_pairs: int = 0  # pairs matched in this run
+    num_skipped_existing: int = 0  # pairs already in the output
+    seconds: float = 0.0
+    mean_matches: float = 0.0  # over the pairs matched in this run
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from err
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_path(matches_path: Path, shard: tuple[int, int]) -> Path:
+    matches_path = Path(matches_path)
+    i, n = shard
+    return matches_path.with_name(f"{matches_path.stem}.shard-{i}-of-{n}{matches_path.suffix}")
+
+
+def match_config(preset: dict, features_path: Path) -> dict:
+    """What ``matches.h5`` depends on: the matcher and the features file's own configuration."""
+    if "matcher" not in preset:
+        raise ValueError(f"preset {preset.get('name', '?')!r} has no [matcher] section")
+    return {"matcher": preset["matcher"], "features": io.read_config(features_path)}
+
+
+def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:
+    fname = features_config.get("features", {}).get("name")
+    wanted = getattr(matcher, "conf", {}).get("features")
+    if wanted and fname and wanted != fname:
+        raise ValueError(f"matcher expects {wanted!r} features but {features_path} holds {fname!r} features")
+    if "guidance" in matcher.required_inputs and "guidance" not in features_config:
+        raise ValueError(f"{features_path} has no guidance features, which this matcher needs; "
+                         "extract with a preset that has a [guidance] section (e.g. omniglue)")
+
+
+class FeatureCache:
+    """Each image's features read once from ``features.h5`` (kept open) and kept as tensors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.h5 = h5py.File(self.path, "r")
+        self.items: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.h5 and "keypoints" in self.h5[name]
+
+    def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self.items:
+            group = self.h5[name]
+            raw = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
+            self.items[name] = features_to_tensors(raw)
+        return self.items[name]
+
+    def num_keypoints(self, name: str) -> int:
+        return int(self.h5[name]["keypoints"].shape[0])
+
+    def close(self) -> None:
+        self.h5.close()
+
+
+def _order_pairs(pairs: list[tuple[str, str]], cache: FeatureCache) -> list[tuple[str, str]]:
+    """Sort by (larger, smaller) keypoint count so batches need little padding."""
+    def size(p: tuple[str, str]) -> tuple[int, int]:
+        a, b = cache.num_keypoints(p[0]), cache.num_keypoints(p[1])
+        return max(a, b), min(a, b)
+
+    return sorted(pairs, key=size)
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()  # CPU half precision is slow and sometimes wrong: float32 there
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _store_result(store: io.ShardedH5, name0: str, name1: str, m0: np.ndarray, s0: np.ndarray,
+                  n1: int) -> int:
+    m0c, s0c, (a, b) = io.orient_matches(name0, name1, m0, s0, n1)
+    n_other = len(m0) if (a, b) != (name0, name1) else n1
+    item, attrs = io.write_match_item(m0c, s0c, n_other)
+    store.add(io.pair_key(a, b), item, attrs)
+    return int((m0 >= 0).sum())
+
+
+def main(
+    features_path: Path,
+    pairs_path: Path,
+    matches_path: Path,
+    preset: dict | str,
+    overwrite: bool = False,
+    device: str | None = None,
+    batch_size: int | None = None,
+    shard: tuple[int, int] | str | None = None,
+    flush_every: int = 64,
+) -> MatchSummary:
+    """Match every pair of ``pairs_path`` (or one shard of them) into ``matches_path``.
+
+    With ``shard`` the output goes to :func:`shard_path` of ``matches_path``.
+    """
+    start = time.perf_counter()
+    preset = resolve_preset(preset)
+    features_path = Path(features_path)
+    config = match_config(preset, features_path)
+    pairs = io.unique_pairs(io.read_pairs(pairs_path))
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    if shard is not None:
+        pairs = pairs[shard[0]::shard[1]]
+        matches_path = shard_path(matches_path, shard)
+    store = io.ShardedH5(matches_path, "matches", config, overwrite=overwrite, flush_every=flush_every)
+    todo = [p for p in pairs if io.pair_key(*p) not in store]
+    summary = MatchSummary(num_skipped_existing=len(pairs) - len(todo))
+    cache = FeatureCache(features_path)
+    try:
+        missing = sorted({n for p in todo for n in p if n not in cache})
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) of {pairs_path} have no features in {features_path}: "
+                           + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        with store:
+            if todo:
+                total = _match_all(todo, cache, store, config, device, batch_size)
+                summary.num_pairs = len(todo)
+                summary.mean_matches = total / len(todo)
+    finally:
+        cache.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.ShardedH5, config: dict,
+               device: str | None, batch_size: int | None) -> int:
+    dev = default_device(device)
+    batch_size = batch_size or (16 if dev.type == "cuda" else 4)
+    ordered = _order_pairs(todo, cache)
+    # pairs with an empty image need no model: store "no match" directly
+    empty = [p for p in ordered if cache.num_keypoints(p[0]) == 0 or cache.num_keypoints(p[1]) == 0]
+    empty_set = set(empty)
+    work = [p for p in ordered if p not in empty_set]
+    total = 0
+    for a, b in empty:
+        n0, n1 = cache.num_keypoints(a), cache.num_keypoints(b)
+        _store_result(store, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
+    if not work:
+        return 0
+    matcher = registry.matcher(config["matcher"]).to(dev).eval()
+    check_compatible(matcher, config["features"], cache.path)
+    with tqdm(total=len(work), desc="match", unit="pair", dynamic_ncols=True) as bar:
+        for i in range(0, len(work), batch_size):
+            batch = work[i:i + batch_size]
+            data = collate_pairs([(cache[a], cache[b]) for a, b in batch])
+            with torch.inference_mode(), _autocast(dev):
+                pred = matcher(to_device(data, dev))
+            m0 = pred["matches0"].cpu().numpy()
+            s0 = pred["matching_scores0"].float().cpu().numpy()
+            for k, (a, b) in enumerate(batch):
+                n0, n1 = cache.num_keypoints(a), cache.num_keypoints(b)
+                mk = m0[k, :n0].astype(np.int32)
+                if mk.max(initial=-1) >= n1:
+                    raise RuntimeError(f"matcher returned an index into padding for pair ({a}, {b})")
+                total += _store_result(store, a, b, mk, s0[k, :n0], n1)
+            bar.update(len(batch))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("match", help="features.h5 + pairs.txt -> matches.h5",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("features_h5", type=Path)
+    p.add_argument("pairs_txt", type=Path)
+    p.add_argument("out_h5", type=Path, help="matches.h5 to write (resumed if it exists)")
+    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
+                   help=f"pipeline preset (its [matcher]): {', '.join(presets.names())}")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch (default 16 GPU, 4 CPU)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="match only pairs i, i+n, i+2n, ... into OUT.shard-i-of-n.h5 (merge with `merge`)")
+    p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run_cli)
+
+    m = subparsers.add_parser("merge", help="merge match (or feature) shard files into one",
+                              description="Merge files made with the same configuration, e.g. the "
+                              "outputs of `match --shard i/n`, into OUT_H5.")
+    m.add_argument("out_h5", type=Path)
+    m.add_argument("sources", type=Path, nargs="+")
+    m.add_argument("--kind", default="matches", choices=["matches", "features", "global"])
+    m.set_defaults(func=_run_merge)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    s = main(args.features_h5, args.pairs_txt, args.out_h5, args.preset, overwrite=args.overwrite,
+             device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every)
+    out = shard_path(args.out_h5, parse_shard(args.shard)) if args.shard else args.out_h5
+    print(f"matched {s.num_pairs} pair(s) ({s.num_skipped_existing} already done), "
+          f"{s.mean_matches:.1f} matches/pair, {s.seconds:.1f} s -> {out}")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    io.merge_h5(list(args.sources), args.out_h5, args.kind)
+    print(f"merged {len(args.sources)} file(s) into {args.out_h5}")
+    return 0

@@ -1,0 +1,213 @@
+"""Stage 2: which image pairs to match -> ``pairs.txt`` (``name0 name1`` a line).
+
+Modes:
+
+* ``exhaustive``: every pair, n (n - 1) / 2 of them; fine up to a few hundred images.
+* ``sequential``: for videos and walk-arounds in file-name order; each image with the next
+  ``window`` images. ``quadratic`` also pairs image i with i + 2^k for every 2^k beyond the window
+  (COLMAP's quadratic overlap: cheap links across longer gaps). ``loop_closure`` also pairs each
+  image with its ``num_matched`` most similar images by global descriptor among those outside the
+  window, which closes loops when the camera comes back to a place (needs ``global.h5``).
+* ``retrieval``: each image with its ``num_matched`` most similar images (cosine similarity of
+  the global descriptors written by ``extract --global``).
+* ``covisibility``: from an existing COLMAP model, each image with the ``num_matched`` images
+  that share the most 3D points with it (e.g. to re-match a model with another matcher).
+
+Every mode drops self-pairs and duplicates in either order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import io
+from .images import list_images
+
+log = logging.getLogger(__name__)
+
+MODES = ("exhaustive", "sequential", "retrieval", "covisibility")
+
+
+def exhaustive(names: list[str]) -> list[tuple[str, str]]:
+    return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+
+
+def sequential(
+    names: list[str],
+    window: int = 5,
+    loop_closure: bool = False,
+    quadratic: bool = False,
+    global_path: Path | None = None,
+    num_matched: int = 5,
+) -> list[tuple[str, str]]:
+    """Neighbours in ``names`` order (see the module docstring for the options)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n = len(names)
+    offsets = set(range(1, window + 1))
+    if quadratic:
+        k = 1
+        while k < n:
+            if k > window:
+                offsets.add(k)
+            k *= 2
+    pairs = [(names[i], names[i + o]) for i in range(n) for o in sorted(offsets) if i + o < n]
+    if loop_closure:
+        if global_path is None:
+            raise ValueError("sequential pairs with loop closure need global descriptors "
+                             "(--global GLOBAL_H5)")
+        desc = _load_global(global_path, names)
+        sim = desc @ desc.T
+        idx = np.arange(n)
+        sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
+        pairs += _top_k_pairs(sim, names, names, num_matched)
+    return io.unique_pairs(pairs)
+
+
+def _load_global(global_path: Path, names: list[str]) -> np.ndarray:
+    with h5py.File(global_path, "r") as h5:
+        missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) have no global descriptor in {global_path}: "
+                           + ", ".join(missing[:10]))
+        desc = np.stack([h5[n]["global_descriptor"][()] for n in names]).astype(np.float32)
+    return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+
+
+def _top_k_pairs(sim: np.ndarray, query: list[str], db: list[str], k: int) -> list[tuple[str, str]]:
+    pairs = []
+    k = min(k, sim.shape[1])
+    for i, q in enumerate(query):
+        order = np.argsort(-sim[i], kind="stable")[:k]
+        pairs += [(q, db[j]) for j in order if np.isfinite(sim[i, j])]
+    return pairs
+
+
+def retrieval(
+    global_path: Path,
+    names: list[str] | None,
+    num_matched: int,
+    query_names: list[str] | None = None,
+    db_names: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """Top-``num_matched`` database images of each query by cosine similarity, self excluded.
+
+    ``names`` defaults to every image in ``global_path``; queries and database default to
+    ``names``. Descriptors are centred on the mean of the database first: the mean is what every
+    photo shares (sky, colours, the network's bias) and would otherwise dominate the cosine.
+    """
+    if names is None:
+        names = io.list_names(global_path, "global")
+    query = list(query_names) if query_names is not None else list(names)
+    db = list(db_names) if db_names is not None else list(names)
+    if num_matched < 1:
+        raise ValueError(f"num_matched must be >= 1, got {num_matched}")
+    qdesc, ddesc = _load_global(global_path, query), _load_global(global_path, db)
+    mean = ddesc.mean(axis=0, keepdims=True) if len(db) > 1 else 0.0
+    qdesc, ddesc = _unit(qdesc - mean), _unit(ddesc - mean)
+    sim = qdesc @ ddesc.T
+    sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
+    return io.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def covisibility(model_dir: Path, num_matched: int) -> list[tuple[str, str]]:
+    """Each registered image with the ``num_matched`` images sharing the most 3D points with it."""
+    import pycolmap
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"COLMAP model folder does not exist: {model_dir}")
+    rec = pycolmap.Reconstruction(str(model_dir))
+    shared: dict[int, Counter] = {}
+    for point in rec.points3D.values():
+        ids = sorted({el.image_id for el in point.track.elements})
+        for a in ids:
+            counter = shared.setdefault(a, Counter())
+            counter.update(b for b in ids if b != a)
+    pairs = []
+    for image_id in sorted(shared, key=lambda i: rec.images[i].name):
+        name = rec.images[image_id].name
+        best = sorted(shared[image_id].items(), key=lambda kv: (-kv[1], rec.images[kv[0]].name))
+        pairs += [(name, rec.images[other].name) for other, _ in best[:num_matched]]
+    return io.unique_pairs(pairs)
+
+
+def main(
+    image_dir: Path | None,
+    pairs_path: Path,
+    mode: str = "exhaustive",
+    window: int = 5,
+    loop_closure: bool = False,
+    quadratic: bool = False,
+    num_matched: int = 20,
+    global_path: Path | None = None,
+    model_dir: Path | None = None,
+    names: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """Make pairs for ``names`` (default: every image in ``image_dir``) and write ``pairs_path``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {', '.join(MODES)}")
+    if names is None and image_dir is not None and mode != "covisibility":
+        names = list_images(image_dir)
+    if mode == "exhaustive":
+        pairs = exhaustive(_need(names))
+    elif mode == "sequential":
+        pairs = sequential(_need(names), window, loop_closure, quadratic, global_path, num_matched)
+    elif mode == "retrieval":
+        if global_path is None:
+            raise ValueError("retrieval pairs need global descriptors: run `extract --global GLOBAL_H5` "
+                             "and pass --global GLOBAL_H5")
+        if names is not None:
+            have = set(io.list_names(global_path, "global"))
+            dropped = [n for n in names if n not in have]
+            if dropped:  # e.g. unreadable images that extract skipped
+                log.warning("%d image(s) have no global descriptor and get no pairs: %s",
+                            len(dropped), ", ".join(dropped[:10]))
+            names = [n for n in names if n in have]
+        pairs = retrieval(global_path, names, num_matched)
+    else:
+        if model_dir is None:
+            raise ValueError("covisibility pairs need a COLMAP model: pass --model MODEL_DIR")
+        pairs = covisibility(model_dir, num_matched)
+    io.write_pairs(pairs_path, pairs)
+    log.info("%d pairs (%s) -> %s", len(pairs), mode, pairs_path)
+    return pairs
+
+
+def _need(names: list[str] | None) -> list[str]:
+    if names is None:
+        raise ValueError("no image names: give an image folder")
+    return names
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pairs", help="choose image pairs -> pairs.txt",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path, help="image folder (names are taken from it)")
+    p.add_argument("out_txt", type=Path)
+    p.add_argument("--mode", default="exhaustive", choices=MODES)
+    p.add_argument("--window", type=int, default=5, help="sequential: neighbours after each image")
+    p.add_argument("--quadratic", action="store_true", help="sequential: also offsets 2^k beyond the window")
+    p.add_argument("--loop-closure", action="store_true",
+                   help="sequential: also the --num-matched most similar images (needs --global)")
+    p.add_argument("--num-matched", type=int, default=20, help="retrieval/covisibility/loop closure: k")
+    p.add_argument("--global", dest="global_h5", type=Path, default=None, help="global.h5 from extract")
+    p.add_argument("--model", type=Path, default=None, help="COLMAP model folder (covisibility)")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    pairs = main(args.images, args.out_txt, args.mode, args.window, args.loop_closure, args.quadratic,
+                 args.num_matched, args.global_h5, args.model)
+    print(f"{len(pairs)} pairs ({args.mode}) -> {args.out_txt}")
+    return 0
