@@ -39,20 +39,22 @@ def save_resized(src: Path, dst: Path, long_side: int) -> None:
 
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 4 sample images at 320 px (long side)."""
+    """The first 3 sample images at 256 px (long side)."""
     out = tmp_path_factory.mktemp("small_scene")
-    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
-        save_resized(src, out / src.name, 320)
+    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:3]:
+        save_resized(src, out / src.name, 256)
     return out
 
 
 @pytest.fixture(scope="session")
 def small_features(small_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ALIKED features (256 keypoints) of ``small_scene``, extracted once per session."""
+    """ALIKED features (256 keypoints, with guidance) of ``small_scene``, extracted once per
+    session; ``global.h5`` sits beside it."""
     from omniglue_sfm import extract
 
     out = tmp_path_factory.mktemp("small_features") / "features.h5"
-    summary = extract.main(small_scene, out, small_preset(), device="cpu")
+    summary = extract.main(small_scene, out, small_preset(guidance=True), device="cpu",
+                           global_path=out.with_name("global.h5"))
     assert not summary.failed
     return out
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_IMAGES
 from PIL import Image
 
 from omniglue_sfm.images import (
@@ -15,8 +16,6 @@ from omniglue_sfm.images import (
     resize_for_extraction,
     scale_keypoints,
 )
-
-from conftest import SAMPLE_IMAGES
 
 
 def test_list_images_recursive_sorted(tmp_path: Path) -> None:
