@@ -80,12 +80,15 @@ class PositionGuidedAttention(nn.Module):
         src_pos: torch.Tensor,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """desc/pos: (B, N, c) targets; src_*: (B, S, c) sources; attn_mask: (B, 1|N, S) bool
-        (True = may attend), broadcast over heads. Returns the updated (B, N, c)."""
+        """desc/pos: (B, N, c) targets; src_*: (B, S, c) sources; attn_mask: (B, 1|N, S), bool
+        (True = may attend) or additive float (0 / -inf, see :func:`additive_mask`), broadcast
+        over heads. Returns the updated (B, N, c)."""
         q = self._heads(self.q(desc + pos))
         k = self._heads(self.k(src_desc + src_pos))
         v = self._heads(self.v(src_desc))
         mask = attn_mask[:, None] if attn_mask is not None else None
+        if mask is not None and mask.dtype != q.dtype and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # additive masks follow the activations (autocast)
         msg = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         msg = self.merge(msg.transpose(1, 2).flatten(2))
         return desc + self.mlp(torch.cat([desc, msg], -1))
@@ -101,10 +104,27 @@ def guidance_mask(
     sim = sim.masked_fill(~mask1[:, None, :], float("-inf"))
     counts = mask1.sum(1)  # (B,)
     keep = (counts.float() * ratio).floor().clamp(min=1).long()  # per pair
-    k_max = int(keep.max())
-    top = sim.topk(k_max, dim=2).values  # (B, N, k_max), descending
-    thresh = top.gather(2, (keep - 1)[:, None, None].expand(-1, sim.shape[1], 1))
-    return (sim >= thresh) & mask1[:, None, :]
+    return (sim >= _kth_largest(sim, keep)) & mask1[:, None, :]
+
+
+def _kth_largest(sim: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, N, 1): the keep[b]-th largest entry of each row of sim (B, N, M). An unsorted top-k and
+    its minimum: 2-3x faster on the CPU than a sorted top-k and a gather, same values."""
+    if bool((keep == keep[0]).all()):
+        return sim.topk(int(keep[0]), dim=2, sorted=False).values.amin(2, keepdim=True)
+    return torch.stack([s.topk(int(k), dim=1, sorted=False).values.amin(1, keepdim=True)
+                        for s, k in zip(sim, keep, strict=True)])
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """Bool attention mask (True = may attend) -> float 0 / -inf, built once per forward: SDPA
+    would otherwise convert a bool mask in every one of the 18 layers. None when nothing is
+    masked (SDPA's fastest path). A query with no allowed key at all (an image without
+    keypoints; its output is discarded) gets zeros, not NaN."""
+    if bool(mask.all()):
+        return None
+    mask = mask | ~mask.any(-1, keepdim=True)
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 class OmniGlue(nn.Module):
@@ -164,8 +184,9 @@ class OmniGlue(nn.Module):
         d1 = self.input_proj(data["descriptors1"])
         p0 = self.posenc(normalize_keypoints(data["keypoints0"], data["image_size0"]))
         p1 = self.posenc(normalize_keypoints(data["keypoints1"], data["image_size1"]))
-        self0, self1 = mask0[:, None, :], mask1[:, None, :]  # (B, 1, S): padding only
-        cross01, cross10 = self.cross_masks(data)
+        # (B, 1, S) padding-only self masks and (B, N, M) / (B, M, N) cross masks, additive
+        self0, self1 = additive_mask(mask0[:, None, :]), additive_mask(mask1[:, None, :])
+        cross01, cross10 = (additive_mask(m) for m in self.cross_masks(data))
 
         for self_attn, cross_attn in zip(self.self_blocks, self.cross_blocks, strict=True):
             d0, d1 = self_attn(d0, p0, d0, p0, self0), self_attn(d1, p1, d1, p1, self1)

@@ -9,6 +9,9 @@ mutual arg-max are shared with OmniGlue.
 
 Padded batches: BatchNorm runs in eval mode (a per-channel affine map), padded keys are masked
 out of attention and out of Sinkhorn, so a pair gives the same matches alone or in a batch.
+
+The 1x1 convolutions keep the checkpoint's names and shapes but run as matrix products on
+(B, N, C) tensors (``pointwise``): PyTorch's CPU Conv1d falls back to a slow im2col path.
 """
 
 from __future__ import annotations
@@ -35,6 +38,21 @@ def conv_mlp(channels: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def pointwise(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 1x1 Conv1d, or a ``conv_mlp`` stack of them, to channels-last x (B, N, C)."""
+    layers = seq if isinstance(seq, nn.Sequential) else [seq]
+    for layer in layers:
+        if isinstance(layer, nn.Conv1d):
+            x = F.linear(x, layer.weight[..., 0], layer.bias)
+        elif isinstance(layer, nn.BatchNorm1d):
+            x = F.batch_norm(x.reshape(-1, x.shape[-1]), layer.running_mean, layer.running_var,
+                             layer.weight, layer.bias, layer.training, layer.momentum or 0.0,
+                             layer.eps).view(x.shape)
+        else:
+            x = layer(x)
+    return x
+
+
 def normalize_keypoints_superglue(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """(B, N, 2) pixels, size (B, 2) = (W, H) -> (kp - size / 2) / (0.7 max(W, H))."""
     size = size.to(kpts)
@@ -48,8 +66,8 @@ class KeypointEncoder(nn.Module):
         self.encoder = conv_mlp([3, *layers, dim])
 
     def forward(self, kpts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """kpts (B, N, 2) normalised, scores (B, N) -> (B, dim, N)."""
-        return self.encoder(torch.cat([kpts.transpose(1, 2), scores[:, None]], 1))
+        """kpts (B, N, 2) normalised, scores (B, N) -> (B, N, dim)."""
+        return pointwise(self.encoder, torch.cat([kpts, scores[..., None]], -1))
 
 
 class MultiHeadAttention(nn.Module):
@@ -60,18 +78,18 @@ class MultiHeadAttention(nn.Module):
         self.merge = nn.Conv1d(dim, dim, 1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, N) -> (B, heads, N, C / heads), channel c -> (head c % h, position c // h)."""
-        b, c, n = x.shape
-        return x.view(b, c // self.num_heads, self.num_heads, n).permute(0, 2, 3, 1)
+        """(B, N, C) -> (B, heads, N, C / heads), channel c -> (head c % h, position c // h)."""
+        b, n, c = x.shape
+        return x.view(b, n, c // self.num_heads, self.num_heads).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, src: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, C, N) queries, src (B, C, S) keys/values, key_mask (B, 1, 1, S) bool or None."""
-        q = self._heads(self.proj[0](x))
-        k = self._heads(self.proj[1](src))
-        v = self._heads(self.proj[2](src))
+        """x (B, N, C) queries, src (B, S, C) keys/values, key_mask (B, 1, 1, S) bool or None."""
+        q = self._heads(pointwise(self.proj[0], x))
+        k = self._heads(pointwise(self.proj[1], src))
+        v = self._heads(pointwise(self.proj[2], src))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, h, N, d)
         b, h, n, d = out.shape
-        return self.merge(out.permute(0, 3, 1, 2).reshape(b, d * h, n))
+        return pointwise(self.merge, out.permute(0, 2, 3, 1).reshape(b, n, d * h))
 
 
 class AttentionalPropagation(nn.Module):
@@ -83,7 +101,7 @@ class AttentionalPropagation(nn.Module):
 
     def forward(self, x: torch.Tensor, src: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Returns the residual update of x."""
-        return self.mlp(torch.cat([x, self.attn(x, src, key_mask)], 1))
+        return pointwise(self.mlp, torch.cat([x, self.attn(x, src, key_mask)], -1))
 
 
 class AttentionalGNN(nn.Module):
@@ -143,13 +161,13 @@ class SuperGlue(nn.Module):
             got = data[f"descriptors{i}"].shape[-1]
             if got != dim:
                 raise ValueError(f"SuperGlue needs {dim}-d descriptors, got {got}")
-        d0 = data["descriptors0"].transpose(1, 2) + self.kenc(
+        d0 = data["descriptors0"] + self.kenc(
             normalize_keypoints_superglue(kp0, data["image_size0"]), data["scores0"])
-        d1 = data["descriptors1"].transpose(1, 2) + self.kenc(
+        d1 = data["descriptors1"] + self.kenc(
             normalize_keypoints_superglue(kp1, data["image_size1"]), data["scores1"])
         d0, d1 = self.gnn(d0, d1, _key_mask(mask0), _key_mask(mask1))
-        f0, f1 = self.final_proj(d0), self.final_proj(d1)
-        scores = torch.einsum("bdn,bdm->bnm", f0, f1) / dim**0.5
+        f0, f1 = pointwise(self.final_proj, d0), pointwise(self.final_proj, d1)
+        scores = torch.einsum("bnd,bmd->bnm", f0, f1) / dim**0.5
         log_p = log_optimal_transport(scores, self.bin_score, self.conf["sinkhorn_iterations"], mask0, mask1)
         matches0, mscores0 = mutual_matches(log_p[:, :-1, :-1].exp(), self.conf["match_threshold"],
                                             mask0, mask1)
