@@ -576,7 +576,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         args.camera_model, args.camera_params, args.mapper, verbose=args.verbose))
 
 
-def run_cli_guarded(call: Callable[[], SfMResult]) -> int:
+def run_cli_guarded(call: Callable[[], SfMResult], print_result: bool = True) -> int:
     """Run a stage for the CLI: known errors become one clear message and an exit code."""
     from . import weights
 
@@ -590,7 +590,8 @@ def run_cli_guarded(call: Callable[[], SfMResult]) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 1
-    from .summary import print_sfm_summary
+    if print_result:
+        from .summary import print_sfm_summary
 
-    print_sfm_summary(result)
+        print_sfm_summary(result)
     return 0
