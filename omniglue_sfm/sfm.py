@@ -48,6 +48,7 @@ DEFAULT_FOCAL_FACTOR = 1.2
 VERIFY_MAX_TRIALS = 20000
 VERIFY_MIN_INLIER_RATIO = 0.1
 STATS_VERSION = 1
+MIN_MODEL_SIZE = 3
 
 
 class ReconstructionError(RuntimeError):
@@ -280,7 +281,8 @@ def explain_failure(pair_stats: dict, min_inliers: int) -> str:
         return (f"too few inliers: the best verified pair has {pair_stats['max_inliers']} inlier matches, "
                 f"the mapper needs {min_inliers} to start a model")
     return ("no initial image pair: verified pairs exist but none has enough baseline "
-            "(triangulation angle) or enough triangulated points to start a model")
+            "(triangulation angle) or enough triangulated points to start a model, or every model "
+            f"stayed under {MIN_MODEL_SIZE} images")
 
 
 class _MappingProgress:
@@ -321,6 +323,9 @@ def run_mapping(
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = _num_threads()
         options.extract_colors = False  # colours come from EXIF-oriented images below
+        # COLMAP drops models under min(0.8 * images, 10) images; keep fragments of 3 and more
+        # (the largest becomes sparse/, the rest sparse_models/)
+        options.min_model_size = MIN_MODEL_SIZE
         bar = _MappingProgress(num_images, progress)
         try:
             models = pycolmap.incremental_mapping(

@@ -1,0 +1,216 @@
+"""SfM stage on synthetic scenes (exact geometry, no neural network) and its camera conventions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from omniglue_sfm import cli, io, sfm
+from omniglue_sfm.evaluate import evaluate_poses
+from omniglue_sfm.scenes import CameraPose, model_poses
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+W, H, F = 640, 480, 600.0
+
+
+def _look_at(center: np.ndarray) -> CameraPose:
+    z = -center / np.linalg.norm(center)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    R = np.stack([x, np.cross(z, x), z])
+    return CameraPose(R=R, t=-R @ center)
+
+
+def _write_features(path: Path, keypoints: dict[str, np.ndarray]) -> None:
+    with io.ShardedH5(path, "features", {"synthetic": True}) as store:
+        for name, kp in keypoints.items():
+            n = len(kp)
+            store.add(name, {"keypoints": kp.astype(np.float32), "scores": np.ones(n, np.float32),
+                             "descriptors": np.zeros((4, n), np.float32),
+                             "image_size": np.array([W, H])})
+
+
+def _write_matches(path: Path, matches: dict[tuple[str, str], np.ndarray], sizes: dict[str, int]) -> None:
+    with io.ShardedH5(path, "matches", {"synthetic": True}) as store:
+        for (a, b), m in matches.items():
+            m0 = np.full(sizes[a], -1, np.int32)
+            m0[m[:, 0]] = m[:, 1]
+            m0, s0, (ca, cb) = io.orient_matches(a, b, m0, np.ones(sizes[a], np.float32), sizes[b])
+            item, attrs = io.write_match_item(m0, s0, sizes[b])
+            store.add(io.pair_key(ca, cb), item, attrs)
+
+
+def synthetic_scene(root: Path, n_images: int = 6, n_points: int = 800, noise: float = 0.3, seed: int = 0):
+    """Cameras on an arc around random points; keypoints are exact projections plus noise."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-2, 2, size=(n_points, 3))
+    images = root / "images"
+    images.mkdir(parents=True)
+    gt, keypoints, point_ids = {}, {}, {}
+    for i in range(n_images):
+        a = math.radians(-40 + 80 * i / (n_images - 1))
+        name = f"{i:03d}.jpg"
+        pose = _look_at(np.array([8 * math.sin(a), 0.5 * math.sin(3 * a), -8 * math.cos(a)]))
+        cam = (pose.R @ points.T).T + pose.t
+        # COLMAP convention (pixel centre at 0.5) -> features.h5 convention (pixel centre at 0)
+        uv = F * cam[:, :2] / cam[:, 2:] + np.array([W / 2, H / 2]) - 0.5
+        uv += rng.normal(scale=noise, size=uv.shape)
+        visible = np.flatnonzero((uv[:, 0] > 0) & (uv[:, 0] < W - 1) & (uv[:, 1] > 0) & (uv[:, 1] < H - 1))
+        order = rng.permutation(visible)  # keypoint order unrelated to point ids
+        gt[name], keypoints[name], point_ids[name] = pose, uv[order], order
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(images / name)
+    matches = {}
+    names = sorted(gt)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common, ia, ib = np.intersect1d(point_ids[a], point_ids[b], return_indices=True)
+            matches[(a, b)] = np.stack([ia, ib], axis=1)
+    _write_features(root / "features.h5", keypoints)
+    _write_matches(root / "matches.h5", matches, {n: len(k) for n, k in keypoints.items()})
+    return gt, keypoints
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene")
+    gt, keypoints = synthetic_scene(root)
+    result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out", progress=False)
+    return root, gt, keypoints, result
+
+
+def test_synthetic_scene_reconstructs_accurately(scene):
+    root, gt, _, result = scene
+    out = root / "out"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["registered"] == stats["total"] == 6
+    assert result.reconstruction.num_reg_images() == 6
+    assert stats["mean_reprojection_error"] < 1.0
+    assert stats["mean_track_length"] > 3
+    for f in ("database.db", "model.ply", "sparse/images.bin", "sparse/points3D.bin"):
+        assert (out / f).exists(), f
+    metrics = evaluate_poses(model_poses(out / "sparse"), gt)
+    assert metrics["auc5"] > 0.9
+    assert metrics["center_error"] < 0.05  # scene is 8 units across
+
+
+def test_keypoints_enter_colmap_with_half_pixel_offset(scene):
+    root, _, keypoints, _ = scene
+    with pycolmap.Database.open(root / "out" / "database.db") as db:
+        image = db.read_image_with_name("002.jpg")
+        stored = db.read_keypoints(image.image_id)[:, :2]
+        camera = db.read_camera(image.camera_id)
+    assert np.allclose(stored, keypoints["002.jpg"] + 0.5, atol=1e-4)
+    assert (camera.width, camera.height) == (W, H)
+    assert not camera.has_prior_focal_length  # no EXIF: COLMAP's default guess, refined by BA
+    assert camera.focal_length == pytest.approx(1.2 * W)
+
+
+def test_rerun_with_same_inputs_reuses_the_model(scene):
+    root, _, _, first = scene
+    again = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out", progress=False)
+    assert again.skipped
+    assert again.stats["registered"] == first.stats["registered"]
+    # another camera mode is another configuration: mapped again, not reused
+    other = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
+                     camera_mode="single", progress=False)
+    assert not other.skipped
+    assert other.stats["num_cameras"] == 1
+    assert other.stats["registered"] == 6
+
+
+def test_unrelated_images_exit_2_with_explanation(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    keypoints = {}
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(tmp_path / "images" / name)
+        keypoints[name] = rng.uniform([0, 0], [W - 1, H - 1], size=(300, 2))
+    _write_features(tmp_path / "features.h5", keypoints)
+    random_matches = np.stack([np.arange(200), rng.permutation(300)[:200]], axis=1)
+    _write_matches(tmp_path / "matches.h5", {("a.jpg", "b.jpg"): random_matches}, {"a.jpg": 300, "b.jpg": 300})
+    code = cli.main(["sfm", str(tmp_path / "images"), str(tmp_path / "features.h5"),
+                     str(tmp_path / "matches.h5"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "did not reconstruct" in err
+    # random matches either fail verification or leave far fewer inliers than a model needs
+    assert "verification" in err or "too few inliers" in err
+    assert "Traceback" not in err
+    assert "error" in json.loads((tmp_path / "out" / "stats.json").read_text())
+
+
+def test_pairs_file_restricts_the_pairs(scene, tmp_path):
+    root = scene[0]
+    pairs = [("000.jpg", "002.jpg"), ("002.jpg", "004.jpg"), ("004.jpg", "000.jpg"), ("000.jpg", "999.jpg")]
+    io.write_pairs(tmp_path / "pairs.txt", pairs)
+    # 999.jpg is not among the images: the pair is ignored, not an error
+    result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", tmp_path / "out",
+                      pairs_path=tmp_path / "pairs.txt", progress=False)
+    assert result.stats["pairs"]["matched_pairs"] == 3
+    assert result.stats["registered"] == 3 and result.stats["total"] == 6
+    assert result.stats["unregistered"] == ["001.jpg", "003.jpg", "005.jpg"]
+
+
+# ------------------------------------------------------------------------------------------
+# cameras
+
+
+def _jpeg(path: Path, size: tuple[int, int], orientation: int | None = None, f35: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if orientation:
+        exif[274] = orientation
+    if f35:
+        exif[271], exif[272] = "Acme", "Phone 1"
+        exif.get_ifd(0x8769)[41989] = f35  # FocalLengthIn35mmFilm
+    Image.new("RGB", size, (90, 120, 150)).save(path, exif=exif)
+
+
+def test_exif_rotated_image_gets_camera_in_oriented_frame(tmp_path):
+    _jpeg(tmp_path / "portrait.jpg", (160, 120), orientation=6, f35=28)
+    info = sfm.ImageInfo("portrait.jpg", 120, 160)  # what features.h5 says: EXIF-oriented
+    cameras, assignment = sfm.make_cameras(tmp_path, [info])
+    cam = cameras[assignment[0]]
+    assert (cam.width, cam.height) == (120, 160)
+    assert (cam.principal_point_x, cam.principal_point_y) == (60, 80)
+    assert cam.has_prior_focal_length
+    # 28 mm equivalent on a 36 mm wide frame: about 0.8 times the long side
+    assert 0.6 * 160 < cam.focal_length < 1.0 * 160
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "data").exists(), reason="needs ../shared/data")
+def test_iphone_orientation_6_photo(tmp_path):
+    image_dir = SHARED / "data" / "scenes" / "monstree" / "images"
+    cameras, _ = sfm.make_cameras(image_dir, [sfm.ImageInfo("IMG_1025.JPG", 1200, 1600)])
+    assert (cameras[0].width, cameras[0].height) == (1200, 1600)
+    assert cameras[0].has_prior_focal_length
+    assert cameras[0].focal_length == pytest.approx(1294.2, abs=1.0)  # COLMAP's EXIF focal, unrotated
+
+
+def test_camera_modes(tmp_path):
+    for name in ("a/1.jpg", "a/2.jpg", "b/3.jpg"):
+        _jpeg(tmp_path / name, (64, 48))
+    _jpeg(tmp_path / "a/4.jpg", (64, 48), f35=35)
+    _jpeg(tmp_path / "a/5.jpg", (64, 48), f35=35)
+    infos = [sfm.ImageInfo(n, 64, 48) for n in ("a/1.jpg", "a/2.jpg", "b/3.jpg", "a/4.jpg", "a/5.jpg")]
+
+    def count(mode: str) -> int:
+        return len(sfm.make_cameras(tmp_path, infos, mode)[0])
+
+    assert count("single") == 1
+    assert count("per_folder") == 2
+    assert count("per_image") == 5
+    assert count("auto") == 4  # no EXIF: own camera each; same EXIF camera and folder: shared
+    with pytest.raises(ValueError, match="one size"):
+        sfm.make_cameras(tmp_path, infos + [sfm.ImageInfo("b/3.jpg", 48, 64)], "single")
+    cams, _ = sfm.make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,501,32,24")
+    assert list(cams[0].params) == [500, 501, 32, 24] and cams[0].has_prior_focal_length
+    with pytest.raises(ValueError, match="do not fit"):
+        sfm.make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,32")
