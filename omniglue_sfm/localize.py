@@ -131,14 +131,46 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "
                                     f"features.h5 ({fconf.get('features')})")
-    global_path = model_dir / "global.h5"
-    if not global_path.exists():
-        raise LocalizationError(f"{global_path} does not exist: the map has no global descriptors for "
-                                "retrieval (rebuild it with `reconstruct`, which writes them)")
     image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
     if not image_ids:
         raise LocalizationError(f"the model in {sparse} has no registered image")
-    return LocalizationMap(model_dir, rec, model_dir / "features.h5", global_path, preset, image_ids)
+    return LocalizationMap(model_dir, rec, model_dir / "features.h5", model_dir / "global.h5", preset,
+                           image_ids)
+
+
+def map_image_dir(model_dir: Path) -> Path | None:
+    """The map's photo folder, when the output folder records it (preset.json / stats.json)."""
+    for fname in ("preset.json", "stats.json"):
+        data = _read_json(Path(model_dir) / fname) or {}
+        if isinstance(data.get("image_dir"), str) and Path(data["image_dir"]).is_dir():
+            return Path(data["image_dir"])
+    return None
+
+
+def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: int,
+                      image_dir: Path | None, device: str | None) -> Path | None:
+    """The map's global descriptors: its ``global.h5``, else computed once into
+    ``OUT/map_global.h5`` from the map's photos (``reconstruct`` writes ``global.h5`` only for
+    retrieval pairs). ``None`` when the map is small enough to match every image."""
+    if lmap.global_path.exists():
+        return lmap.global_path
+    if len(lmap.image_ids) <= num_retrieved:
+        log.info("map has no global.h5 and only %d images: every query is matched to all of them",
+                 len(lmap.image_ids))
+        return None
+    image_dir = image_dir or map_image_dir(lmap.model_dir)
+    if image_dir is None:
+        raise LocalizationError(
+            f"{lmap.global_path} does not exist and the map's photo folder is unknown: pass --map-images "
+            "(global descriptors are computed once into OUT/map_global.h5) or rebuild the map with "
+            "`reconstruct --pairs retrieval`")
+    path = output_dir / "map_global.h5"
+    log.info("map has no global.h5: computing global descriptors of %d map images into %s",
+             len(lmap.image_ids), path)
+    # the map's features.h5 already holds every item, so extract only adds the global descriptors
+    extract.main(image_dir, lmap.features_path, lmap.preset, image_names=sorted(lmap.image_ids),
+                 global_path=path, device=device)
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +557,7 @@ def main(
     output_dir: Path | str,
     image_dir: Path | str | None = None,
     intrinsics: Path | str | None = None,
+    map_images: Path | str | None = None,
     num_retrieved: int = 10,
     min_inliers: int = 12,
     ransac_thresh: float = 12.0,
@@ -537,7 +570,9 @@ def main(
 
     ``intrinsics``: an hloc-style list file, or ``"map"`` to reuse the map camera of the best
     retrieved image when the sizes agree; default: EXIF focal, else a guess refined by PnP.
+    ``map_images``: the map's photo folder, needed only when the map lacks ``global.h5``.
     """
+    map_images = Path(map_images) if map_images else None
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -564,8 +599,12 @@ def main(
     ok = [q for q in qlist if q.name not in summary.failed]
     db_names = sorted(lmap.image_ids)
     if ok:
-        ranked = retrieve(read_global(qglobal_path, [q.name for q in ok]),
-                          read_global(lmap.global_path, db_names), db_names, num_retrieved)
+        db_global = ensure_map_global(lmap, output_dir, num_retrieved, map_images, device)
+        if db_global is None:  # small map without global descriptors: all of it, for every query
+            ranked = [list(db_names) for _ in ok]
+        else:
+            ranked = retrieve(read_global(qglobal_path, [q.name for q in ok]),
+                              read_global(db_global, db_names), db_names, num_retrieved)
         matcher = QueryMatcher(lmap.preset, extract.default_device(device))
         for q, retrieved in zip(ok, ranked, strict=True):
             results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher, opts)
@@ -601,6 +640,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="query image folder, one image, or a list file (name [MODEL W H params...])")
     p.add_argument("output", type=Path, help="output folder (poses.txt, localize.json)")
     p.add_argument("--image-dir", type=Path, default=None, help="folder the names of a list file are in")
+    p.add_argument("--map-images", type=Path, default=None,
+                   help="the map's photo folder; needed only if MODEL has no global.h5 and does not "
+                        "record it")
     p.add_argument("--intrinsics", default=None,
                    help="hloc-style list 'name MODEL W H params...', or 'map' to reuse the map camera "
                         "of the best retrieved image (same image size); default: EXIF, else a guess "
@@ -621,7 +663,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     try:
         report = main(args.model, args.queries, args.output, image_dir=args.image_dir,
-                      intrinsics=args.intrinsics, num_retrieved=args.num_retrieved,
+                      intrinsics=args.intrinsics, map_images=args.map_images,
+                      num_retrieved=args.num_retrieved,
                       min_inliers=args.min_inliers, ransac_thresh=args.ransac_thresh,
                       covisibility_clustering=args.covisibility_clustering, preset=args.preset,
                       device=args.device, overwrite=args.overwrite)

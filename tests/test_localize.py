@@ -1,0 +1,258 @@
+"""Localization: PnP pieces and the full per-query path on a synthetic map (fast), and held-out
+images of the sample scene against ground truth (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+import torch
+from PIL import Image
+
+from omniglue_sfm import io, localize
+
+DESC_DIM = 32
+
+
+def synthetic_map(tmp_path: Path, num_images: int = 4, num_points: int = 400, split: bool = False,
+                  seed: int = 0) -> tuple[localize.LocalizationMap, np.ndarray, np.ndarray]:
+    """A model whose 3D points each carry one random descriptor, with a matching features.h5.
+
+    Returns the map, the points (N, 3) and their descriptors (N, D). With ``split`` images 0-1
+    see only points with x < 0 and the others only x > 0 (two covisibility clusters).
+    """
+    rng = np.random.default_rng(seed)
+    w, h, f = 640, 480, 500.0
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_PINHOLE", width=w, height=h,
+                                                    params=[f, w / 2, h / 2], camera_id=1))
+    xyz = np.column_stack([rng.uniform(-3, 3, num_points), rng.uniform(-2, 2, num_points),
+                           rng.uniform(6, 9, num_points)])
+    desc = rng.normal(size=(num_points, DESC_DIM)).astype(np.float32)
+    pids = [rec.add_point3D(p, pycolmap.Track(), np.array([200, 120, 40], np.uint8)) for p in xyz]
+    config = {"features": {"name": "synthetic"}}
+    with io.ShardedH5(tmp_path / "features.h5", "features", config) as store:
+        for i in range(num_images):
+            pose = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.0, 0.01 * i, 0.0, 1.0])),
+                                    np.array([0.6 * i - 0.9, 0.0, 0.0]))
+            uv, visible = project(pose, f, (w, h), xyz)
+            if split:
+                visible &= (xyz[:, 0] < 0) if i < 2 else (xyz[:, 0] > 0)
+            idx = np.flatnonzero(visible)
+            name = f"map{i}.jpg"
+            # COLMAP keypoints put the top-left pixel centre at 0.5, features.h5 at 0
+            rec.add_image_with_trivial_frame(
+                pycolmap.Image(name=name, keypoints=uv[idx], camera_id=1, image_id=i + 1), pose)
+            for k, j in enumerate(idx):
+                rec.add_observation(pids[j], pycolmap.TrackElement(i + 1, k))
+            store.add(name, {"keypoints": (uv[idx] - 0.5).astype(np.float32), "descriptors": desc[idx].T,
+                             "scores": np.ones(len(idx), np.float32),
+                             "image_size": np.array([w, h])})
+    preset = {"name": "synthetic", "features": config["features"], "matcher": {"name": "mnn"}}
+    image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
+    lmap = localize.LocalizationMap(tmp_path, rec, tmp_path / "features.h5", tmp_path / "global.h5", preset,
+                                    image_ids)
+    return lmap, xyz, desc
+
+
+def project(pose: pycolmap.Rigid3d, f: float, size: tuple[int, int], xyz: np.ndarray):
+    m = pose.matrix()
+    cam = xyz @ m[:, :3].T + m[:, 3]
+    uv = cam[:, :2] / cam[:, 2:] * f + np.array(size) / 2
+    inside = (uv > 1).all(axis=1) & (uv[:, 0] < size[0] - 1) & (uv[:, 1] < size[1] - 1)
+    visible = (cam[:, 2] > 0) & inside
+    return uv, visible
+
+
+def write_query(path: Path, name: str, keypoints: np.ndarray, desc: np.ndarray, size=(640, 480)) -> None:
+    with io.ShardedH5(path, "features", {"features": {"name": "synthetic"}}) as store:
+        store.add(name, {"keypoints": keypoints.astype(np.float32), "descriptors": desc.T.astype(np.float32),
+                         "scores": np.ones(len(keypoints), np.float32), "image_size": np.array(size)})
+
+
+QUERY_POSE = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.02, -0.03, 0.01, 1.0])),
+                              np.array([0.3, 0.1, 0.4]))
+
+
+def test_estimate_pose_recovers_pose_and_unknown_focal():
+    rng = np.random.default_rng(1)
+    xyz = np.column_stack([rng.uniform(-3, 3, 300), rng.uniform(-2, 2, 300), rng.uniform(6, 9, 300)])
+    uv, vis = project(QUERY_POSE, 500.0, (640, 480), xyz)
+    uv, xyz = uv[vis] + rng.normal(0, 0.5, (vis.sum(), 2)), xyz[vis]
+    outliers = rng.choice(len(uv), len(uv) // 4, replace=False)
+    uv[outliers] = rng.uniform([0, 0], [640, 480], (len(outliers), 2))
+    guess = pycolmap.Camera(model="SIMPLE_RADIAL", width=640, height=480, params=[1.2 * 640, 320, 240, 0.0])
+    ret = localize.estimate_pose(uv, xyz, guess, max_error=4.0, estimate_focal=True)
+    assert ret is not None
+    assert ret["camera"].params[0] == pytest.approx(500.0, rel=0.02)
+    assert guess.params[0] == pytest.approx(768.0)  # the caller's camera is not modified
+    est_center = ret["cam_from_world"].inverse().translation
+    assert np.linalg.norm(est_center - QUERY_POSE.inverse().translation) < 0.05
+    assert ret["num_inliers"] >= 0.9 * (len(uv) - len(outliers))
+
+
+def test_localize_query_synthetic_map(tmp_path):
+    lmap, xyz, desc = synthetic_map(tmp_path)
+    uv, vis = project(QUERY_POSE, 500.0, (640, 480), xyz)
+    idx = np.flatnonzero(vis)
+    write_query(tmp_path / "q.h5", "query.jpg", uv[idx] - 0.5, desc[idx] + 0.05)
+    matcher = localize.QueryMatcher(lmap.preset, torch.device("cpu"))
+    opts = localize.LocalizeOptions(ransac_thresh=12.0)
+    query = localize.Query("query.jpg", pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480,
+                                                        params=[500.0, 320, 240]))
+    result = localize.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
+                                     matcher, opts)
+    assert result.localized, result.reason
+    assert result.focal_source == "given"
+    assert result.num_inliers > 0.9 * len(idx)
+    w, x, y, z = result.qvec
+    est = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w])), np.array(result.tvec))
+    assert np.linalg.norm(est.inverse().translation - QUERY_POSE.inverse().translation) < 0.01
+    assert sum(result.inlier_map_images.values()) == result.num_inliers
+
+
+def test_unmatchable_query_is_not_localized_and_gets_no_pose(tmp_path):
+    """hloc falls back to the top retrieved image's pose here; we must report a failure."""
+    lmap, xyz, desc = synthetic_map(tmp_path)
+    rng = np.random.default_rng(5)
+    kps = rng.uniform([0, 0], [640, 480], (300, 2))
+    write_query(tmp_path / "q.h5", "other.jpg", kps, rng.normal(size=(300, DESC_DIM)))
+    matcher = localize.QueryMatcher({**lmap.preset, "matcher": {"name": "mnn", "min_similarity": 0.9}},
+                                    torch.device("cpu"))
+    result = localize.localize_query(lmap, tmp_path / "q.h5", localize.Query("other.jpg"), tmp_path,
+                                     sorted(lmap.image_ids), matcher, localize.LocalizeOptions())
+    assert not result.localized
+    assert result.reason
+    assert result.qvec is None and result.tvec is None
+    localize.write_poses(tmp_path / "poses.txt", [result])
+    assert (tmp_path / "poses.txt").read_text() == ""
+
+
+def test_random_matches_fail_pnp_with_a_reason(tmp_path):
+    lmap, xyz, desc = synthetic_map(tmp_path)
+    rng = np.random.default_rng(7)
+    result = localize.QueryResult("q")
+    db_ids = sorted(lmap.image_ids.values())
+    sizes = [lmap.reconstruction.image(i).num_points2D() for i in db_ids]
+    matches = [np.stack([rng.permutation(200)[:150], rng.permutation(n)[:150]], axis=1) for n in sizes]
+    cam = pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480, params=[500.0, 320, 240])
+    kp = rng.uniform([0, 0], [640, 480], (200, 2))
+    ret = localize.pose_from_correspondences(lmap, kp, db_ids, matches, cam, False,
+                                             localize.LocalizeOptions(), result)
+    assert result.num_correspondences > 100
+    assert ret is None or ret["num_inliers"] < 0.2 * result.num_correspondences
+
+
+def test_correspondences_deduplicate_and_follow_tracks(tmp_path):
+    lmap, _, _ = synthetic_map(tmp_path, num_images=2)
+    rec = lmap.reconstruction
+    im1, im2 = rec.image(1), rec.image(2)
+    # query keypoint k matches keypoint k of image 1; image 2 sees the same 3D points elsewhere
+    m1 = np.stack([np.arange(20), np.arange(20)], axis=1)
+    pid_to_kp2 = {p.point3D_id: k for k, p in enumerate(im2.points2D) if p.has_point3D()}
+    m2 = np.array([[k, pid_to_kp2[im1.point2D(k).point3D_id]] for k in range(20)
+                   if im1.point2D(k).point3D_id in pid_to_kp2])
+    kp_idx, p3d, src = localize.correspondences(rec, [1, 2], [m1, m2])
+    assert len(kp_idx) == 20  # the same (keypoint, 3D point) through two images counts once
+    for k, pid in zip(kp_idx, p3d, strict=True):
+        assert im1.point2D(int(k)).point3D_id == pid
+    assert set(src.tolist()) == {0}
+
+
+def test_covisibility_clusters_split_disconnected_images(tmp_path):
+    lmap, _, _ = synthetic_map(tmp_path, split=True)
+    clusters = localize.covisibility_clusters(lmap.reconstruction, [1, 2, 3, 4])
+    assert sorted(sorted(c) for c in clusters) == [[1, 2], [3, 4]]
+    lmap2, _, _ = synthetic_map(tmp_path / "b", split=False)
+    assert len(localize.covisibility_clusters(lmap2.reconstruction, [1, 2, 3, 4])) == 1
+
+
+def test_query_lists_and_intrinsics(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    lst = tmp_path / "queries.txt"
+    lst.write_text("# comment\na.jpg SIMPLE_RADIAL 640 480 500 320 240 0.01\nsub/b.jpg\n")
+    image_dir, queries = localize.resolve_queries(lst)
+    assert image_dir == tmp_path
+    assert [q.name for q in queries] == ["a.jpg", "sub/b.jpg"]
+    assert queries[0].camera.params[0] == pytest.approx(500.0) and queries[1].camera is None
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.jpg PINHOLE 640 480 500\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        localize.read_intrinsics(bad)
+    with pytest.raises(FileNotFoundError):
+        localize.resolve_queries(tmp_path / "missing")
+
+
+def test_guess_camera_without_exif(tmp_path):
+    Image.new("RGB", (300, 200), "gray").save(tmp_path / "plain.jpg")
+    cam, source = localize.guess_camera(tmp_path / "plain.jpg", 300, 200)
+    assert source == "guess"
+    assert cam.params[0] == pytest.approx(1.2 * 300)
+    assert (cam.params[1], cam.params[2]) == (150, 100)
+
+
+def test_poses_roundtrip_in_colmap_convention(tmp_path):
+    r = localize.QueryResult("dir/q 1.jpg", localized=True)
+    r.qvec, r.tvec = localize._rigid_to_lists(QUERY_POSE)
+    localize.write_poses(tmp_path / "poses.txt", [r, localize.QueryResult("failed.jpg")])
+    poses = localize.read_poses(tmp_path / "poses.txt")
+    assert list(poses) == ["dir/q 1.jpg"]
+    assert np.allclose(poses["dir/q 1.jpg"].matrix(), QUERY_POSE.matrix(), atol=1e-8)
+    assert r.qvec[0] > 0.99  # (w, x, y, z): a small rotation has w near 1
+
+
+def test_map_preset_from_file_configs(tmp_path):
+    feats = {"features": {"name": "aliked", "max_keypoints": 77}}
+    with io.ShardedH5(tmp_path / "features.h5", "features", feats) as s:
+        s.add("a.jpg", {"keypoints": np.zeros((1, 2), np.float32)})
+    mconf = {"matcher": {"name": "mnn"}, "features": feats}
+    with io.ShardedH5(tmp_path / "matches.h5", "matches", mconf) as s:
+        s.add(io.pair_key("a.jpg", "b.jpg"), {"matches0": np.zeros(1, np.int32)})
+    preset = localize.map_preset(tmp_path)
+    assert preset["features"] == feats["features"]
+    assert preset["matcher"] == {"name": "mnn"}
+    with pytest.raises(localize.LocalizationError, match="sparse"):
+        localize.load_map(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# the sample scene (slow: builds a map with ALIKED + LightGlue on CPU)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small"
+
+
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory):
+    from omniglue_sfm import evaluate_localization
+
+    out = tmp_path_factory.mktemp("evaluate_localization")
+    report = evaluate_localization.main(
+        SAMPLE / "images", SAMPLE / "gt", 2, out, "aliked+lightglue",
+        {"features": {"max_keypoints": 1024}}, device="cpu", progress=False)
+    return out, report
+
+
+@pytest.mark.slow
+def test_held_out_images_localize_within_gt_thresholds(held_out_run):
+    out, report = held_out_run
+    assert report["held_out"] == ["0003.jpg", "0005.jpg"]
+    for name, r in report["per_query"].items():
+        assert r["localized"], (name, r["reason"])
+        assert r["position_error"] < 0.25 and r["rotation_error_deg"] < 2.0, (name, r)
+    assert report["recall"]["0.25m_2deg"] == 1.0
+    poses = localize.read_poses(out / "localize" / "poses.txt")
+    assert sorted(poses) == ["0003.jpg", "0005.jpg"]
+
+
+@pytest.mark.slow
+def test_query_from_another_scene_is_not_localized(held_out_run, tmp_path):
+    out, _ = held_out_run
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 256, size=(86, 128, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((1024, 683), Image.Resampling.BICUBIC).save(tmp_path / "noise.jpg")
+    report = localize.main(out / "map", tmp_path, tmp_path / "loc", device="cpu")
+    r = report["queries"]["noise.jpg"]
+    assert not r["localized"] and r["reason"]
+    assert (tmp_path / "loc" / "poses.txt").read_text() == ""
