@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The test machine has 2 cores shared with other jobs; several torch threads then spin against
+# each other (a 256-keypoint LightGlue pass went from 0.4 s to 7 s). One thread is faster.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "datasets" / "herzjesu_p8_small" / "images"
