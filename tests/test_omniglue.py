@@ -64,6 +64,27 @@ def test_sinkhorn_marginals_and_padding():
         assert torch.allclose(real, torch.cat([alone[0, :n, :m], alone[0, :n, -1:]], 1), atol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [3.0, 300.0])
+def test_fast_sinkhorn_equals_the_log_domain_loop(scale, monkeypatch):
+    """The matrix-vector form gives the textbook log-domain result; for scores so spread that
+    float32 exponentials underflow (scale 300) it hands over to the log-domain loop."""
+    from omniglue_sfm.matchers import sinkhorn
+
+    gen = torch.Generator().manual_seed(11)
+    scores = torch.randn(2, 40, 30, generator=gen) * scale
+    mask0 = torch.ones(2, 40, dtype=torch.bool)
+    mask1 = torch.ones(2, 30, dtype=torch.bool)
+    mask0[1, 25:], mask1[1, 18:] = False, False
+    calls = []
+    real = sinkhorn._log_sinkhorn
+    monkeypatch.setattr(sinkhorn, "_log_sinkhorn", lambda *a: calls.append(1) or real(*a))
+    fast = sinkhorn.log_optimal_transport(scores, torch.tensor(1.0), 20, mask0, mask1)
+    assert len(calls) == (1 if scale > 100 else 0)
+    monkeypatch.setattr(sinkhorn, "_scaled_sinkhorn", lambda *a: None)
+    slow = sinkhorn.log_optimal_transport(scores, torch.tensor(1.0), 20, mask0, mask1)
+    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ guided cross-attention
 
 
