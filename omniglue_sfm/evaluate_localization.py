@@ -78,8 +78,11 @@ def similarity_to_gt(est: Mapping[str, CameraPose], gt: Mapping[str, CameraPose]
     dst = np.stack([gt[n].center for n in common])
     s, R, t = umeyama(src, dst)
     residuals = np.linalg.norm((s * (R @ src.T)).T + t - dst, axis=1)
+    # the map cameras' own rotation errors after the alignment: the floor of the query errors
+    rot_errors = [rotation_angle_deg(est[n].R @ R.T @ gt[n].R.T) for n in common]
     return {"scale": s, "R": R, "t": t, "num_cameras": len(common),
-            "median_residual": float(np.median(residuals)), "max_residual": float(residuals.max())}
+            "median_residual": float(np.median(residuals)), "max_residual": float(residuals.max()),
+            "median_rotation_error_deg": float(np.median(rot_errors))}
 
 
 def query_errors(qvec: Sequence[float], tvec: Sequence[float], align: dict,
@@ -194,7 +197,8 @@ def format_report(out: dict) -> str:
              f"images ({out['map_registered']} registered), {len(out['held_out'])} held out",
              f"map-to-GT alignment: {out['alignment']['num_cameras']} cameras, scale "
              f"{out['alignment']['scale']:.4g}, median residual "
-             f"{out['alignment']['median_residual']:.4f}", "",
+             f"{out['alignment']['median_residual']:.4f}, median map-camera rotation error "
+             f"{out['alignment']['median_rotation_error_deg']:.3f} deg", "",
              "| query | localized | inliers | position error | rotation error (deg) |",
              "|---|---|---|---|---|"]
     for name, r in out["per_query"].items():

@@ -256,3 +256,52 @@ def test_query_from_another_scene_is_not_localized(held_out_run, tmp_path):
     r = report["queries"]["noise.jpg"]
     assert not r["localized"] and r["reason"]
     assert (tmp_path / "loc" / "poses.txt").read_text() == ""
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate-localization pieces
+
+
+def test_held_out_choice_is_deterministic_and_spares_the_first_two():
+    from omniglue_sfm.evaluate_localization import choose_held_out
+
+    names = [f"{i:04d}.jpg" for i in range(8)]
+    assert choose_held_out(names, 2) == ["0003.jpg", "0005.jpg"]
+    for k in range(1, 6):
+        picked = choose_held_out(list(reversed(names)), k)
+        assert len(picked) == k and not {"0000.jpg", "0001.jpg"} & set(picked)
+    with pytest.raises(ValueError):
+        choose_held_out(names, 6)
+
+
+def test_query_errors_are_zero_for_a_pose_in_a_similar_frame():
+    """A map that is the GT world scaled, rotated and moved: errors vanish after alignment."""
+    from omniglue_sfm.evaluate_localization import query_errors, similarity_to_gt
+    from omniglue_sfm.scenes import CameraPose
+
+    rng = np.random.default_rng(0)
+    def rotation(q: np.ndarray) -> np.ndarray:
+        return pycolmap.Rotation3d(q / np.linalg.norm(q)).matrix()
+
+    s, R_sim = 0.37, rotation(np.array([0.1, 0.3, -0.2, 0.9]))
+    t_sim = np.array([1.0, -2.0, 0.5])
+
+    def gt_pose(i: int) -> CameraPose:
+        return CameraPose(R=rotation(rng.normal(size=4)), t=rng.normal(size=3) * 3)
+
+    gt = {f"{i}.jpg": gt_pose(i) for i in range(6)}
+    # map frame: x_map = s R_sim x_gt + t_sim; a camera keeps R_map = R_gt R_sim^T
+    est = {}
+    for n, p in gt.items():
+        R_map = p.R @ R_sim.T
+        c_map = s * R_sim @ p.center + t_sim
+        est[n] = CameraPose(R=R_map, t=-R_map @ c_map)
+    align = similarity_to_gt(est, gt)
+    assert align["median_residual"] < 1e-9 and align["median_rotation_error_deg"] < 1e-6
+    q = est["3.jpg"]
+    rot = pycolmap.Rotation3d(q.R).quat  # (x, y, z, w)
+    pos_err, rot_err = query_errors([rot[3], rot[0], rot[1], rot[2]], q.t, align, gt["3.jpg"])
+    assert pos_err < 1e-9 and rot_err < 1e-6
+    moved = query_errors([rot[3], rot[0], rot[1], rot[2]], q.t + np.array([0.0, 0.0, s * 0.5]), align,
+                         gt["3.jpg"])
+    assert moved[0] == pytest.approx(0.5, rel=1e-6)
