@@ -39,6 +39,18 @@ def merge_overrides(preset: dict, overrides: Mapping | None) -> dict:
     return out
 
 
+def check_weights(preset: Mapping) -> None:
+    """Resolve every checkpoint the preset names before any work, so a missing file fails fast."""
+    from . import weights
+
+    for section in ("features", "guidance", "matcher"):
+        config = preset.get(section) or {}
+        for key in ("weights", "model"):
+            value = config.get(key)
+            if isinstance(value, str) and value in weights.KNOWN:
+                weights.resolve_known(value)
+
+
 def make_pairs(
     names: list[str], mode: str, output_dir: Path, num_matched: int, window: int, loop_closure: bool
 ) -> Path:
@@ -89,6 +101,7 @@ def main(
     mode = pairs_mode or default_pairs_mode(len(names))
     if mode not in PAIR_MODES:
         raise ValueError(f"unknown pairs mode {mode!r}; choose one of {PAIR_MODES}")
+    check_weights(preset)
     output_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), mode)
     timings: dict[str, float] = {}
