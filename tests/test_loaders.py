@@ -355,3 +355,25 @@ def test_dinov2_block_matches_the_formula():
     h2 = F.layer_norm(y, (128,), blk.norm2.weight, blk.norm2.bias, 1e-6)
     y = y + blk.ls2.gamma * blk.mlp.fc2(F.gelu(blk.mlp.fc1(h2)))
     assert torch.allclose(blk(x), y, atol=1e-5)
+
+
+def test_superpoint_and_dinov2_fit_the_extract_stage(tmp_path, monkeypatch):
+    """Through ``extract.extract_image``: a features.h5 item with 384-d guidance per keypoint."""
+    import numpy as np
+
+    from omniglue_sfm import registry
+    from omniglue_sfm.extract import extract_image
+
+    save_as(tmp_path, monkeypatch, "superpoint_open", random_state(open_superpoint_keys(), 1))
+    save_as(tmp_path, monkeypatch, "dinov2_vits14", random_state(dinov2_keys(384, 1), 2))
+    ex = registry.extractor({"name": "superpoint", "weights": "superpoint_open", "max_keypoints": 40,
+                             "detection_threshold": 0.0})
+    guide = registry.guidance({"name": "dinov2_vits14", "global": "mean"})
+    img = (_textured_image(90, 120)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    item, gvec = extract_image(img, ex, guide, 100, torch.device("cpu"))
+    n = item["keypoints"].shape[0]
+    assert n == 40 and item["descriptors"].shape == (256, n) and item["guidance"].shape == (384, n)
+    assert item["guidance"].dtype == np.float16 and np.isfinite(item["guidance"]).all()
+    assert gvec.shape == (384,) and np.isclose(np.linalg.norm(gvec), 1.0, atol=1e-5)
+    # keypoints come back in original pixels (the image was resized to 100 px for extraction)
+    assert item["keypoints"][:, 0].max() < 120 and item["keypoints"][:, 0].max() > 100
