@@ -80,7 +80,8 @@ def synthetic_scene(root: Path, n_images: int = 6, n_points: int = 800, noise: f
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene")
     gt, keypoints = synthetic_scene(root)
-    result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out", progress=False)
+    result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
+                      progress=False)
     return root, gt, keypoints, result
 
 
@@ -133,7 +134,8 @@ def test_unrelated_images_exit_2_with_explanation(tmp_path, capsys):
         keypoints[name] = rng.uniform([0, 0], [W - 1, H - 1], size=(300, 2))
     _write_features(tmp_path / "features.h5", keypoints)
     random_matches = np.stack([np.arange(200), rng.permutation(300)[:200]], axis=1)
-    _write_matches(tmp_path / "matches.h5", {("a.jpg", "b.jpg"): random_matches}, {"a.jpg": 300, "b.jpg": 300})
+    _write_matches(tmp_path / "matches.h5", {("a.jpg", "b.jpg"): random_matches},
+                   {"a.jpg": 300, "b.jpg": 300})
     code = cli.main(["sfm", str(tmp_path / "images"), str(tmp_path / "features.h5"),
                      str(tmp_path / "matches.h5"), str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -214,3 +216,11 @@ def test_camera_modes(tmp_path):
     assert list(cams[0].params) == [500, 501, 32, 24] and cams[0].has_prior_focal_length
     with pytest.raises(ValueError, match="do not fit"):
         sfm.make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,32")
+
+
+def test_global_mapper(tmp_path):
+    gt, _ = synthetic_scene(tmp_path, n_images=5, n_points=500, seed=2)
+    result = sfm.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5",
+                      tmp_path / "out", mapper="global", progress=False)
+    assert result.stats["registered"] == 5 and result.stats["mapper"] == "global"
+    assert evaluate_poses(model_poses(tmp_path / "out" / "sparse"), gt)["auc5"] > 0.9
