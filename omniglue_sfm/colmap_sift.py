@@ -39,17 +39,28 @@ def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
     return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), rotated
 
 
-def prepare_images(image_dir: Path, names: Sequence[str], work_dir: Path) -> tuple[Path, list[sfm.ImageInfo]]:
-    """The folder COLMAP should read (upright copies where needed) and every image's size."""
+def prepare_images(
+    image_dir: Path, names: Sequence[str], work_dir: Path, failed: dict[str, str] | None = None
+) -> tuple[Path, list[sfm.ImageInfo]]:
+    """The folder COLMAP should read (upright copies where needed) and the readable images' sizes.
+
+    Unreadable images are left out and recorded in ``failed`` (name -> reason).
+    """
     infos, rotated = [], []
     for name in names:
-        (w, h), is_rotated = _oriented_size(image_dir / name)
+        try:
+            (w, h), is_rotated = _oriented_size(image_dir / name)
+        except OSError as err:  # PIL's UnidentifiedImageError included
+            logger.warning("skipping %s: %s", name, err)
+            if failed is not None:
+                failed[name] = f"{type(err).__name__}: {err}"
+            continue
         infos.append(sfm.ImageInfo(name, w, h))
         if is_rotated:
             rotated.append(name)
     if not rotated:
         return image_dir, infos
-    for name in names:
+    for name in (i.name for i in infos):
         target = work_dir / name
         if target.exists() or target.is_symlink():
             continue
@@ -118,6 +129,7 @@ def main(
     verbose: bool = False,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> sfm.SfMResult:
     """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
@@ -151,7 +163,11 @@ def main(
                    "camera_model": camera_model, "preset": preset.get("name", "sift"), "seconds": {}}
 
     t0 = time.perf_counter()
-    read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images")
+    failed = {} if failed is None else failed
+    read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images", failed)
+    names = [i.name for i in infos]
+    if len(names) < 2:
+        raise sfm.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     if not _db_state_matches(db_path, config_key):
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.

@@ -108,7 +108,8 @@ def main(
     failed: dict[str, str] = {}
     if preset.get("pipeline") == "colmap-sift":
         result = _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, camera_model,
-                                  camera_params, mapper, names, overwrite, verbose, progress, timings)
+                                  camera_params, mapper, names, overwrite, verbose, progress, timings,
+                                  failed)
     else:
         result = _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window,
                               loop_closure, camera_mode, camera_model, camera_params, mapper,
@@ -122,7 +123,8 @@ def main(
 
 
 def _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, camera_model,
-                     camera_params, mapper, names, overwrite, verbose, progress, timings) -> sfm.SfMResult:
+                     camera_params, mapper, names, overwrite, verbose, progress, timings,
+                     failed) -> sfm.SfMResult:
     from . import colmap_sift
 
     if mode == "retrieval":
@@ -130,7 +132,7 @@ def _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, c
         logger.warning("the sift preset has no retrieval pairs; matching exhaustively")
         mode = "exhaustive"
     return colmap_sift.main(image_dir, output_dir, preset, mode, window, None, camera_mode, camera_model,
-                            camera_params, mapper, names, overwrite, verbose, progress, timings)
+                            camera_params, mapper, names, overwrite, verbose, progress, timings, failed)
 
 
 def _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window, loop_closure,

@@ -21,9 +21,9 @@ def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> s
 
 
 @contextmanager
-def stage(name: str, timings: dict[str, float], stream: TextIO = sys.stderr) -> Iterator[None]:
+def stage(name: str, timings: dict[str, float], stream: TextIO | None = None) -> Iterator[None]:
     """Announce a stage and record its wall time in ``timings[name]``."""
-    print(f"==> {name}", file=stream, flush=True)
+    print(f"==> {name}", file=stream or sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
         yield
@@ -53,8 +53,9 @@ def summary_rows(stats: Mapping, failed: Mapping[str, str] | None = None,
 
 
 def print_sfm_summary(result: SfMResult, failed: Mapping[str, str] | None = None,
-                      seconds: Mapping[str, float] | None = None, stream: TextIO = sys.stdout) -> None:
+                      seconds: Mapping[str, float] | None = None, stream: TextIO | None = None) -> None:
     title = f"Reconstruction: {result.output_dir / 'sparse'}"
     if result.skipped:
         title += " (reused, inputs unchanged)"
-    print(format_table(summary_rows(result.stats, failed, seconds), title), file=stream)
+    # sys.stdout looked up at call time (it may have been replaced since import)
+    print(format_table(summary_rows(result.stats, failed, seconds), title), file=stream or sys.stdout)
