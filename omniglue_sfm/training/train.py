@@ -1,0 +1,400 @@
+"""Train OmniGlue on synthetic homographies (``omniglue-sfm train CONFIG.toml``) and adapt it to
+a user's own photos (``omniglue-sfm finetune IMAGES --init CKPT --out CKPT --steps N``).
+
+A run lives in ``out_dir``: ``last.pt`` (model, optimiser, step, RNG; rewritten atomically every
+``checkpoint_every`` steps, so ``kill -9`` loses at most that many steps and re-running the same
+command resumes), ``log.csv`` (step, loss, lr, val precision / recall) and ``config.json``.
+Feature caches (``data.cache_dir``) are built first and reused; the trainer re-reads the shards
+every ``reload_every`` steps, so it can start while a separate ``--stage cache`` process is still
+filling the pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..matchers.omniglue import OmniGlue, save_checkpoint
+from .data import FeatureFn, PoolConfig, build_pool, collate_records, load_pool
+from .losses import match_counts, nll_loss, precision_recall
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN = {
+    "steps": 1000,
+    "batch_size": 4,
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "warmup_steps": 50,
+    "decay_start": 0.6,  # fraction of steps after which the LR decays exponentially
+    "final_lr_factor": 0.1,
+    "grad_clip": 1.0,
+    "checkpoint_every": 25,
+    "val_every": 100,
+    "val_pairs": 64,
+    "reload_every": 50,
+    "warm_start": "aliked_lightglue",  # LightGlue checkpoint to start from, or "" for random
+    "threads": 1,
+    "max_minutes": 0,  # stop (with a checkpoint) after this wall time; 0 = no limit
+    "train_sinkhorn_iterations": 0,  # 0 = the model conf's
+}
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def load_config(path: Path | str) -> dict:
+    """Read a training TOML; relative data / output paths are relative to the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    for section in ("features", "data", "model"):
+        if section not in cfg:
+            raise ValueError(f"{path}: missing [{section}] section")
+    cfg["train"] = {**DEFAULT_TRAIN, **cfg.get("train", {})}
+    unknown = set(cfg["train"]) - set(DEFAULT_TRAIN)
+    if unknown:
+        raise ValueError(f"{path}: unknown [train] keys {sorted(unknown)}")
+    cfg.setdefault("name", path.stem)
+    cfg.setdefault("seed", 0)
+    cfg.setdefault("out_dir", f"training_cache/runs/{cfg['name']}")
+    return cfg
+
+
+def pool_config(cfg: dict, split: str) -> PoolConfig:
+    d = cfg["data"]
+    seed = d.get("val_seed", 1000) if split == "val" else d.get("train_seed", cfg["seed"])
+    return PoolConfig(
+        roots=[str(r) for r in d["roots"]], split=split, seed=seed,
+        shifts=[float(s) for s in d.get("shifts", [100.0, 200.0])],
+        patch_size=tuple(d.get("patch_size", [320, 240])),
+        augment=float(d.get("augment", 1.0)),
+        repeats=int(d.get("repeats", 1)) if split != "val" else 1,
+        max_photos=d.get("max_photos"),
+    )
+
+
+def pool_dirs(cfg: dict) -> tuple[Path, Path]:
+    root = Path(cfg["data"]["cache_dir"])
+    return root / "train", root / "val"
+
+
+def build_caches(cfg: dict, progress: bool = True) -> None:
+    ff = FeatureFn(cfg["features"], cfg.get("guidance"))
+    train_dir, val_dir = pool_dirs(cfg)
+    build_pool(pool_config(cfg, "val"), val_dir, ff, progress=progress)
+    build_pool(pool_config(cfg, "train"), train_dir, ff, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# schedule and state
+
+
+def learning_rate(step: int, t: dict) -> float:
+    """Linear warm-up, constant, then exponential decay to ``final_lr_factor`` at the last step."""
+    lr = t["lr"]
+    if step < t["warmup_steps"]:
+        return lr * (step + 1) / t["warmup_steps"]
+    start = int(t["decay_start"] * t["steps"])
+    if step <= start or t["steps"] <= start:
+        return lr
+    frac = (step - start) / max(1, t["steps"] - start)
+    return lr * t["final_lr_factor"] ** frac
+
+
+def make_model(cfg: dict) -> OmniGlue:
+    model = OmniGlue(dict(cfg["model"]))
+    ws = cfg["train"]["warm_start"]
+    if ws:
+        from .warm_start import warm_start_from_lightglue
+
+        fresh = warm_start_from_lightglue(model, ws)
+        logger.info("warm start from %s; freshly initialised: %s", ws, ", ".join(fresh))
+    return model
+
+
+def save_state(path: Path, model: OmniGlue, opt: torch.optim.Optimizer, step: int, cfg: dict,
+               extra: dict) -> None:
+    """Atomic (tmp + rename): a kill at any moment leaves either the old or the new file."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "conf": dict(model.conf), "config": cfg, "extra": extra,
+             "torch_rng": torch.get_rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The pairs of a step depend only on (seed, step, pool size): resuming replays them exactly."""
+    rng = np.random.default_rng([seed, step])
+    return rng.choice(n, size=min(batch_size, n), replace=False).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation on cached pairs
+
+
+@torch.no_grad()
+def evaluate_pairs(model: OmniGlue, records: list[dict], with_guidance: bool, batch_size: int = 8
+                   ) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    counts = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        data = collate_records(chunk, with_guidance)
+        out = model(data)
+        for b, r in enumerate(chunk):
+            n = r["view0"]["keypoints"].shape[0]
+            counts.append(match_counts(out["matches0"][b, :n], r["gt0"], r["view0"]["keypoints"],
+                                       r["view1"]["keypoints"], r["H_0to1"], data["mask0"][b, :n]))
+    model.train(was_training)
+    p, r = precision_recall(counts)
+    return {"precision": p, "recall": r}
+
+
+# --------------------------------------------------------------------------------------------
+# the training loop
+
+
+CSV_FIELDS = ["step", "loss", "nll_pos", "nll_neg", "lr", "pairs_seen", "elapsed_s", "val_precision",
+              "val_recall"]
+
+
+def _trim_csv(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] | None = None,
+          init_state: dict | None = None, progress: bool = True) -> Path:
+    """Run (or resume) training as configured; returns the path of ``last.pt``.
+
+    ``records`` / ``val_records`` bypass the caches (tests, finetuning); ``init_state`` is a
+    model state dict to start from instead of the warm start.
+    """
+    from tqdm import tqdm
+
+    t = cfg["train"]
+    torch.set_num_threads(int(t["threads"]))
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    ckpt_path, log_path = out / "last.pt", out / "log.csv"
+    with_guidance = bool(cfg.get("guidance")) and cfg["model"].get("guidance_ratio", 0.5) < 1.0
+
+    torch.manual_seed(cfg["seed"])
+    model = make_model(cfg) if init_state is None else OmniGlue(dict(cfg["model"]))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    step, extra = 0, {"pairs_seen": 0, "elapsed_s": 0.0}
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, extra = state["step"], state["extra"]
+        logger.info("resuming %s at step %d", ckpt_path, step)
+    _trim_csv(log_path, step)
+    new_log = not log_path.is_file()
+    log_f = open(log_path, "a", newline="")
+    writer = csv.DictWriter(log_f, CSV_FIELDS)
+    if new_log:
+        writer.writeheader()
+
+    train_dir, val_dir = pool_dirs(cfg) if "cache_dir" in cfg["data"] else (None, None)
+    fixed_pool = records is not None
+    max_kp = cfg["data"].get("train_max_keypoints")
+    pool = records if fixed_pool else load_pool([train_dir], max_kp)
+    if val_records is None and val_dir is not None:
+        val_records = load_pool([val_dir], max_kp)[: t["val_pairs"]]
+    if not pool:
+        raise RuntimeError(f"no training pairs cached in {train_dir}; run with --stage cache first")
+    if t["train_sinkhorn_iterations"]:
+        model.conf["sinkhorn_iterations"] = int(t["train_sinkhorn_iterations"])
+    model.train()
+    t_start = time.time() - extra["elapsed_s"]
+    session_start = time.time()
+    bar = tqdm(total=t["steps"], initial=step, desc="train", disable=not progress)
+    while step < t["steps"]:
+        if not fixed_pool and step % t["reload_every"] == 0:
+            pool = load_pool([train_dir], max_kp)  # the cache builder may still be adding shards
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, t)
+        batch = [pool[i] for i in batch_indices(len(pool), t["batch_size"], cfg["seed"], step)]
+        data = collate_records(batch, with_guidance)
+        outp = model(data)
+        loss, parts = nll_loss(outp["log_assignment"], data["gt_matches0"], data["gt_matches1"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+        opt.step()
+        step += 1
+        extra["pairs_seen"] += len(batch)
+        extra["elapsed_s"] = time.time() - t_start
+        row = {"step": step, "loss": f"{loss.item():.4f}", "nll_pos": f"{parts['nll_pos'].mean():.4f}",
+               "nll_neg": f"{parts['nll_neg'].mean():.4f}", "lr": f"{learning_rate(step - 1, t):.3g}",
+               "pairs_seen": extra["pairs_seen"], "elapsed_s": f"{extra['elapsed_s']:.0f}"}
+        if val_records and (step % t["val_every"] == 0 or step == t["steps"]):
+            metrics = evaluate_pairs(model, val_records, with_guidance)
+            row["val_precision"] = f"{metrics['precision']:.2f}"
+            row["val_recall"] = f"{metrics['recall']:.2f}"
+            extra["val"] = metrics
+        writer.writerow(row)
+        bar.set_postfix(loss=row["loss"], lr=row["lr"])
+        bar.update(1)
+        out_of_time = t["max_minutes"] and time.time() - session_start > 60 * t["max_minutes"]
+        if step % t["checkpoint_every"] == 0 or step == t["steps"] or out_of_time:
+            log_f.flush()
+            extra["pool_size"] = len(pool)
+            save_state(ckpt_path, model, opt, step, cfg, extra)
+        if out_of_time:
+            logger.info("max_minutes reached at step %d; re-run to continue", step)
+            break
+    bar.close()
+    log_f.close()
+    return ckpt_path
+
+
+# --------------------------------------------------------------------------------------------
+# export and finetuning
+
+
+def export(ckpt_path: Path | str, out_path: Path | str, metadata: dict | None = None,
+           quantize: bool = True) -> Path:
+    """Write the shippable ``{"conf", "state_dict", "metadata"}`` file (+ ``.json`` metadata)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    conf = dict(state["conf"])
+    cfg = state["config"]
+    if cfg["train"].get("train_sinkhorn_iterations"):
+        conf["sinkhorn_iterations"] = cfg["model"].get("sinkhorn_iterations",
+                                                       OmniGlue.default_conf["sinkhorn_iterations"])
+    model = OmniGlue(conf)
+    model.load_state_dict(state["model"])
+    meta = {
+        "features": cfg["features"], "guidance": cfg.get("guidance"), "steps": state["step"],
+        "pairs_seen": state["extra"]["pairs_seen"], "train_wall_s": round(state["extra"]["elapsed_s"]),
+        "val": state["extra"].get("val"), "data": cfg["data"], "train": cfg["train"],
+        "warm_start": cfg["train"]["warm_start"], "unique_pairs_cached": state["extra"].get("pool_size"),
+        "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}",
+        **(metadata or {}),
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out_path, meta, quantize=quantize)
+    out_path.with_suffix(".json").write_text(json.dumps({"conf": conf, "metadata": meta}, indent=2,
+                                                        default=str) + "\n")
+    return out_path
+
+
+def finetune(images: Path | str, init: str, out: Path | str, steps: int, lr: float = 3e-5,
+             batch_size: int = 2, cache_dir: Path | str | None = None, seed: int = 0,
+             progress: bool = True) -> Path:
+    """Few-shot adaptation (paper §4.4): homography pairs of the user's photos, from ``init``.
+
+    Features are extracted with the configuration recorded in ``init``'s metadata, so the
+    adapted model sees the same features it was trained on.
+    """
+    from ..images import list_images
+    from ..matchers.omniglue import dequantize_state_dict, load_checkpoint
+
+    images = Path(images)
+    names = list_images(images)
+    if not names:
+        raise FileNotFoundError(f"no images in {images}")
+    ckpt = load_checkpoint(init)
+    meta = ckpt.get("metadata", {})
+    feats = meta.get("features") or {"name": "aliked", "model": "aliked-n16", "max_keypoints": 512}
+    guidance = meta.get("guidance")
+    data = meta.get("data", {})
+    key = f"{images.resolve()}:{json.dumps(feats, sort_keys=True)}:{seed}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+    cache_dir = Path(cache_dir) if cache_dir else Path(out).parent / f".finetune_{tag}"
+    cfg = {
+        "name": f"finetune_{tag}", "seed": seed, "out_dir": str(cache_dir / "run"),
+        "features": feats, "guidance": guidance, "model": dict(ckpt["conf"]),
+        "data": {"roots": [str(images)], "patch_size": data.get("patch_size", [320, 240]),
+                 "shifts": data.get("shifts", [100.0, 200.0]), "augment": data.get("augment", 1.0),
+                 "repeats": max(1, math.ceil(steps * batch_size / (2 * len(names)))), "train_seed": seed},
+        "train": {**DEFAULT_TRAIN, "steps": steps, "lr": lr, "batch_size": batch_size,
+                  "warmup_steps": max(1, steps // 10), "warm_start": "", "val_every": 10**9,
+                  "checkpoint_every": max(1, min(25, steps))},
+    }
+    pool_cfg = PoolConfig(roots=[str(images)], split="all", seed=seed, shifts=cfg["data"]["shifts"],
+                          patch_size=tuple(cfg["data"]["patch_size"]), augment=cfg["data"]["augment"],
+                          repeats=min(cfg["data"]["repeats"], 8), shard_size=4)
+    build_pool(pool_cfg, cache_dir / "pairs", FeatureFn(feats, guidance), progress=progress)
+    records = load_pool([cache_dir / "pairs"])
+    last = train(cfg, records=records, val_records=[], progress=progress,
+                 init_state=dequantize_state_dict(ckpt["state_dict"]))
+    return export(last, out, {"finetuned_from": str(init), "finetune_images": str(images),
+                              "finetune_photos": len(names), "base_metadata": meta})
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.steps:
+        cfg["train"]["steps"] = args.steps
+    if args.stage in ("all", "cache"):
+        build_caches(cfg)
+    if args.stage in ("all", "train"):
+        last = train(cfg)
+        print(f"checkpoint: {last}")
+        if args.export:
+            print(f"exported: {export(last, args.export)}")
+    return 0
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    out = finetune(args.images, args.init, args.out, args.steps, lr=args.lr, batch_size=args.batch_size,
+                   cache_dir=args.cache_dir)
+    print(f"finetuned checkpoint: {out}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train OmniGlue on synthetic homographies (TOML config)")
+    p.add_argument("config", help="training config, e.g. omniglue_sfm/training/configs/aliked_sh.toml")
+    p.add_argument("--stage", choices=["all", "cache", "train"], default="all",
+                   help="cache: only extract the pair pools; train: only train on what is cached")
+    p.add_argument("--steps", type=int, default=0, help="override [train] steps")
+    p.add_argument("--export", default="", help="also write a shippable checkpoint here when done")
+    p.set_defaults(func=_run_train)
+
+    f = subparsers.add_parser("finetune", help="adapt an OmniGlue checkpoint to your own photos")
+    f.add_argument("images", help="folder of photos (homography pairs are made from them)")
+    f.add_argument("--init", default="omniglue", help="checkpoint to start from (default: shipped)")
+    f.add_argument("--out", required=True, help="where to write the adapted checkpoint (.pt)")
+    f.add_argument("--steps", type=int, default=200)
+    f.add_argument("--lr", type=float, default=3e-5)
+    f.add_argument("--batch-size", type=int, default=2)
+    f.add_argument("--cache-dir", default=None, help="feature cache (default: beside --out)")
+    f.set_defaults(func=_run_finetune)
