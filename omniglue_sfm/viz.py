@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,6 +475,10 @@ def _render_open3d(scene: Scene3D, view: View, size: tuple[int, int], point_size
 
 def _render_open3d_child(scene: Scene3D, view: View, size: tuple[int, int], point_size: float,
                          queue: multiprocessing.Queue) -> None:
+    if not log.isEnabledFor(logging.DEBUG):  # Filament/Vulkan chatter on stdout and stderr
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
     try:
         queue.put(("ok", _render_open3d(scene, view, size, point_size)))
     except BaseException as err:  # report every failure (missing libraries included) to the parent
