@@ -75,8 +75,6 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, gt_dir: Path | None
     t0 = time.perf_counter()
     result = reconstruct.main(image_dir, out_dir, preset, pairs_mode=pairs_mode, device=device,
                               verbose=verbose, progress=False, print_summary=False)
-    (out_dir / "preset.json").write_text(json.dumps({"preset": preset, "image_dir": str(image_dir)},
-                                                    indent=2, default=str))
     stats = result.stats
     seconds = {k: float(v) for k, v in stats.get("stage_seconds", {}).items()}
     row = {

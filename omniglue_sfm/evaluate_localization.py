@@ -145,8 +145,6 @@ def main(
     pairs_mode = "retrieval" if len(map_names) <= reconstruct.DEFAULT_NUM_MATCHED + 1 else None
     result = reconstruct.main(map_images, map_dir, preset, pairs_mode=pairs_mode, device=device,
                               progress=progress, print_summary=False)
-    (map_dir / "preset.json").write_text(json.dumps({"preset": preset, "image_dir": str(map_images)},
-                                                    indent=2, default=str))
     report = localize.main(map_dir, query_images, output_dir / "localize", num_retrieved=num_retrieved,
                            intrinsics=intrinsics, device=device)
     align = similarity_to_gt(model_poses(map_dir / "sparse"), gt)

@@ -75,17 +75,12 @@ def _read_json(path: Path) -> dict | None:
 def map_preset(model_dir: Path) -> dict:
     """The preset the map was made with; its feature config is taken from features.h5 itself.
 
-    The preset name comes from ``preset.json`` or ``stats.json`` (written by ``reconstruct``);
+    The preset comes from ``stats.json`` (written by ``reconstruct``);
     the extractor (and guidance) configuration always from ``features.h5``'s ``config``
     attribute, so queries get exactly the map's features even with overridden settings.
     """
     model_dir = Path(model_dir)
-    stored: dict | str | None = None
-    for fname in ("preset.json", "stats.json"):
-        data = _read_json(model_dir / fname)
-        if data and data.get("preset"):
-            stored = data["preset"]
-            break
+    stored = (_read_json(model_dir / "stats.json") or {}).get("preset")
     if isinstance(stored, str):
         preset = presets.get(stored)
     elif isinstance(stored, dict):
@@ -112,7 +107,7 @@ def map_preset(model_dir: Path) -> dict:
             preset["matcher"] = mconf["matcher"]
     if "matcher" not in preset:
         raise LocalizationError(
-            f"cannot tell which matcher made {model_dir}: no preset in preset.json / stats.json and no "
+            f"cannot tell which matcher made {model_dir}: no preset in stats.json and no "
             "matcher config in matches.h5; pass --preset")
     return preset
 
@@ -139,12 +134,9 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
 
 
 def map_image_dir(model_dir: Path) -> Path | None:
-    """The map's photo folder, when the output folder records it (preset.json / stats.json)."""
-    for fname in ("preset.json", "stats.json"):
-        data = _read_json(Path(model_dir) / fname) or {}
-        if isinstance(data.get("image_dir"), str) and Path(data["image_dir"]).is_dir():
-            return Path(data["image_dir"])
-    return None
+    """The map's photo folder, when the output folder records it (stats.json)."""
+    image_dir = (_read_json(Path(model_dir) / "stats.json") or {}).get("image_dir")
+    return Path(image_dir) if isinstance(image_dir, str) and Path(image_dir).is_dir() else None
 
 
 def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: int,

@@ -1,7 +1,8 @@
 """``reconstruct``: photo folder -> COLMAP model in one call (extract, pairs, match, sfm).
 
-``OUT`` receives ``features.h5``, ``global.h5`` (retrieval only), ``pairs.txt``, ``matches.h5``,
-``database.db``, ``sparse/``, ``model.ply`` and ``stats.json``. Every stage resumes: a re-run
+``OUT`` receives ``features.h5``, ``global.h5``, ``pairs.txt``, ``matches.h5``, ``database.db``,
+``sparse/``, ``model.ply`` and ``stats.json`` (which also records the preset and the image folder,
+so ``localize`` and ``viz`` need nothing else). Every stage resumes: a re-run
 skips the images, pairs and model already finished with the same configuration.
 """
 
@@ -116,6 +117,8 @@ def main(
                               overwrite, device, verbose, progress, timings, failed)
     result.stats["failed_images"] = failed
     result.stats["stage_seconds"] = dict(timings)
+    result.stats["preset"] = preset
+    result.stats["image_dir"] = str(image_dir.resolve())
     sfm.write_stats(output_dir, result.stats)
     if print_summary:
         print_sfm_summary(result, failed, timings)
@@ -141,11 +144,11 @@ def _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window
     from . import extract, match
 
     features_path = output_dir / "features.h5"
-    needs_global = mode == "retrieval" or (mode == "sequential" and loop_closure)
     matches_path = output_dir / "matches.h5"
     with stage("extract", timings):
+        # global descriptors come from the same forward pass; localize retrieves with them later
         summary = extract.main(image_dir, features_path, preset, image_names=names,
-                               global_path=output_dir / "global.h5" if needs_global else None,
+                               global_path=output_dir / "global.h5",
                                overwrite=overwrite, device=device)
     failed.update(summary.failed)
     names = summary.names

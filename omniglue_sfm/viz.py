@@ -63,14 +63,12 @@ def image_dir_of(folder: Path, given: Path | None) -> Path:
     """The photos' folder: given, else the one recorded in stats.json by reconstruct."""
     if given is not None:
         return Path(given)
-    for fname in ("stats.json", "preset.json"):
-        try:
-            data = json.loads((Path(folder) / fname).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for key in ("image_dir", "images"):
-            if isinstance(data.get(key), str) and Path(data[key]).is_dir():
-                return Path(data[key])
+    try:
+        image_dir = json.loads((Path(folder) / "stats.json").read_text()).get("image_dir")
+    except (OSError, json.JSONDecodeError):
+        image_dir = None
+    if isinstance(image_dir, str) and Path(image_dir).is_dir():
+        return Path(image_dir)
     raise FileNotFoundError(f"{folder} does not record its image folder; pass --images DIR")
 
 
