@@ -336,3 +336,15 @@ def test_heldout_list_matches_the_split() -> None:
     listed = Path(D.__file__).parent / "configs" / "heldout_photos.txt"
     rows = [line.split() for line in listed.read_text().splitlines() if not line.startswith("#")]
     assert rows and all(D.split_of(key) == split for split, key in rows)
+
+
+def test_init_checkpoint_starts_from_exported_weights(tmp_path) -> None:
+    from omniglue_sfm.matchers.omniglue import dequantize_state_dict, load_checkpoint
+
+    recs = _synthetic_records(2)
+    first = T.export(T.train(_cfg(tmp_path / "a", steps=1), records=recs, val_records=[], progress=False),
+                     tmp_path / "a.pt", quantize=False)
+    cfg = _cfg(tmp_path / "b", steps=1, lr=0.0, init_checkpoint=str(first))
+    state = torch.load(T.train(cfg, records=recs, val_records=[], progress=False), weights_only=False)
+    ref = dequantize_state_dict(load_checkpoint(str(first))["state_dict"])
+    assert all(torch.equal(v, ref[k]) for k, v in state["model"].items())

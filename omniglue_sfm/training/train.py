@@ -49,6 +49,7 @@ DEFAULT_TRAIN = {
     "threads": 1,
     "max_minutes": 0,  # stop (with a checkpoint) after this wall time; 0 = no limit
     "train_sinkhorn_iterations": 0,  # 0 = the model conf's
+    "init_checkpoint": "",  # start from these OmniGlue weights (an export) instead of the warm start
 }
 
 
@@ -206,6 +207,10 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
     with_guidance = bool(cfg.get("guidance")) and cfg["model"].get("guidance_ratio", 0.5) < 1.0
 
     torch.manual_seed(cfg["seed"])
+    if init_state is None and t["init_checkpoint"]:
+        from ..matchers.omniglue import dequantize_state_dict, load_checkpoint
+
+        init_state = dequantize_state_dict(load_checkpoint(t["init_checkpoint"])["state_dict"])
     model = make_model(cfg) if init_state is None else OmniGlue(dict(cfg["model"]))
     if init_state is not None:
         model.load_state_dict(init_state)
