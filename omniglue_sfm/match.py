@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import io, presets, registry
+from . import io, presets, registry, weights
 from .extract import default_device, resolve_preset
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 
@@ -61,7 +61,11 @@ def match_config(preset: dict, features_path: Path) -> dict:
     """What ``matches.h5`` depends on: the matcher and the features file's own configuration."""
     if "matcher" not in preset:
         raise ValueError(f"preset {preset.get('name', '?')!r} has no [matcher] section")
-    return {"matcher": preset["matcher"], "features": io.read_config(features_path)}
+    config = {"matcher": preset["matcher"], "features": io.read_config(features_path)}
+    checkpoint = weights.fingerprint(preset["matcher"])
+    if checkpoint:  # another checkpoint under the same name must not resume into old matches
+        config["matcher_checkpoint_sha256"] = checkpoint
+    return config
 
 
 def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:

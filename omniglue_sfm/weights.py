@@ -15,6 +15,7 @@ Every checkpoint resolves in this order and stops at the first hit:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -116,6 +117,24 @@ def _missing_message(spec: WeightSpec, reason: str) -> str:
     if spec.licence:
         lines.append(f"  Licence: {spec.licence}")
     return "\n".join(lines)
+
+
+def fingerprint(conf: dict) -> str | None:
+    """SHA-256 (first 16 hex digits) of the checkpoint a plugin config names in ``weights``.
+
+    Output files record it, so results made with another checkpoint file of the same name
+    (e.g. a newly trained OmniGlue) are never resumed into. None when the config names none.
+    """
+    name = conf.get("weights")
+    if not isinstance(name, str):
+        return None
+    path = resolve_known(name) if name in KNOWN else resolve(
+        WeightSpec(Path(name).name, "OMNIGLUE_SFM_UNUSED"), explicit=name)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_state_dict(path: Path) -> dict:

@@ -158,3 +158,23 @@ def test_shards_merge_to_the_full_result(small_features: Path, tmp_path: Path) -
         match.parse_shard("2/2")
     with pytest.raises(ValueError, match="i/n"):
         match.parse_shard("first")
+
+
+def test_new_checkpoint_under_the_same_name_is_not_resumed_into(small_features: Path, tmp_path: Path) -> None:
+    """matches.h5 records the checkpoint's hash: retraining OmniGlue into the same file name must
+    not silently reuse matches made by the old weights."""
+    from omniglue_sfm.matchers.omniglue import OmniGlue, save_checkpoint
+
+    pairs_path = _pairs_file(tmp_path, io.list_names(small_features))
+    ckpt = tmp_path / "og.pt"
+    torch.manual_seed(0)
+    save_checkpoint(OmniGlue({"n_layers": 1}), ckpt, {"test": True})
+    preset = small_preset("omniglue", guidance=True, weights=str(ckpt))
+    out = tmp_path / "m.h5"
+    match.main(small_features, pairs_path, out, preset, device="cpu")
+    assert io.read_config(out)["matcher_checkpoint_sha256"] == weights.fingerprint(preset["matcher"])
+    match.main(small_features, pairs_path, out, preset, device="cpu")  # same weights: resumes
+    torch.manual_seed(1)
+    save_checkpoint(OmniGlue({"n_layers": 1}), ckpt, {"test": True})
+    with pytest.raises(io.ConfigMismatchError):
+        match.main(small_features, pairs_path, out, preset, device="cpu")
