@@ -16,16 +16,6 @@ import torch.nn.functional as F
 from omniglue_sfm import weights
 from omniglue_sfm.matchers.base import collate_pairs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: with the 2 shared cores oversubscribed, extra intra-op threads only add waiting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ official key tables
 
 

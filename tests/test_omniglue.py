@@ -10,16 +10,6 @@ from omniglue_sfm.matchers.base import collate_pairs
 from omniglue_sfm.matchers.omniglue import OmniGlue, PositionGuidedAttention, guidance_mask
 from omniglue_sfm.matchers.sinkhorn import log_optimal_transport
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: with the 2 shared cores oversubscribed, extra intra-op threads only add waiting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SIZE = torch.tensor([320.0, 240.0])
 
 
