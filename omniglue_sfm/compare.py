@@ -205,6 +205,8 @@ def markdown_table(rows: Mapping[str, dict], with_gt: bool) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + notes
+    lines += ["", "Seconds are this run's: a stage resumed from an earlier run in the same OUT counts "
+                  "about 0 s (re-run with a new OUT to time every stage)."]
     return "\n".join(lines)
 
 
