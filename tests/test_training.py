@@ -348,3 +348,24 @@ def test_init_checkpoint_starts_from_exported_weights(tmp_path) -> None:
     state = torch.load(T.train(cfg, records=recs, val_records=[], progress=False), weights_only=False)
     ref = dequantize_state_dict(load_checkpoint(str(first))["state_dict"])
     assert all(torch.equal(v, ref[k]) for k, v in state["model"].items())
+
+
+def test_shipped_checkpoint_metadata_names_the_omniglue_preset_plugins() -> None:
+    """finetune rebuilds the extractor from metadata["features"]: it must be the plugins the
+    ``omniglue`` preset runs the shipped checkpoint with (a wrong name breaks finetuning)."""
+    import json
+    from pathlib import Path
+
+    from omniglue_sfm import presets, registry
+    from omniglue_sfm.matchers.omniglue import load_checkpoint
+
+    preset = presets.get("omniglue")
+    shipped = Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"
+    meta = load_checkpoint(str(shipped))["metadata"]
+    sidecar = json.loads(shipped.with_suffix(".json").read_text())["metadata"]
+    for m in (meta, sidecar):
+        assert m["features"]["name"] in registry.EXTRACTORS
+        assert m["guidance"]["name"] in registry.GUIDANCE
+        assert m["features"]["name"] == preset["features"]["name"]
+        assert m["features"]["model"] == preset["features"]["model"]
+        assert m["guidance"]["name"] == preset["guidance"]["name"]
