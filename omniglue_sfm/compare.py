@@ -27,23 +27,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import extract, presets, reconstruct, registry, sfm, weights
+from . import extract, presets, reconstruct, sfm, weights
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESETS = ("omniglue", "aliked+lightglue", "disk+lightglue", "sift")
 STAGES = ("extract", "pairs", "match", "sfm")
-
-
-def check_weights(preset: dict) -> None:
-    """Load the preset's networks once: a missing checkpoint raises WeightsNotFoundError now,
-    before any work is spent on the preset."""
-    if preset.get("pipeline") == "colmap-sift":
-        return
-    registry.extractor(preset["features"])
-    if preset.get("guidance"):
-        registry.guidance(preset["guidance"])
-    registry.matcher(preset["matcher"])
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -125,7 +114,7 @@ def main(
         out_dir = output_dir / label
         print(f"==> compare: {label}", file=sys.stderr, flush=True)
         try:
-            check_weights(preset)
+            reconstruct.check_weights(preset)  # before any work: missing weights -> skipped
         except weights.WeightsNotFoundError as err:
             rows[label] = {"status": "skipped", "reason": str(err).splitlines()[0]}
             log.warning("%s skipped: %s", label, rows[label]["reason"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omniglue_sfm import compare, presets, weights
+from omniglue_sfm import compare, presets, reconstruct, weights
 
 
 def _ok_row(**extra) -> dict:
@@ -53,8 +53,8 @@ def test_missing_weights_are_detected_before_any_work(monkeypatch):
     if not _missing("superpoint"):
         pytest.skip("SuperPoint weights are installed here")
     with pytest.raises(weights.WeightsNotFoundError):
-        compare.check_weights(presets.get("superpoint+superglue"))
-    compare.check_weights(presets.get("sift"))  # COLMAP's own: nothing to load
+        reconstruct.check_weights(presets.get("superpoint+superglue"))
+    reconstruct.check_weights(presets.get("sift"))  # COLMAP's own: nothing to load
 
 
 def test_unknown_preset_and_missing_folder(tmp_path):
