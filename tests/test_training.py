@@ -369,3 +369,21 @@ def test_shipped_checkpoint_metadata_names_the_omniglue_preset_plugins() -> None
         assert m["features"]["name"] == preset["features"]["name"]
         assert m["features"]["model"] == preset["features"]["model"]
         assert m["guidance"]["name"] == preset["guidance"]["name"]
+
+
+def test_bundled_configs_load_and_build_the_shipped_architecture() -> None:
+    """Every stage config must parse, and its [model] must describe the shipped checkpoint's
+    architecture (only the match threshold is chosen after training)."""
+    from pathlib import Path
+
+    from omniglue_sfm import registry
+    from omniglue_sfm.matchers.omniglue import load_checkpoint
+
+    configs = sorted((Path(D.__file__).parent / "configs").glob("*.toml"))
+    shipped = load_checkpoint(str(Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"))
+    arch = {k: v for k, v in shipped["conf"].items() if k != "match_threshold"}
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = T.load_config(path)
+        assert {k: cfg["model"][k] for k in arch} == arch, path.name
+        assert cfg["features"] == shipped["metadata"]["features"], path.name
