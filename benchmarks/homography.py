@@ -31,18 +31,15 @@ METHODS = ("omniglue", "omniglue-unguided", "lightglue", "mnn")
 
 
 def load_omniglue(checkpoint: str, overrides: dict):
-    from omniglue_sfm.matchers.omniglue import OmniGlue, dequantize_state_dict, load_checkpoint
+    from omniglue_sfm.matchers.omniglue import OmniGlue, load_model
 
     path = Path(checkpoint)
     if path.is_file() and path.name == "last.pt":  # a training-state file, not an export
         state = torch.load(path, map_location="cpu", weights_only=False)
-        conf, sd = state["conf"], state["model"]
-        conf["sinkhorn_iterations"] = state["config"]["model"].get("sinkhorn_iterations", 20)
+        model = OmniGlue({**state["conf"], **overrides})
+        model.load_state_dict(state["model"])
     else:
-        ckpt = load_checkpoint(checkpoint)
-        conf, sd = ckpt["conf"], dequantize_state_dict(ckpt["state_dict"])
-    model = OmniGlue({**conf, **overrides})
-    model.load_state_dict(sd)
+        model = load_model(checkpoint, overrides)[0]
     return model.eval()
 
 
@@ -85,9 +82,9 @@ def main() -> int:
         guided = False
         if method == "omniglue":
             model = load_omniglue(args.checkpoint, {})
-            fn, guided = E.omniglue_fn(model), model.conf["guidance_ratio"] < 1.0
+            fn, guided = E.omniglue_fn(model), bool(model.conf["guidance"])
         elif method == "omniglue-unguided":
-            fn = E.omniglue_fn(load_omniglue(args.checkpoint, {"guidance_ratio": 1.0}))
+            fn = E.omniglue_fn(load_omniglue(args.checkpoint, {"guidance": False}))
         elif method == "lightglue":
             fn = E.lightglue_fn()
         else:
@@ -95,7 +92,7 @@ def main() -> int:
         results[method] = {name: E.evaluate_matcher(fn, sel, guided) for name, sel in subsets.items()}
         results_path.write_text(json.dumps(results, indent=2))
         print(method, json.dumps(results[method]))
-    labels = {"omniglue": "ALIKED+OmniGlue (ours, aliked-grid guidance 0.5)",
+    labels = {"omniglue": "ALIKED+OmniGlue (ours, aliked-grid guidance)",
               "omniglue-unguided": "ALIKED+OmniGlue (same weights, guidance off)",
               "lightglue": "ALIKED+LightGlue (official)", "mnn": "ALIKED+MNN"}
     print(E.markdown_table({labels[m]: results[m] for m in METHODS if m in results}))

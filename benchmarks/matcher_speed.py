@@ -3,9 +3,11 @@
 Features are real ALIKED keypoints (with aliked-grid guidance) of two images of the bundled
 sample scene, cut to the n best by score (random features when ``--random``). Each pair of a
 batch of B keeps a slightly different number of keypoints (n - 4k), so batches are padded as in
-the ``match`` stage. Matchers: OmniGlue (the shipped checkpoint when present, otherwise the same
-architecture with random weights: speed does not depend on the weights), LightGlue with
-adaptive depth/width pruning off and on (kornia, official ALIKED weights).
+the ``match`` stage. Matchers: the shipped OmniGlue in its default configuration (guided,
+adaptive depth and point pruning) and with adaptivity off, LightGlue (kornia, official ALIKED
+weights) with adaptivity on (the reference of the ratio column) and off. Beside the time, the
+accuracy of each configuration on the real pair at batch 1: matches and their epipolar
+precision under the sample's ground truth (symmetric epipolar distance < 2 px).
 
 Timing: one warm-up call, then ``--repeats`` rounds in which every matcher runs once
 (interleaved, so a load change on a shared machine hits all of them); the median is reported.
@@ -82,36 +84,47 @@ def make_batch(feats: tuple[dict, dict], n: int, batch: int) -> dict:
 # ------------------------------------------------------------------ matchers
 
 
+REFERENCE = "LightGlue (adaptive)"
+
+
 def build_matchers(device: torch.device) -> tuple[dict, str]:
     from omniglue_sfm.matchers.lightglue import LightGlueMatcher
-    from omniglue_sfm.matchers.omniglue import OmniGlue, OmniGlueMatcher
-    from omniglue_sfm.weights import WeightsNotFoundError
+    from omniglue_sfm.matchers.omniglue import OmniGlueMatcher
 
-    try:
-        og = OmniGlueMatcher({"weights": "omniglue"})
-        og_note = "shipped checkpoint"
-    except WeightsNotFoundError:
-        og = _RandomOmniGlue(OmniGlue({"input_dim": 128, "guidance_dim": 128}).eval())
-        og_note = "random weights (no checkpoint yet)"
-    lg_off = LightGlueMatcher({"features": "aliked", "depth_confidence": -1, "width_confidence": -1})
-    lg_on = LightGlueMatcher({"features": "aliked"})
-    matchers = {"LightGlue (no pruning)": lg_off, "LightGlue (adaptive)": lg_on,
-                f"OmniGlue (guidance {og_ratio(og)})": og}
-    return {k: m.to(device).eval() for k, m in matchers.items()}, og_note
+    off = {"depth_confidence": -1, "width_confidence": -1}
+    matchers = {
+        REFERENCE: LightGlueMatcher({"features": "aliked"}),
+        "LightGlue (no pruning)": LightGlueMatcher({"features": "aliked", **off}),
+        "OmniGlue (default: guided, adaptive)": OmniGlueMatcher({"weights": "omniglue"}),
+        "OmniGlue (no pruning)": OmniGlueMatcher({"weights": "omniglue", **off}),
+    }
+    return {k: m.to(device).eval() for k, m in matchers.items()}, "shipped checkpoint"
 
 
-class _RandomOmniGlue(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+def epipolar_accuracy(matchers: dict, feats: tuple[dict, dict], n: int, threshold_px: float = 2.0) -> dict:
+    """(matches, epipolar precision) of each matcher on the real pair cut to n keypoints."""
+    import numpy as np
 
-    @torch.inference_mode()
-    def forward(self, data: dict) -> dict:
-        return self.model(data)
+    from omniglue_sfm.evaluate import relative_pose
+    from omniglue_sfm.evaluate_pairs import fundamental_matrix, symmetric_epipolar_distance
+    from omniglue_sfm.images import list_images
+    from omniglue_sfm.scenes import read_strecha_dir
 
-
-def og_ratio(m: torch.nn.Module) -> float:
-    return float(m.model.conf["guidance_ratio"])
+    gt = read_strecha_dir(SAMPLE.parent / "gt")
+    a, b = list_images(SAMPLE)[:2]
+    R, t = relative_pose(gt[a], gt[b])
+    F_gt = fundamental_matrix(gt[a].K, gt[b].K, R, t)
+    data = make_batch(feats, n, 1)
+    out = {}
+    for name, m in matchers.items():
+        with torch.inference_mode():
+            m0 = m(data)["matches0"][0].cpu()
+        valid = (m0 >= 0).nonzero()[:, 0]
+        p0 = data["keypoints0"][0, valid].numpy().astype(np.float64)
+        p1 = data["keypoints1"][0, m0[valid]].numpy().astype(np.float64)
+        dist = symmetric_epipolar_distance(F_gt, p0, p1)
+        out[name] = (len(valid), float((dist < threshold_px).mean()) if len(valid) else float("nan"))
+    return out
 
 
 # ------------------------------------------------------------------ measurement
@@ -218,20 +231,25 @@ def main() -> None:
                 for b in args.batches:
                     n_eff = min(n, n_avail)
                     res = bench(matchers, make_batch(feats, n_eff, b), device, args.repeats, autocast)
-                    ref = res["LightGlue (no pruning)"][0]
+                    ref = res[REFERENCE][0]
                     dev = device.type + (" fp16" if autocast else "")
+                    acc = {} if args.random or b != 1 else epipolar_accuracy(
+                        {k: m.cpu() for k, m in matchers.items()}, feats, n_eff)
+                    matchers = {k: m.to(device) for k, m in matchers.items()}
                     for name, (sec, mib) in res.items():
-                        rows.append((dev, n_eff, b, name, b / sec, sec / b * 1000, mib, sec / ref))
+                        rows.append((dev, n_eff, b, name, b / sec, sec / b * 1000, mib, sec / ref,
+                                     acc.get(name)))
 
     threads = torch.get_num_threads()
     print(f"\nfeatures: {'random' if args.random else 'ALIKED (sample scene)'}; OmniGlue: {og_note}; "
           f"CPU threads: {threads}; CPU clock: {'process CPU time' if args.cpu_time else 'wall'}; "
           f"torch {torch.__version__}\n")
     print("| device | keypoints | batch | matcher | pairs/s | ms/pair | peak MiB "
-          "| time / LightGlue (no pruning) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for dev, n, b, name, pps, ms, mib, ratio in rows:
-        print(f"| {dev} | {n} | {b} | {name} | {pps:.2f} | {ms:.0f} | {mib:.0f} | {ratio:.2f} |")
+          f"| time / {REFERENCE} | matches | epipolar precision |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for dev, n, b, name, pps, ms, mib, ratio, acc in rows:
+        accuracy = f"{acc[0]} | {acc[1]:.3f}" if acc else "- | -"
+        print(f"| {dev} | {n} | {b} | {name} | {pps:.2f} | {ms:.0f} | {mib:.0f} | {ratio:.2f} | {accuracy} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ STAGE_MODULES = [
     "sfm",
     "reconstruct",
     "evaluate",
+    "evaluate_pairs",
     "localize",
     "viz",
     "compare",

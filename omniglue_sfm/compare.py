@@ -7,7 +7,9 @@ again (their extraction time shows as ~0 and ``features_shared_with`` says from 
 
 Presets whose checkpoints are missing are listed as *skipped* (with the weights error), presets
 whose scene does not reconstruct as *failed* (with the reason); the command succeeds when at
-least one preset worked. Outputs: one markdown table on stdout, ``OUT/compare.md``,
+least one preset worked. With ``--gt`` the table also has the SfM pose AUC and, for presets
+with ``features.h5``/``matches.h5`` (not ``sift``), the two-view pose AUC@5 and epipolar precision
+of the raw matches (``evaluate-pairs``). Outputs: one markdown table on stdout, ``OUT/compare.md``,
 ``OUT/compare.json`` and ``OUT/compare.png`` (one 3D render per preset, tiled).
 """
 
@@ -82,7 +84,24 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, gt_dir: Path | None
 
         row.update({k: v for k, v in evaluate(out_dir / "sparse", gt_dir).items()
                     if k in ("auc5", "auc10", "auc20", "center_error")})
+        row.update(two_view_metrics(out_dir, gt_dir))
     return row
+
+
+def two_view_metrics(out_dir: Path, gt_dir: Path) -> dict:
+    """``evaluate_pairs`` of the raw matches, as row keys; {} without features.h5/matches.h5 (sift)."""
+    from .evaluate_pairs import evaluate_pairs
+
+    features, matches = out_dir / "features.h5", out_dir / "matches.h5"
+    if not (features.is_file() and matches.is_file()):
+        return {}
+    try:
+        result = evaluate_pairs(features, matches, gt_dir)
+    except ValueError as err:  # e.g. no GT image among the features: keep the SfM row
+        log.warning("two-view evaluation of %s skipped: %s", out_dir.name, err)
+        return {}
+    return {"pair_auc5": result["auc5"], "pair_auc10": result["auc10"], "pair_auc20": result["auc20"],
+            "epipolar_precision": result["epipolar_precision"], "mean_matches": result["mean_matches"]}
 
 
 def main(
@@ -172,7 +191,7 @@ def markdown_table(rows: Mapping[str, dict], with_gt: bool) -> str:
     head = ["preset", "registered", "3D points", "track length", "reproj. error (px)"]
     head += [f"s {s}" for s in STAGES] + ["s total"]
     if with_gt:
-        head += ["AUC@5", "AUC@10", "AUC@20", "centre error"]
+        head += ["AUC@5", "AUC@10", "AUC@20", "centre error", "pair AUC@5", "epi prec"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for name, r in rows.items():
@@ -191,6 +210,7 @@ def markdown_table(rows: Mapping[str, dict], with_gt: bool) -> str:
             if with_gt:
                 cells += [_fmt(r.get(k), ".3f") for k in ("auc5", "auc10", "auc20")]
                 cells.append(_fmt(r.get("center_error"), ".4f"))
+                cells += [_fmt(r.get("pair_auc5"), ".3f"), _fmt(r.get("epipolar_precision"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + notes

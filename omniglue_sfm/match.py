@@ -76,6 +76,12 @@ def check_compatible(matcher: torch.nn.Module, features_config: dict, features_p
     if "guidance" in matcher.required_inputs and "guidance" not in features_config:
         raise ValueError(f"{features_path} has no guidance features, which this matcher needs; "
                          "extract with a preset that has a [guidance] section (e.g. omniglue)")
+    trained = (getattr(matcher, "metadata", None) or {}).get("guidance") or {}
+    used = features_config.get("guidance") or {}
+    if "guidance" in matcher.required_inputs and trained.get("name") and used.get("name") != trained["name"]:
+        log.warning("the matcher's checkpoint learned its guidance scales with %r guidance, but %s holds "
+                    "%r guidance: a combination that was never trained or measured",
+                    trained["name"], features_path, used.get("name"))
 
 
 class FeatureCache:

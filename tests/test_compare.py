@@ -21,7 +21,8 @@ def _ok_row(**extra) -> dict:
 
 def test_markdown_table_lists_every_preset_with_its_status():
     rows = {
-        "aliked-lightglue": _ok_row(auc5=0.5, auc10=0.6, auc20=0.7, center_error=0.0123),
+        "aliked-lightglue": _ok_row(auc5=0.5, auc10=0.6, auc20=0.7, center_error=0.0123, pair_auc5=0.4321,
+                                    epipolar_precision=0.875),
         "aliked-mnn": _ok_row(features_shared_with="aliked-lightglue", center_error=math.inf),
         "superpoint-superglue": {"status": "skipped", "reason": "weights file 'superpoint_v1.pth' not found"},
         "sift": {"status": "failed", "reason": "the scene did not reconstruct: too few inliers"},
@@ -34,6 +35,9 @@ def test_markdown_table_lists_every_preset_with_its_status():
     assert all(line.count("|") == ncols for line in lines[1:6])
     assert "| aliked-lightglue | 7/8 | 1234 | 3.46 | 0.789 |" in table
     assert "0.500" in table and "0.0123" in table
+    assert "pair AUC@5" in header and "epi prec" in header
+    assert "| 0.0123 | 0.432 | 0.875 |" in table
+    assert lines[3].endswith("| - | - |")  # no two-view metrics (e.g. sift: no h5 files): "-"
     assert "(shared: aliked-lightglue)" in table
     assert "| superpoint-superglue | skipped |" in table
     assert "- **sift** failed: the scene did not reconstruct: too few inliers" in table

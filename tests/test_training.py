@@ -22,8 +22,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-TINY_MODEL = {"input_dim": 32, "guidance_dim": 16, "d_model": 32, "n_layers": 2, "num_heads": 2,
-              "num_frequencies": 4, "guidance_ratio": 0.5, "sinkhorn_iterations": 10, "match_threshold": 0.05}
+TINY_MODEL = {"input_dim": 32, "descriptor_dim": 32, "n_layers": 2, "num_heads": 2, "filter_threshold": 0.05}
 
 
 def _synthetic_records(n_pairs: int, n: int = 48, dim: int = 32, gdim: int = 16, seed: int = 0) -> list[dict]:
@@ -196,12 +195,14 @@ def test_loss_decreases_on_a_tiny_batch(tmp_path) -> None:
     data = D.collate_records(records)
     losses = []
     for _ in range(15):
-        loss, _ = nll_loss(model(data)["log_assignment"], data["gt_matches0"], data["gt_matches1"])
+        loss, _ = T.training_loss(model(data), data, confidence_weight=1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+    single, _ = nll_loss(model(data)["log_assignment"], data["gt_matches0"], data["gt_matches1"])
+    assert single.item() < losses[0]
 
 
 def test_resume_gives_the_identical_next_step(tmp_path) -> None:
@@ -228,7 +229,6 @@ def test_training_with_768d_guidance(tmp_path) -> None:
     """
     records = _synthetic_records(2, gdim=768)
     cfg = _cfg(tmp_path, steps=3)
-    cfg["model"]["guidance_dim"] = 768
     last = T.train(cfg, records=records, val_records=records, progress=False)
     state = torch.load(last, weights_only=False)
     assert state["step"] == 3
@@ -254,7 +254,7 @@ def test_dinov2_guided_pool_trains(tmp_path, textured) -> None:
     records = D.load_pool([tmp_path / "pairs"])
     assert records[0]["view0"]["guidance"].shape[1] == 384
     cfg = _cfg(tmp_path, steps=2, batch_size=1)
-    cfg["model"].update(input_dim=128, guidance_dim=384)
+    cfg["model"].update(input_dim=128)
     assert T.train(cfg, records=records, val_records=[], progress=False).is_file()
 
 
@@ -262,37 +262,24 @@ def test_dinov2_guided_pool_trains(tmp_path, textured) -> None:
 # warm start, export, finetune
 
 
-def test_lightglue_warm_start_maps_attention_weights() -> None:
-    from omniglue_sfm.matchers.omniglue import OmniGlue
-    from omniglue_sfm.training.warm_start import lightglue_to_omniglue
+def test_guidance_only_training_ships_as_a_difference_to_lightglue(tmp_path) -> None:
+    """The shipped recipe: LightGlue warm start, only the guidance scales learn; the export
+    stores just those and loads back to the trained model exactly."""
+    from omniglue_sfm.matchers.omniglue import load_model
 
-    c, heads = 8, 2
-    gen = torch.Generator().manual_seed(0)
-    lg = {"input_proj.weight": torch.randn(c, 4, generator=gen),
-          "input_proj.bias": torch.randn(c, generator=gen),
-          "log_assignment.0.final_proj.weight": torch.randn(c, c, generator=gen),
-          "log_assignment.0.final_proj.bias": torch.randn(c, generator=gen)}
-    for part, shape in (("weight", (3 * c, c)), ("bias", (3 * c,))):
-        lg[f"self_attn.0.Wqkv.{part}"] = torch.randn(*shape, generator=gen)  # old key prefix
-        for name in ("out_proj",):
-            lg[f"self_attn.0.{name}.{part}"] = torch.randn(c, *shape[1:], generator=gen)
-        for name in ("to_qk", "to_v", "to_out"):
-            lg[f"cross_attn.0.{name}.{part}"] = torch.randn(c, *shape[1:], generator=gen)
-        for j, dims in ((0, (2 * c, 2 * c)), (1, (2 * c,)), (3, (c, 2 * c))):
-            for kind in ("self_attn", "cross_attn"):
-                lg[f"{kind}.0.ffn.{j}.{part}"] = torch.randn(*(dims if part == "weight" or j == 1
-                                                               else dims[:1]), generator=gen)
-    mapped = lightglue_to_omniglue(lg, n_layers=1, num_heads=heads)
-    # LightGlue's qkv layout: output unflattened as (heads, head_dim, 3)
-    x = torch.randn(5, c, generator=gen)
-    qkv = (x @ lg["self_attn.0.Wqkv.weight"].T + lg["self_attn.0.Wqkv.bias"]).view(5, heads, c // heads, 3)
-    q_ref = qkv[..., 0].reshape(5, c)
-    q = x @ mapped["self_blocks.0.q.weight"].T + mapped["self_blocks.0.q.bias"]
-    assert torch.allclose(q, q_ref, atol=1e-6)
-    assert torch.equal(mapped["cross_blocks.0.q.weight"], mapped["cross_blocks.0.k.weight"])
-    model = OmniGlue({"input_dim": 4, "d_model": c, "n_layers": 1, "num_heads": heads})
-    missing = set(model.state_dict()) - set(mapped)
-    assert missing == {k for k in model.state_dict() if k.startswith("posenc") or k == "bin_score"}
+    recs = _synthetic_records(2, dim=128, gdim=16)
+    cfg = _cfg(tmp_path, steps=2, warm_start="aliked_lightglue", trainable=["guidance_scale"], lr=0.05)
+    cfg["model"] = {"input_dim": 128}
+    last = T.train(cfg, records=recs, val_records=recs, progress=False)
+    state = torch.load(last, weights_only=False)
+    assert state["model"]["guidance_scale"].abs().sum() > 0
+    out = T.export(last, tmp_path / "og.pt")
+    ckpt = torch.load(out, weights_only=False)
+    assert ckpt["base"] == "aliked_lightglue" and set(ckpt["state_dict"]) == {"guidance_scale"}
+    loaded = load_model(str(out))[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state["model"].items())
+    with pytest.raises(ValueError, match="matches no parameter"):
+        T.trainable_parameters(T.make_model(cfg), ["nothing"])
 
 
 def test_export_and_finetune_cli(tmp_path, textured) -> None:
@@ -300,7 +287,7 @@ def test_export_and_finetune_cli(tmp_path, textured) -> None:
     from omniglue_sfm.matchers.omniglue import load_checkpoint
 
     cfg = _cfg(tmp_path, steps=1)
-    cfg["model"].update(input_dim=128, guidance_dim=128)
+    cfg["model"].update(input_dim=128)
     cfg["features"] = {"name": "aliked", "model": "aliked-n16", "max_keypoints": 64}
     cfg["guidance"] = {"name": "aliked-grid"}
     cfg["data"] = {"patch_size": [96, 72], "shifts": [60.0], "augment": 0.5}
@@ -339,14 +326,14 @@ def test_heldout_list_matches_the_split() -> None:
 
 
 def test_init_checkpoint_starts_from_exported_weights(tmp_path) -> None:
-    from omniglue_sfm.matchers.omniglue import dequantize_state_dict, load_checkpoint
+    from omniglue_sfm.matchers.omniglue import load_model
 
     recs = _synthetic_records(2)
     first = T.export(T.train(_cfg(tmp_path / "a", steps=1), records=recs, val_records=[], progress=False),
                      tmp_path / "a.pt", quantize=False)
     cfg = _cfg(tmp_path / "b", steps=1, lr=0.0, init_checkpoint=str(first))
     state = torch.load(T.train(cfg, records=recs, val_records=[], progress=False), weights_only=False)
-    ref = dequantize_state_dict(load_checkpoint(str(first))["state_dict"])
+    ref = load_model(str(first))[0].state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in state["model"].items())
 
 
@@ -381,9 +368,10 @@ def test_bundled_configs_load_and_build_the_shipped_architecture() -> None:
 
     configs = sorted((Path(D.__file__).parent / "configs").glob("*.toml"))
     shipped = load_checkpoint(str(Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"))
-    arch = {k: v for k, v in shipped["conf"].items() if k != "match_threshold"}
-    assert len(configs) >= 4
+    arch = ("input_dim", "descriptor_dim", "n_layers", "num_heads", "guidance")
+    assert len(configs) >= 2
     for path in configs:
         cfg = T.load_config(path)
-        assert {k: cfg["model"][k] for k in arch} == arch, path.name
-        assert cfg["features"] == shipped["metadata"]["features"], path.name
+        full = T.OmniGlue(cfg["model"]).conf  # strict: unknown keys are an error
+        assert {k: full[k] for k in arch} == {k: shipped["conf"][k] for k in arch}, path.name
+        assert cfg["guidance"] == shipped["metadata"]["guidance"], path.name

@@ -34,19 +34,24 @@ def global_descriptor(dense: torch.Tensor) -> torch.Tensor:
 
 
 class ALIKEDGridGuidance(Guidance):
-    """Config: ``cell`` (grid step in pixels of the extraction image, default 14)."""
+    """Config: ``cells``, grid cells along the image's longest side (default 73: a 14-pixel cell
+    at 1024 px), so that a cell covers the same share of the image at every resolution (training
+    crops and pipeline images differ in size); or ``cell`` > 0, a fixed step in pixels of the
+    extraction image (DINOv2's 14-pixel patches), which overrides ``cells``."""
 
-    default_conf: ClassVar[dict] = {"cell": 14}
+    default_conf: ClassVar[dict] = {"cells": 73, "cell": 0}
     dim = 128
+
+    def grid_size(self, h: int, w: int) -> tuple[int, int]:
+        cell = float(self.conf["cell"]) or max(h, w) / float(self.conf["cells"])
+        return max(1, round(h / cell)), max(1, round(w / cell))
 
     def forward(self, image: torch.Tensor, features: dict) -> dict[str, torch.Tensor]:
         dense = features.get("dense")
         if dense is None:
             raise ValueError("aliked-grid guidance needs an extractor that returns its dense map "
                              "(aliked or disk)")
-        h, w = image.shape[-2:]
-        cell = int(self.conf["cell"])
-        grid_hw = (max(1, round(h / cell)), max(1, round(w / cell)))
+        grid_hw = self.grid_size(*image.shape[-2:])
         # adaptive pooling splits the map into grid_hw nearly equal cells covering the whole image,
         # so cell (i, j) is centred at ((j + 0.5) W / w, (i + 0.5) H / h) as sample_dense expects
         grid = F.adaptive_avg_pool2d(F.normalize(dense.float(), dim=1), grid_hw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import ClassVar
 
 import kornia.feature as KF
@@ -17,10 +18,17 @@ _DERIVED = {"confidence_thresholds"}
 _STALE = re.compile(r"^log_assignment\.\d+\.r$")
 
 
-def _rename_legacy_keys(state: dict) -> dict:
-    """Older releases name layers ``self_attn.{i}.`` / ``cross_attn.{i}.``; kornia nests them."""
+def load_lightglue_state(checkpoint: str, explicit: str | None = None) -> dict:
+    """The one reader of LightGlue checkpoints: ``checkpoint`` is a ``weights.KNOWN`` name
+    (e.g. ``aliked_lightglue``, resolved offline first) or a path. Older releases name layers
+    ``self_attn.{i}.`` / ``cross_attn.{i}.`` (renamed to ``transformers.{i}.*``); stale buffers
+    are dropped. Used by this plugin and by OmniGlue's warm start."""
+    path = (weights.resolve_known(checkpoint, explicit) if checkpoint in weights.KNOWN
+            else weights.resolve(weights.WeightSpec(Path(checkpoint).name, "OMNIGLUE_SFM_LIGHTGLUE"),
+                                 explicit=checkpoint))
     pattern = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.")
-    return {pattern.sub(r"transformers.\2.\1.", k): v for k, v in state.items()}
+    state = weights.load_state_dict(path)
+    return {pattern.sub(r"transformers.\2.\1.", k): v for k, v in state.items() if not _STALE.match(k)}
 
 
 class LightGlueMatcher(Matcher):
@@ -46,7 +54,6 @@ class LightGlueMatcher(Matcher):
         features = self.conf["features"]
         if features not in ("aliked", "disk", "superpoint"):
             raise ValueError(f"LightGlue: unsupported features {features!r} (aliked, disk, superpoint)")
-        path = weights.resolve_known(f"{features}_lightglue", self.conf.get("weights"))
         kconf = {
             **KF.LightGlue.features[features],
             "weights": None,  # we load the file ourselves (offline resolution)
@@ -55,12 +62,13 @@ class LightGlueMatcher(Matcher):
             "filter_threshold": float(self.conf["filter_threshold"]),
         }
         self.net = KF.LightGlue(features=None, **kconf)
-        state = {k: v for k, v in _rename_legacy_keys(weights.load_state_dict(path)).items()
-                 if not _STALE.match(k)}
+        name = f"{features}_lightglue"
+        state = load_lightglue_state(name, self.conf.get("weights"))
         result = self.net.load_state_dict(state, strict=False)
         if set(result.missing_keys) - _DERIVED or result.unexpected_keys:
             raise weights.WeightsNotFoundError(
-                f"{path} does not match kornia's LightGlue for {features}: missing {result.missing_keys}, "
+                f"{self.conf.get('weights') or name} does not match kornia's LightGlue for {features}: "
+                f"missing {result.missing_keys}, "
                 f"unexpected {result.unexpected_keys}"
             )
         self.eval()

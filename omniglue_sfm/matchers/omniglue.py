@@ -1,18 +1,34 @@
-"""OmniGlue (Jiang et al., CVPR 2024, arXiv 2405.12979) in PyTorch.
+"""OmniGlue v2: foundation-model-guided matching on a LightGlue-compatible trunk.
 
-A sparse matcher whose cross-attention is guided by a foundation model: for each keypoint,
-cross-attention only looks at the top ``guidance_ratio`` of the other image's keypoints by
-cosine similarity of their guidance features (DINOv2 in the paper). Positions guide attention
-but never enter the values, so the refined descriptors carry no position (paper Eqs. 1-5)::
+OmniGlue (Jiang et al., CVPR 2024, arXiv 2405.12979) makes two changes to a SuperGlue-style
+matcher: (1) positions guide attention but never enter the values, so the refined descriptors
+carry no position; (2) cross-attention is guided by a foundation model (DINOv2 in the paper):
+keypoints whose guidance features are similar attend to each other. The paper implements (2)
+as a hard mask (each keypoint looks at the top half of the other image's keypoints by guidance
+similarity) on a SuperGlue trunk trained from scratch (750k steps at batch 48).
 
-    q_i = W_q (d_i + p_i),  k_j = W_k (d_j + p_j),  v_j = W_v d_j
-    delta_i = merge(softmax(q_i k_S^T / sqrt(c)) v_S)
-    d_i <- d_i + MLP([d_i | delta_i])
+This v2 keeps both principles on LightGlue's trunk (Lindenberger et al., ICCV 2023), whose
+rotary position encoding already enters only queries and keys (principle 1). Guidance enters
+every cross-attention layer as a learned per-head bias on the attention logits::
 
-9 blocks of (self-attention, cross-attention), then a final projection, dot-product scores and
-log-space Sinkhorn with a learned dustbin (SuperGlue), mutual best above a threshold.
+    self:   m_i = sum_j softmax_j(R(p_i) q_i . R(p_j) k_j / sqrt(c_h)) v_j        (rotary R)
+    cross:  a_ij = (w qk0_i . w qk1_j) + gamma_lh * cos(g0_i, g1_j)             (both ways)
+    update: d_i <- d_i + FFN([d_i | W_out m_i])
 
-Shapes: B pairs, N / M keypoints (padded), D local-descriptor dim, C guidance dim, c = d_model.
+``gamma`` (n_layers x heads) starts at zero, so the network starts as exactly LightGlue and
+its trained MegaDepth weights (attention, matchability, per-layer assignment and confidence
+heads) load unchanged: training then only has to teach how much to trust the guidance. The
+soft bias generalises the paper's hard top-k mask (a large gamma approaches it) and, unlike
+it, is differentiable and admits this exact warm start (docs/omniglue.md).
+
+Assignment: LightGlue's dual-softmax with matchability, available after every layer (deep
+supervision in training). Inference is adaptive like LightGlue: a pair stops after the layer
+at which enough of its points are confident (``depth_confidence``), and confident points that
+cannot match are pruned (``width_confidence``); a padded batch drops finished pairs and
+compacts pruned points, so a pair's matches do not depend on its batch.
+
+Shapes: B pairs, N / M keypoints (padded), D local-descriptor dim, c = descriptor_dim, H heads,
+h = c / H head dim. Parameter names follow LightGlue's, so its checkpoints load directly.
 """
 
 from __future__ import annotations
@@ -24,191 +40,399 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Matcher, mutual_matches
-from .sinkhorn import log_optimal_transport
+from .base import Matcher
+
+VERSION = 2
 
 
 def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """(B, N, 2) pixels -> roughly [-1, 1], centred, scaled by half the longest side."""
+    """(B, N, 2) pixels -> roughly [-1, 1]: centred, divided by half the longest side."""
     size = size.to(kpts)
-    shift = size / 2
-    scale = size.max(-1).values / 2
-    return (kpts - shift[:, None]) / scale[:, None, None]
+    return (kpts - size[:, None] / 2) / (size.max(-1).values / 2)[:, None, None]
 
 
-class FourierPositionEncoder(nn.Module):
-    """p = MLP([x, y, sin(2^l pi x), cos(2^l pi x), sin(2^l pi y), cos(2^l pi y)]_{l<L})."""
+class RotaryPositions(nn.Module):
+    """Learned Fourier features used as rotary angles: (B, N, 2) -> cos/sin (2, B, 1, N, h)."""
 
-    def __init__(self, num_frequencies: int, dim: int) -> None:
+    def __init__(self, head_dim: int) -> None:
         super().__init__()
-        self.register_buffer(
-            "freqs", (2.0 ** torch.arange(num_frequencies)) * math.pi, persistent=False
-        )
-        in_dim = 2 + 4 * num_frequencies
-        self.mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
+        self.Wr = nn.Linear(2, head_dim // 2, bias=False)
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
-        """xy: (B, N, 2) normalised coordinates -> (B, N, c)."""
-        angles = xy[..., None] * self.freqs  # (B, N, 2, L)
-        feats = torch.cat([xy, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
-        return self.mlp(feats)
+        angles = self.Wr(xy)
+        return torch.stack([angles.cos(), angles.sin()], 0).unsqueeze(-3).repeat_interleave(2, -1)
 
 
-class PositionGuidedAttention(nn.Module):
-    """One attention layer of OmniGlue: q, k from d + p; v from d; residual MLP on [d | delta]."""
+def rotate(rot: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of t (B, H, N, h) by the angles in rot (2, B, 1, N, h)."""
+    pairs = t.unflatten(-1, (-1, 2))
+    half = torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2)
+    return t * rot[0] + half * rot[1]
+
+
+def _ffn(dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(),
+                         nn.Linear(2 * dim, dim))
+
+
+class SelfBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.Wqkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.ffn = _ffn(dim)
+
+    def forward(self, x: torch.Tensor, rot: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, c); rot (2, B, 1, N, h); key_mask (B, 1, 1, N) additive or None."""
+        qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)
+        q, k, v = rotate(rot, qkv[..., 0]), rotate(rot, qkv[..., 1]), qkv[..., 2].contiguous()
+        # contiguous inputs select the fused (flash) CPU kernel; strided ones fall back to math
+        msg = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v, attn_mask=key_mask)
+        return x + self.ffn(torch.cat([x, self.out_proj(msg.transpose(1, 2).flatten(-2))], -1))
+
+
+class CrossBlock(nn.Module):
+    """Bidirectional cross-attention: one logit matrix serves both directions."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.merge = nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
-        )
+        self.scale = (dim // num_heads) ** -0.25  # applied to both sides: 1/sqrt(h) overall
+        self.to_qk = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.ffn = _ffn(dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(
-        self,
-        desc: torch.Tensor,
-        pos: torch.Tensor,
-        src_desc: torch.Tensor,
-        src_pos: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """desc/pos: (B, N, c) targets; src_*: (B, S, c) sources; attn_mask: (B, 1|N, S), bool
-        (True = may attend) or additive float (0 / -inf, see :func:`additive_mask`), broadcast
-        over heads. Returns the updated (B, N, c)."""
-        q = self._heads(self.q(desc + pos))
-        k = self._heads(self.k(src_desc + src_pos))
-        v = self._heads(self.v(src_desc))
-        mask = attn_mask[:, None] if attn_mask is not None else None
-        if mask is not None and mask.dtype != q.dtype and mask.dtype != torch.bool:
-            mask = mask.to(q.dtype)  # additive masks follow the activations (autocast)
-        msg = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        msg = self.merge(msg.transpose(1, 2).flatten(2))
-        return desc + self.mlp(torch.cat([desc, msg], -1))
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, bias: torch.Tensor | None,
+                keys0: torch.Tensor | None, keys1: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 (B, N, c), x1 (B, M, c); bias (B, H|1, N, M) guidance logits or None; keys0 (B, N)
+        / keys1 (B, M) bool, the points that may be attended to (None: all). Returns x0, x1."""
+        qk0, qk1 = self._heads(self.to_qk(x0)) * self.scale, self._heads(self.to_qk(x1)) * self.scale
+        v0, v1 = self._heads(self.to_v(x0)), self._heads(self.to_v(x1))
+        sim = qk0 @ qk1.transpose(-1, -2)  # (B, H, N, M)
+        if bias is not None:
+            sim = sim + bias
+        sim0, sim1 = sim, sim.transpose(-1, -2).contiguous()  # softmax is slow on strided rows
+        if keys1 is not None:  # only keys are masked: every row keeps a finite maximum
+            sim0 = sim0.masked_fill(~keys1[:, None, None, :], float("-inf"))
+            sim1 = sim1.masked_fill(~keys0[:, None, None, :], float("-inf"))
+        m0 = self.to_out((sim0.softmax(-1) @ v1).transpose(1, 2).flatten(-2))
+        m1 = self.to_out((sim1.softmax(-1) @ v0).transpose(1, 2).flatten(-2))
+        return x0 + self.ffn(torch.cat([x0, m0], -1)), x1 + self.ffn(torch.cat([x1, m1], -1))
 
 
-def guidance_mask(
-    g0: torch.Tensor, g1: torch.Tensor, mask1: torch.Tensor, ratio: float
-) -> torch.Tensor:
-    """For every keypoint of image 0, True for the top ``ratio`` of image 1's real keypoints by
-    cosine similarity of guidance features. g0: (B, N, C), g1: (B, M, C), mask1: (B, M).
-    Returns (B, N, M) bool. Ties at the threshold are kept."""
-    sim = torch.einsum("bnc,bmc->bnm", F.normalize(g0.float(), dim=-1), F.normalize(g1.float(), dim=-1))
-    sim = sim.masked_fill(~mask1[:, None, :], float("-inf"))
-    counts = mask1.sum(1)  # (B,)
-    keep = (counts.float() * ratio).floor().clamp(min=1).long()  # per pair
-    return (sim >= _kth_largest(sim, keep)) & mask1[:, None, :]
+class TransformerLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.self_attn = SelfBlock(dim, num_heads)
+        self.cross_attn = CrossBlock(dim, num_heads)
 
 
-def _kth_largest(sim: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(B, N, 1): the keep[b]-th largest entry of each row of sim (B, N, M). An unsorted top-k and
-    its minimum: 2-3x faster on the CPU than a sorted top-k and a gather, same values."""
-    if bool((keep == keep[0]).all()):
-        return sim.topk(int(keep[0]), dim=2, sorted=False).values.amin(2, keepdim=True)
-    return torch.stack([s.topk(int(k), dim=1, sorted=False).values.amin(1, keepdim=True)
-                        for s, k in zip(sim, keep, strict=True)])
+class MatchAssignment(nn.Module):
+    """Dual-softmax similarity plus matchability: (B, N+1, M+1) log assignment."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.matchability = nn.Linear(dim, 1)
+        self.final_proj = nn.Linear(dim, dim)
+
+    def forward(self, d0: torch.Tensor, d1: torch.Tensor, mask0: torch.Tensor | None = None,
+                mask1: torch.Tensor | None = None) -> torch.Tensor:
+        f0, f1 = self.final_proj(d0), self.final_proj(d1)
+        c = f0.shape[-1]
+        sim = (f0 / c**0.25) @ (f1 / c**0.25).transpose(-1, -2)  # (B, N, M)
+        z0, z1 = self.matchability(d0), self.matchability(d1)  # (B, N, 1), (B, M, 1)
+        if mask0 is not None and mask1 is not None:  # mask keys only: no row is all -inf
+            s0 = sim.masked_fill(~_any_or_all(mask1)[:, None, :], float("-inf")).log_softmax(2)
+            s1 = sim.masked_fill(~_any_or_all(mask0)[:, :, None], float("-inf")).log_softmax(1)
+        else:
+            s0, s1 = sim.log_softmax(2), sim.log_softmax(1)
+        b, n, m = sim.shape
+        out = sim.new_zeros(b, n + 1, m + 1)
+        out[:, :n, :m] = s0 + s1 + F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
+        out[:, :n, m] = F.logsigmoid(-z0[..., 0])
+        out[:, n, :m] = F.logsigmoid(-z1[..., 0])
+        return out
+
+    def matchable(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.matchability(d))[..., 0]
 
 
-def additive_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """Bool attention mask (True = may attend) -> float 0 / -inf, built once per forward: SDPA
-    would otherwise convert a bool mask in every one of the 18 layers. None when nothing is
-    masked (SDPA's fastest path). A query with no allowed key at all (an image without
-    keypoints; its output is discarded) gets zeros, not NaN."""
-    if bool(mask.all()):
-        return None
-    mask = mask | ~mask.any(-1, keepdim=True)
-    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+class TokenConfidence(nn.Module):
+    """Probability that a point's prediction will not change in later layers (LightGlue)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.token = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return self.token(d.detach())[..., 0]
+
+
+def mutual_filter(log_p: torch.Tensor, threshold: float, mask0: torch.Tensor | None = None,
+                  mask1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual best of exp(log_p[:, :-1, :-1]) above ``threshold``: matches0 (B, N), scores0."""
+    scores = log_p[:, :-1, :-1]
+    if mask0 is not None and mask1 is not None:
+        scores = scores.masked_fill(~(mask0[:, :, None] & mask1[:, None, :]), float("-inf"))
+    max0, idx0 = scores.max(2)
+    idx1 = scores.max(1).indices
+    mutual = idx1.gather(1, idx0) == torch.arange(scores.shape[1], device=scores.device)[None]
+    mscores0 = torch.where(mutual, max0.exp(), max0.new_zeros(()))
+    keep = mutual & (mscores0 > threshold)
+    return torch.where(keep, idx0, -1), torch.where(keep, mscores0, 0.0).float()
 
 
 class OmniGlue(nn.Module):
     default_conf: ClassVar[dict] = {
-        "input_dim": 128,  # local descriptor dimension (ALIKED 128, SuperPoint 256, DISK 128)
-        "guidance_dim": 128,  # guidance feature dimension (DINOv2 ViT-B 768, ViT-S 384)
-        "d_model": 256,
+        "version": VERSION,
+        "input_dim": 128,  # local descriptor dimension (ALIKED 128, DISK 128, SuperPoint 256)
+        "descriptor_dim": 256,
         "n_layers": 9,
         "num_heads": 4,
-        "num_frequencies": 8,
-        "guidance_ratio": 0.5,  # 1.0 = unguided cross-attention (the paper's "without DINO")
-        "sinkhorn_iterations": 20,
-        "match_threshold": 0.1,
+        "guidance": True,  # learned guidance bias in cross-attention; False = plain LightGlue
+        "depth_confidence": 0.95,  # early exit when this share of points is confident; -1 off
+        "width_confidence": 0.99,  # prune confident points with matchability below 1 - this; -1 off
+        "filter_threshold": 0.1,  # match score threshold
+        "pruning_min_points": {"cpu": -1, "cuda": 1024},  # prune only above this many points
     }
 
     def __init__(self, conf: dict | None = None) -> None:
         super().__init__()
+        unknown = set(conf or {}) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown OmniGlue conf keys {sorted(unknown)}; "
+                             f"known: {sorted(self.default_conf)}")
         self.conf = conf = {**self.default_conf, **(conf or {})}
-        dim = conf["d_model"]
-        self.input_proj = (
-            nn.Linear(conf["input_dim"], dim) if conf["input_dim"] != dim else nn.Identity()
-        )
-        self.posenc = FourierPositionEncoder(conf["num_frequencies"], dim)
-        self.self_blocks = nn.ModuleList(
-            [PositionGuidedAttention(dim, conf["num_heads"]) for _ in range(conf["n_layers"])]
-        )
-        self.cross_blocks = nn.ModuleList(
-            [PositionGuidedAttention(dim, conf["num_heads"]) for _ in range(conf["n_layers"])]
-        )
-        self.final_proj = nn.Linear(dim, dim)
-        self.bin_score = nn.Parameter(torch.tensor(1.0))
+        if conf["version"] != VERSION:
+            raise ValueError(f"OmniGlue checkpoint version {conf['version']} is not supported by this "
+                             f"release (version {VERSION}); retrain it or use the shipped checkpoint")
+        dim, heads, n = conf["descriptor_dim"], conf["num_heads"], conf["n_layers"]
+        self.input_proj = nn.Linear(conf["input_dim"], dim) if conf["input_dim"] != dim else nn.Identity()
+        self.posenc = RotaryPositions(dim // heads)
+        self.transformers = nn.ModuleList([TransformerLayer(dim, heads) for _ in range(n)])
+        self.log_assignment = nn.ModuleList([MatchAssignment(dim) for _ in range(n)])
+        self.token_confidence = nn.ModuleList([TokenConfidence(dim) for _ in range(n - 1)])
+        self.guidance_scale = nn.Parameter(torch.zeros(n, heads))  # gamma: 0 = exactly LightGlue
 
-    def cross_masks(self, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, M) and (B, M, N) boolean cross-attention masks (guidance and padding)."""
-        mask0, mask1 = data["mask0"], data["mask1"]
-        ratio = self.conf["guidance_ratio"]
-        if ratio >= 1.0 or "guidance0" not in data:
-            return (
-                mask1[:, None, :].expand(-1, mask0.shape[1], -1),
-                mask0[:, None, :].expand(-1, mask1.shape[1], -1),
-            )
-        g0, g1 = data["guidance0"], data["guidance1"]
-        return guidance_mask(g0, g1, mask1, ratio), guidance_mask(g1, g0, mask0, ratio)
+    # ----------------------------------------------------------------------------------------
+    def confidence_threshold(self, layer: int) -> float:
+        """LightGlue's schedule: stricter in early layers."""
+        return min(max(0.8 + 0.1 * math.exp(-4.0 * layer / self.conf["n_layers"]), 0.0), 1.0)
+
+    def _embed(self, data: dict) -> tuple[torch.Tensor, ...]:
+        d0 = self.input_proj(data["descriptors0"])
+        d1 = self.input_proj(data["descriptors1"])
+        r0 = self.posenc(normalize_keypoints(data["keypoints0"], data["image_size0"]))
+        r1 = self.posenc(normalize_keypoints(data["keypoints1"], data["image_size1"]))
+        return d0, d1, r0, r1
+
+    def guidance_similarity(self, data: dict) -> torch.Tensor | None:
+        """(B, N, M) cosine similarity of the guidance features, or None without guidance."""
+        if not self.conf["guidance"] or "guidance0" not in data:
+            return None
+        g0 = F.normalize(data["guidance0"].float(), dim=-1)
+        g1 = F.normalize(data["guidance1"].float(), dim=-1)
+        return (g0 @ g1.transpose(-1, -2)).to(data["descriptors0"].dtype)
+
+    def _bias(self, sim_g: torch.Tensor | None, layer: int) -> torch.Tensor | None:
+        if sim_g is None:
+            return None
+        return sim_g[:, None] * self.guidance_scale[layer].to(sim_g.dtype)[None, :, None, None]
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """data: the padded batch of ``matchers.base`` (keypoints, descriptors, image_size,
-        masks, optional guidance). Returns matches0 (B, N), matching_scores0 (B, N),
-        log_assignment (B, N+1, M+1)."""
-        b, n = data["keypoints0"].shape[:2]
+        masks, optional guidance). Returns matches0 (B, N) int64, matching_scores0 (B, N),
+        and in training ``log_assignments``: the (B, N+1, M+1) assignment after every layer
+        (deep supervision) plus ``token_confidences`` [(B, N), (B, M)] per layer but the last.
+        At inference also ``stop`` (B,) layers run and ``pruned0``/``pruned1`` (B, N|M) bool."""
+        if self.training:
+            return self._forward_train(data)
+        return self._forward_adaptive(data)
+
+    def _forward_train(self, data: dict) -> dict:
+        mask0, mask1 = data.get("mask0"), data.get("mask1")
+        d0, d1, r0, r1 = self._embed(data)
+        self0, self1 = _key_mask(mask0), _key_mask(mask1)
+        keys0, keys1 = _cross_keys(mask0, mask1)
+        sim_g = self.guidance_similarity(data)
+        log_ps, tokens = [], []
+        for i, layer in enumerate(self.transformers):
+            d0 = layer.self_attn(d0, r0, self0)
+            d1 = layer.self_attn(d1, r1, self1)
+            d0, d1 = layer.cross_attn(d0, d1, self._bias(sim_g, i), keys0, keys1)
+            log_ps.append(self.log_assignment[i](d0, d1, mask0, mask1))
+            if i < len(self.token_confidence):
+                tokens.append((self.token_confidence[i](d0), self.token_confidence[i](d1)))
+        matches0, scores0 = mutual_filter(log_ps[-1], self.conf["filter_threshold"], mask0, mask1)
+        return {"matches0": matches0, "matching_scores0": scores0, "log_assignment": log_ps[-1],
+                "log_assignments": log_ps, "token_confidences": tokens}
+
+    @torch.no_grad()
+    def _forward_adaptive(self, data: dict) -> dict:
+        kp0 = data["keypoints0"]
+        b, n = kp0.shape[:2]
         m = data["keypoints1"].shape[1]
-        dev = data["keypoints0"].device
+        dev = kp0.device
         mask0 = data.get("mask0", torch.ones(b, n, dtype=torch.bool, device=dev))
         mask1 = data.get("mask1", torch.ones(b, m, dtype=torch.bool, device=dev))
-        data = {**data, "mask0": mask0, "mask1": mask1}
+        d0, d1, r0, r1 = self._embed(data)
+        sim_g = self.guidance_similarity(data)
+        state = _Active(d0, d1, r0, r1, sim_g, mask0, mask1)
+        n_points = (mask0.sum(1) + mask1.sum(1)).float()  # (B,) per pair, as at the start
+        matches0 = torch.full((b, n), -1, dtype=torch.long, device=dev)
+        scores0 = torch.zeros(b, n, device=dev)
+        stop = torch.full((b,), self.conf["n_layers"], dtype=torch.long, device=dev)
+        depth, width = self.conf["depth_confidence"], self.conf["width_confidence"]
+        min_points = self.conf["pruning_min_points"].get(dev.type, -1)
+        last = self.conf["n_layers"] - 1
+        for i, layer in enumerate(self.transformers):
+            state.layer(layer, self._bias(state.sim_g, i))
+            if i == last:
+                break
+            tok0 = tok1 = None
+            if depth > 0:
+                tok0, tok1 = self.token_confidence[i](state.d0), self.token_confidence[i](state.d1)
+                th = self.confidence_threshold(i)
+                unsure = ((tok0 < th) & state.mask0).sum(1) + ((tok1 < th) & state.mask1).sum(1)
+                done = 1.0 - unsure.float() / n_points[state.ids] > depth
+                if bool(done.any()):
+                    self._finish(state, done, i, matches0, scores0, stop)
+                    state.keep_pairs(~done)
+                    if state.empty:
+                        return _output(matches0, scores0, stop, state)
+                    tok0, tok1 = tok0[~done], tok1[~done]
+            if width > 0:
+                head = self.log_assignment[i]
+                th = self.confidence_threshold(i)
+                for side, tok in ((0, tok0), (1, tok1)):
+                    d, mask = (state.d0, state.mask0) if side == 0 else (state.d1, state.mask1)
+                    if d.shape[1] <= min_points:
+                        continue
+                    keep = head.matchable(d) > 1 - width
+                    if tok is not None:  # points still unsure are never pruned
+                        keep |= tok <= th
+                    state.keep_points(side, keep & mask)
+        all_done = torch.ones(len(state.ids), dtype=torch.bool, device=dev)
+        self._finish(state, all_done, last, matches0, scores0, stop)
+        return _output(matches0, scores0, stop, state)
 
-        d0 = self.input_proj(data["descriptors0"])
-        d1 = self.input_proj(data["descriptors1"])
-        p0 = self.posenc(normalize_keypoints(data["keypoints0"], data["image_size0"]))
-        p1 = self.posenc(normalize_keypoints(data["keypoints1"], data["image_size1"]))
-        # (B, 1, S) padding-only self masks and (B, N, M) / (B, M, N) cross masks, additive
-        self0, self1 = additive_mask(mask0[:, None, :]), additive_mask(mask1[:, None, :])
-        cross01, cross10 = (additive_mask(m) for m in self.cross_masks(data))
+    def _finish(self, state: _Active, done: torch.Tensor, layer: int, matches0: torch.Tensor,
+                scores0: torch.Tensor, stop: torch.Tensor) -> None:
+        """Assign the pairs ``done`` (over the active pairs) with the head of ``layer``."""
+        sel = done.nonzero()[:, 0]
+        mk0, mk1 = state.mask0[sel], state.mask1[sel]
+        log_p = self.log_assignment[layer](state.d0[sel], state.d1[sel], mk0, mk1)
+        m0, s0 = mutual_filter(log_p, self.conf["filter_threshold"], mk0, mk1)
+        ids, idx0, idx1 = state.ids[sel], state.idx0[sel], state.idx1[sel]
+        valid = (m0 >= 0) & mk0
+        m0 = torch.where(valid, idx1.gather(1, m0.clamp(min=0)), -1)
+        for k in range(len(sel)):  # scatter back to the original keypoint indices
+            real = mk0[k]
+            matches0[ids[k], idx0[k, real]] = m0[k, real]
+            scores0[ids[k], idx0[k, real]] = torch.where(valid[k, real], s0[k, real], 0.0)
+        stop[ids] = layer + 1
 
-        for self_attn, cross_attn in zip(self.self_blocks, self.cross_blocks, strict=True):
-            d0, d1 = self_attn(d0, p0, d0, p0, self0), self_attn(d1, p1, d1, p1, self1)
-            d0, d1 = cross_attn(d0, p0, d1, p1, cross01), cross_attn(d1, p1, d0, p0, cross10)
 
-        f0, f1 = self.final_proj(d0), self.final_proj(d1)
-        scores = torch.einsum("bnc,bmc->bnm", f0, f1) / f0.shape[-1] ** 0.5
-        log_p = log_optimal_transport(
-            scores, self.bin_score, self.conf["sinkhorn_iterations"], mask0, mask1
-        )
-        matches0, mscores0 = mutual_matches(
-            log_p[:, :-1, :-1].exp(), self.conf["match_threshold"], mask0, mask1
-        )
-        return {"matches0": matches0, "matching_scores0": mscores0, "log_assignment": log_p}
+def _any_or_all(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) key mask; an image without real points lets all be attended to (no NaN; its
+    outputs are discarded)."""
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N) bool -> (B, 1, 1, N) additive 0 / -inf key mask for SDPA; None when all real."""
+    if mask is None or bool(mask.all()):
+        return None
+    mask = _any_or_all(mask)
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))[:, None, None]
+
+
+def _cross_keys(mask0: torch.Tensor | None, mask1: torch.Tensor | None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if mask0 is None or mask1 is None or (bool(mask0.all()) and bool(mask1.all())):
+        return None, None
+    return _any_or_all(mask0), _any_or_all(mask1)
+
+
+class _Active:
+    """The pairs still running and their points: ids (B') into the batch, idx0/idx1 (B', N')
+    original keypoint indices of the compacted points, with masks marking the real ones."""
+
+    def __init__(self, d0, d1, r0, r1, sim_g, mask0, mask1) -> None:
+        self.d0, self.d1, self.r0, self.r1, self.sim_g = d0, d1, r0, r1, sim_g
+        self.mask0, self.mask1 = mask0, mask1
+        b, n, m = mask0.shape[0], mask0.shape[1], mask1.shape[1]
+        dev = mask0.device
+        self.ids = torch.arange(b, device=dev)
+        self.idx0 = torch.arange(n, device=dev)[None].expand(b, -1)
+        self.idx1 = torch.arange(m, device=dev)[None].expand(b, -1)
+        self.pruned0 = ~mask0.clone()
+        self.pruned1 = ~mask1.clone()
+        self._masks()
+
+    @property
+    def empty(self) -> bool:
+        return len(self.ids) == 0
+
+    def _masks(self) -> None:
+        self.self0, self.self1 = _key_mask(self.mask0), _key_mask(self.mask1)
+        self.keys0, self.keys1 = _cross_keys(self.mask0, self.mask1)
+
+    def layer(self, layer: TransformerLayer, bias: torch.Tensor | None) -> None:
+        self.d0 = layer.self_attn(self.d0, self.r0, self.self0)
+        self.d1 = layer.self_attn(self.d1, self.r1, self.self1)
+        self.d0, self.d1 = layer.cross_attn(self.d0, self.d1, bias, self.keys0, self.keys1)
+
+    def keep_pairs(self, keep: torch.Tensor) -> None:
+        for name in ("d0", "d1", "mask0", "mask1", "ids", "idx0", "idx1"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.r0, self.r1 = self.r0[:, keep], self.r1[:, keep]
+        if self.sim_g is not None:
+            self.sim_g = self.sim_g[keep]
+        self._masks()
+
+    def keep_points(self, side: int, keep: torch.Tensor) -> None:
+        """Compact side 0 or 1 to the points ``keep`` (B', N) of each pair (real ones first)."""
+        if bool(keep.all()):
+            return
+        count = keep.sum(1)
+        width = max(1, int(count.max()))
+        # stable sort puts kept points first, in their original order
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        new_mask = torch.arange(width, device=keep.device)[None] < count[:, None]
+        d, r, idx = (self.d0, self.r0, self.idx0) if side == 0 else (self.d1, self.r1, self.idx1)
+        pruned = self.pruned0 if side == 0 else self.pruned1
+        dropped = ~keep & (self.mask0 if side == 0 else self.mask1)  # real points pruned now
+        pruned[self.ids[:, None].expand_as(idx)[dropped], idx[dropped]] = True
+        d = d.gather(1, order[..., None].expand(-1, -1, d.shape[-1]))
+        r = r.gather(3, order[None, :, None, :, None].expand(2, -1, 1, -1, r.shape[-1]))
+        idx = idx.gather(1, order)
+        if side == 0:
+            self.d0, self.r0, self.idx0, self.mask0 = d, r, idx, new_mask
+            if self.sim_g is not None:
+                self.sim_g = self.sim_g.gather(1, order[..., None].expand(-1, -1, self.sim_g.shape[2]))
+        else:
+            self.d1, self.r1, self.idx1, self.mask1 = d, r, idx, new_mask
+            if self.sim_g is not None:
+                self.sim_g = self.sim_g.gather(2, order[:, None, :].expand(-1, self.sim_g.shape[1], -1))
+        self._masks()
+
+
+def _output(matches0: torch.Tensor, scores0: torch.Tensor, stop: torch.Tensor, state: _Active) -> dict:
+    return {"matches0": matches0, "matching_scores0": scores0, "stop": stop,
+            "pruned0": state.pruned0, "pruned1": state.pruned1}
 
 
 class OmniGlueMatcher(Matcher):
     """The ``omniglue`` matcher plugin: an :class:`OmniGlue` with a checkpoint.
 
-    Checkpoint file: ``torch.save({"conf": ..., "state_dict": ..., "metadata": ...})``. Config
-    keys: ``weights`` (name in ``weights.KNOWN`` or a path), and any model conf key to override
-    (e.g. ``match_threshold``, ``sinkhorn_iterations``, ``guidance_ratio``).
+    Config keys: ``weights`` (a name in ``weights.KNOWN`` or a path), and any model conf key
+    to override (``depth_confidence``, ``width_confidence``, ``filter_threshold``, ``guidance``).
     """
 
     default_conf: ClassVar[dict] = {"weights": "omniglue"}
@@ -216,19 +440,24 @@ class OmniGlueMatcher(Matcher):
 
     def __init__(self, conf: dict) -> None:
         super().__init__(conf)
-        ckpt = load_checkpoint(self.conf["weights"])
-        overrides = {k: v for k, v in self.conf.items() if k in OmniGlue.default_conf}
-        self.model = OmniGlue({**ckpt["conf"], **overrides})
-        self.model.load_state_dict(dequantize_state_dict(ckpt["state_dict"]))
-        self.metadata = ckpt.get("metadata", {})
+        self.model, self.metadata = load_model(
+            self.conf["weights"], {k: v for k, v in self.conf.items() if k in OmniGlue.default_conf})
         self.model.eval()
-        if self.model.conf["guidance_ratio"] >= 1.0:
+        if not self.model.conf["guidance"]:
             self.required_inputs = ("keypoints", "descriptors")
 
     @torch.inference_mode()
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.model(data)
         return {"matches0": out["matches0"], "matching_scores0": out["matching_scores0"]}
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints: {"conf", "state_dict", "metadata"} and optionally "base", the name of a LightGlue
+# checkpoint the state dict is applied on top of. A model that differs from LightGlue only in a
+# few tensors (the guidance scales, retrained heads) then ships as those tensors alone: exact,
+# and a few kilobytes instead of 12 M parameters. A full state dict stores 2-D weights as int8
+# with one float scale per output row, to stay under the 20 MB we allow inside the package.
 
 
 def load_checkpoint(weights: str) -> dict:
@@ -245,13 +474,41 @@ def load_checkpoint(weights: str) -> dict:
         raise W.WeightsNotFoundError(
             f"{path} is not an omniglue-sfm OmniGlue checkpoint (expected keys 'conf' and 'state_dict')"
         )
+    if ckpt["conf"].get("version", 1) != VERSION:
+        raise W.WeightsNotFoundError(
+            f"{path} is an OmniGlue v{ckpt['conf'].get('version', 1)} checkpoint; this release reads "
+            f"v{VERSION} (LightGlue-compatible trunk, docs/omniglue.md): retrain it or use the shipped one")
     return ckpt
 
 
-# --------------------------------------------------------------------------------------------
-# compact checkpoints: 12 M parameters are 48 MB in float32 and 24 MB in float16, over the 20 MB
-# we allow inside the package, so 2-D weights are stored as int8 with one float scale per output
-# row (symmetric, per-channel); everything else stays float32.
+def load_model(weights: str, overrides: dict | None = None) -> tuple[OmniGlue, dict]:
+    """An :class:`OmniGlue` with the checkpoint ``weights`` applied (base first); its metadata."""
+    ckpt = load_checkpoint(weights)
+    model = OmniGlue({**ckpt["conf"], **(overrides or {})})
+    state = dequantize_state_dict(ckpt["state_dict"])
+    if ckpt.get("base"):
+        warm_start(model, ckpt["base"])
+        missing = set(model.state_dict()) - set(state)
+        state = {**{k: v for k, v in model.state_dict().items() if k in missing}, **state}
+    model.load_state_dict(state)
+    return model, ckpt.get("metadata", {})
+
+
+def warm_start(model: OmniGlue, checkpoint: str = "aliked_lightglue") -> list[str]:
+    """Load a LightGlue checkpoint (a ``weights.KNOWN`` name or a path) into ``model``.
+
+    The parameter names are LightGlue's, so this is an exact copy; returns the keys left as
+    initialised (the guidance scales, zero: the model then computes exactly LightGlue)."""
+    from .lightglue import load_lightglue_state
+
+    state = load_lightglue_state(checkpoint)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(f"{checkpoint}: {key} has shape {tuple(value.shape)}, model expects "
+                             f"{tuple(own[key].shape)}")
+    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return sorted(result.missing_keys)
 
 
 def quantize_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -278,14 +535,27 @@ def dequantize_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def save_checkpoint(model: OmniGlue, path, metadata: dict, quantize: bool = True) -> None:
-    """Write ``{"conf", "state_dict", "metadata"}`` atomically (int8 weights when ``quantize``)."""
+def save_checkpoint(model: OmniGlue, path, metadata: dict, quantize: bool = True,
+                    base: str | None = None) -> None:
+    """Write ``{"conf", "state_dict", "metadata"[, "base"]}`` atomically.
+
+    With ``base`` (a LightGlue checkpoint name) only the tensors that differ from it are stored,
+    exactly; otherwise the whole state dict, int8 when ``quantize``."""
     import os
     from pathlib import Path
 
     path = Path(path)
-    state = model.state_dict()
-    state = quantize_state_dict(state) if quantize else {k: v.detach().cpu() for k, v in state.items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt: dict = {"conf": dict(model.conf), "metadata": dict(metadata)}
+    if base:
+        ref = OmniGlue(dict(model.conf))
+        warm_start(ref, base)
+        ref_state = ref.state_dict()
+        state = {k: v for k, v in state.items() if k not in ref_state or not torch.equal(v, ref_state[k])}
+        ckpt["base"] = base
+    elif quantize:
+        state = quantize_state_dict(state)
+    ckpt["state_dict"] = state
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"conf": dict(model.conf), "state_dict": state, "metadata": dict(metadata)}, tmp)
+    torch.save(ckpt, tmp)
     os.replace(tmp, path)

@@ -282,7 +282,12 @@ def record_to_features(view: dict, with_guidance: bool) -> dict[str, torch.Tenso
 
 
 def collate_records(records: list[dict], with_guidance: bool = True) -> dict[str, torch.Tensor]:
-    """Padded matcher batch (``matchers.base.collate_pairs``) plus gt_matches0/1 (padding: -2)."""
+    """Padded matcher batch (``matchers.base.collate_pairs``) plus gt_matches0/1 (padding: -2).
+
+    Labels come from a record's ``gt0`` / ``gt1`` when present (e.g. records of real scenes,
+    ``training.scenes``), else from its ``H_0to1``; ``H_0to1`` is stacked into the batch only when
+    every record has one.
+    """
     from ..matchers.base import collate_pairs
 
     pairs = [(record_to_features(r["view0"], with_guidance), record_to_features(r["view1"], with_guidance))
@@ -294,10 +299,13 @@ def collate_records(records: list[dict], with_guidance: bool = True) -> dict[str
     gt1 = torch.full((b, m), IGNORE, dtype=torch.long)
     for i, r in enumerate(records):
         if "gt0" not in r:  # labels are cheap: computed once per record and kept
+            if "H_0to1" not in r:
+                raise KeyError("a training record needs either gt0/gt1 labels or an H_0to1 homography")
             r["gt0"], r["gt1"] = gt_matches_from_homography(
                 r["view0"]["keypoints"], r["view1"]["keypoints"], r["H_0to1"])
         gt0[i, : r["gt0"].shape[0]] = r["gt0"]
         gt1[i, : r["gt1"].shape[0]] = r["gt1"]
     data["gt_matches0"], data["gt_matches1"] = gt0, gt1
-    data["H_0to1"] = torch.stack([torch.as_tensor(r["H_0to1"], dtype=torch.float64) for r in records])
+    if all("H_0to1" in r for r in records):
+        data["H_0to1"] = torch.stack([torch.as_tensor(r["H_0to1"], dtype=torch.float64) for r in records])
     return data

@@ -21,28 +21,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..evaluate import pose_auc
 from .data import collate_records, gt_matches_from_homography
 from .homography import patch_corners, warp_points
 from .losses import match_counts, precision_recall
 
 MatchFn = Callable[[dict], torch.Tensor]  # padded batch of one pair -> matches0 (N,)
-
-
-def pose_auc(errors: list[float] | np.ndarray, thresholds: tuple[float, ...]) -> list[float]:
-    """Area under the cumulative error curve up to each threshold, in % (SuperGlue's definition)."""
-    errors = np.sort(np.asarray(errors, np.float64))
-    if errors.size == 0:
-        return [0.0 for _ in thresholds]
-    recall = (np.arange(len(errors)) + 1) / len(errors)
-    errors = np.r_[0.0, errors]
-    recall = np.r_[0.0, recall]
-    aucs = []
-    for t in thresholds:
-        last = np.searchsorted(errors, t)
-        r = np.r_[recall[:last], recall[last - 1]]
-        e = np.r_[errors[:last], t]
-        aucs.append(100.0 * np.trapezoid(r, x=e) / t)
-    return aucs
 
 
 def estimate_homography(pts0: np.ndarray, pts1: np.ndarray, max_error: float = 3.0) -> np.ndarray | None:
@@ -86,7 +70,7 @@ def evaluate_matcher(match_fn: MatchFn, records: list[dict], with_guidance: bool
         size = tuple(int(v) for v in r["view0"]["image_size"].tolist())
         errors.append(corner_error(h, np.asarray(r["H_0to1"], np.float64), size))
     p, rc = precision_recall(counts)
-    auc = pose_auc(errors, (1.0, 3.0, 5.0))
+    auc = [100.0 * a for a in pose_auc(errors, (1.0, 3.0, 5.0))]  # in %
     return {"precision": p, "recall": rc, "auc@1": auc[0], "auc@3": auc[1], "auc@5": auc[2],
             "matches": float(np.mean(n_matches)) if n_matches else 0.0,
             "s_per_pair": (time.time() - t0) / max(1, len(records)), "pairs": len(records)}
@@ -104,29 +88,15 @@ def omniglue_fn(model) -> MatchFn:
     return fn
 
 
-def lightglue_fn(weights_name: str = "aliked_lightglue", input_dim: int = 128) -> MatchFn:
-    """kornia's LightGlue with the official weights (no early stopping or pruning: best accuracy)."""
-    import kornia.feature as KF
+def lightglue_fn(features: str = "aliked") -> MatchFn:
+    """LightGlue with the official weights (no early stopping or pruning: best accuracy)."""
+    from ..matchers.lightglue import LightGlueMatcher
 
-    from .. import weights
-
-    lg = KF.LightGlue(None, input_dim=input_dim, depth_confidence=-1, width_confidence=-1,
-                      filter_threshold=0.1, flash=False)
-    sd = weights.load_state_dict(weights.resolve_known(weights_name))
-    missing = lg.load_state_dict(sd, strict=False).missing_keys
-    if any(not k.startswith("confidence_thresholds") for k in missing):
-        raise RuntimeError(f"LightGlue weights incomplete: {missing}")
-    lg.eval()
+    lg = LightGlueMatcher({"features": features, "depth_confidence": -1, "width_confidence": -1}).eval()
 
     @torch.inference_mode()
     def fn(data: dict) -> torch.Tensor:
-        out = lg({
-            "image0": {"keypoints": data["keypoints0"], "descriptors": data["descriptors0"],
-                       "image_size": data["image_size0"]},
-            "image1": {"keypoints": data["keypoints1"], "descriptors": data["descriptors1"],
-                       "image_size": data["image_size1"]},
-        })
-        return out["matches0"][0].long()
+        return lg(data)["matches0"][0].long()
 
     return fn
 

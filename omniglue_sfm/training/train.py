@@ -1,5 +1,13 @@
-"""Train OmniGlue on synthetic homographies (``omniglue-sfm train CONFIG.toml``) and adapt it to
-a user's own photos (``omniglue-sfm finetune IMAGES --init CKPT --out CKPT --steps N``).
+"""Train OmniGlue (``omniglue-sfm train CONFIG.toml``) and adapt it to a user's own photos
+(``omniglue-sfm finetune IMAGES --init CKPT --out CKPT --steps N``).
+
+Two kinds of data (``[data] kind``): ``homography`` (synthetic pairs cut from photos, the paper's
+first stage) and ``scenes`` (real 3D correspondences from COLMAP models plus their features.h5,
+the paper's second stage: any model works, MegaDepth's included; ``training.scenes``). The
+loss is the NLL of the assignment after every layer (deep supervision); with the token
+confidence heads trainable, LightGlue's confidence loss is added. ``[train] trainable`` limits
+which parameters learn (e.g. only ``guidance_scale`` on a LightGlue warm start); the exported
+checkpoint then stores only the tensors that differ from the warm start.
 
 A run lives in ``out_dir``: ``last.pt`` (model, optimiser, step, RNG; rewritten atomically every
 ``checkpoint_every`` steps, so ``kill -9`` loses at most that many steps and re-running the same
@@ -25,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..matchers.omniglue import OmniGlue, save_checkpoint
+from ..matchers.omniglue import OmniGlue, save_checkpoint, warm_start
 from .data import FeatureFn, PoolConfig, build_pool, collate_records, load_pool
 from .losses import match_counts, nll_loss, precision_recall
+from .scenes import label_precision_recall, records_from_scene
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +58,9 @@ DEFAULT_TRAIN = {
     "warm_start": "aliked_lightglue",  # LightGlue checkpoint to start from, or "" for random
     "threads": 1,
     "max_minutes": 0,  # stop (with a checkpoint) after this wall time; 0 = no limit
-    "train_sinkhorn_iterations": 0,  # 0 = the model conf's
     "init_checkpoint": "",  # start from these OmniGlue weights (an export) instead of the warm start
+    "trainable": [],  # parameter-name prefixes that learn; [] = all
+    "confidence_weight": 1.0,  # weight of the token-confidence loss (when those heads learn)
 }
 
 
@@ -64,9 +75,13 @@ def load_config(path: Path | str) -> dict:
         raise FileNotFoundError(f"training config not found: {path}")
     with open(path, "rb") as f:
         cfg = tomllib.load(f)
-    for section in ("features", "data", "model"):
+    for section in ("data", "model"):
         if section not in cfg:
             raise ValueError(f"{path}: missing [{section}] section")
+    if cfg["data"].get("kind", "homography") not in ("homography", "scenes"):
+        raise ValueError(f"{path}: [data] kind must be 'homography' or 'scenes'")
+    if cfg["data"].get("kind", "homography") == "homography" and "features" not in cfg:
+        raise ValueError(f"{path}: missing [features] section (homography data extracts features)")
     cfg["train"] = {**DEFAULT_TRAIN, **cfg.get("train", {})}
     unknown = set(cfg["train"]) - set(DEFAULT_TRAIN)
     if unknown:
@@ -95,7 +110,23 @@ def pool_dirs(cfg: dict) -> tuple[Path, Path]:
     return root / "train", root / "val"
 
 
+def scene_records(cfg: dict) -> tuple[list[dict], list[dict]]:
+    """Training and validation pairs of ``[data] scenes`` / ``val_scenes`` (pipeline outputs:
+    features.h5 + sparse/). Validation scenes must be other scenes, not other pairs."""
+    d = cfg["data"]
+    common = {"max_keypoints": d.get("max_keypoints"), "min_shared": int(d.get("min_shared", 50)),
+              "max_pairs": d.get("max_pairs_per_scene"), "seed": int(cfg["seed"])}
+    overlap = set(d.get("scenes", [])) & set(d.get("val_scenes", []))
+    if overlap:
+        raise ValueError(f"[data] scenes and val_scenes share {sorted(overlap)}")
+    train = [r for scene in d.get("scenes", []) for r in records_from_scene(scene, **common)]
+    val = [r for scene in d.get("val_scenes", []) for r in records_from_scene(scene, **common)]
+    return train, val
+
+
 def build_caches(cfg: dict, progress: bool = True) -> None:
+    if cfg["data"].get("kind", "homography") == "scenes":
+        return  # scene data is read from the pipeline's own outputs: nothing to cache
     ff = FeatureFn(cfg["features"], cfg.get("guidance"))
     train_dir, val_dir = pool_dirs(cfg)
     build_pool(pool_config(cfg, "val"), val_dir, ff, progress=progress)
@@ -122,11 +153,50 @@ def make_model(cfg: dict) -> OmniGlue:
     model = OmniGlue(dict(cfg["model"]))
     ws = cfg["train"]["warm_start"]
     if ws:
-        from .warm_start import warm_start_from_lightglue
-
-        fresh = warm_start_from_lightglue(model, ws)
+        fresh = warm_start(model, ws)
         logger.info("warm start from %s; freshly initialised: %s", ws, ", ".join(fresh))
     return model
+
+
+def trainable_parameters(model: OmniGlue, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """Parameters whose names start with one of ``prefixes`` (all when empty); freezes the rest."""
+    chosen = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(not prefixes or any(name.startswith(p) for p in prefixes))
+        if param.requires_grad:
+            chosen.append(param)
+    if not chosen:
+        raise ValueError(f"[train] trainable {prefixes} matches no parameter of the model")
+    return chosen
+
+
+def training_loss(out: dict, data: dict, confidence_weight: float) -> tuple[torch.Tensor, dict]:
+    """Mean NLL over the per-layer assignments (deep supervision) + token-confidence BCE.
+
+    Confidence targets (LightGlue): a point is confident at layer i when its prediction there
+    (best index or unmatched) equals the final layer's."""
+    gt0, gt1 = data["gt_matches0"], data["gt_matches1"]
+    layers = out["log_assignments"]
+    losses = [nll_loss(log_p, gt0, gt1) for log_p in layers]
+    loss = torch.stack([part[0] for part in losses]).mean()
+    parts = losses[-1][1]
+    if confidence_weight and any(p.requires_grad for t in out["token_confidences"] for p in t):
+        final = [_predictions(layers[-1], 2), _predictions(layers[-1], 1)]
+        masks = [data["mask0"], data["mask1"]]
+        bce = []
+        for i, tokens in enumerate(out["token_confidences"]):
+            preds = [_predictions(layers[i], 2), _predictions(layers[i], 1)]
+            for side in (0, 1):
+                target = (preds[side] == final[side]).float()
+                err = F.binary_cross_entropy(tokens[side].float(), target, reduction="none")
+                bce.append((err * masks[side]).sum() / masks[side].sum().clamp(min=1))
+        loss = loss + confidence_weight * torch.stack(bce).mean()
+    return loss, parts
+
+
+def _predictions(log_p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Best index per point of image 0 (dim 2) or 1 (dim 1), the dustbin included."""
+    return log_p[:, :-1, :].argmax(2) if dim == 2 else log_p[:, :, :-1].argmax(1)
 
 
 def save_state(path: Path, model: OmniGlue, opt: torch.optim.Optimizer, step: int, cfg: dict,
@@ -162,8 +232,11 @@ def evaluate_pairs(model: OmniGlue, records: list[dict], with_guidance: bool, ba
         out = model(data)
         for b, r in enumerate(chunk):
             n = r["view0"]["keypoints"].shape[0]
-            counts.append(match_counts(out["matches0"][b, :n], r["gt0"], r["view0"]["keypoints"],
-                                       r["view1"]["keypoints"], r["H_0to1"], data["mask0"][b, :n]))
+            if "H_0to1" in r:
+                counts.append(match_counts(out["matches0"][b, :n], r["gt0"], r["view0"]["keypoints"],
+                                           r["view1"]["keypoints"], r["H_0to1"], data["mask0"][b, :n]))
+            else:  # real scenes: labels from the 3D model
+                counts.append(label_precision_recall(out["matches0"][b, :n], r["gt0"]))
     model.train(was_training)
     p, r = precision_recall(counts)
     return {"precision": p, "recall": r}
@@ -204,17 +277,18 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     ckpt_path, log_path = out / "last.pt", out / "log.csv"
-    with_guidance = bool(cfg.get("guidance")) and cfg["model"].get("guidance_ratio", 0.5) < 1.0
+    with_guidance = bool(cfg.get("guidance")) and cfg["model"].get("guidance", True)
 
     torch.manual_seed(cfg["seed"])
     if init_state is None and t["init_checkpoint"]:
-        from ..matchers.omniglue import dequantize_state_dict, load_checkpoint
+        from ..matchers.omniglue import load_model
 
-        init_state = dequantize_state_dict(load_checkpoint(t["init_checkpoint"])["state_dict"])
+        init_state = load_model(t["init_checkpoint"])[0].state_dict()
     model = make_model(cfg) if init_state is None else OmniGlue(dict(cfg["model"]))
     if init_state is not None:
         model.load_state_dict(init_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    opt = torch.optim.AdamW(trainable_parameters(model, list(t["trainable"])), lr=t["lr"],
+                            weight_decay=t["weight_decay"])
     step, extra = 0, {"pairs_seen": 0, "elapsed_s": 0.0}
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -230,33 +304,42 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
     if new_log:
         writer.writeheader()
 
-    train_dir, val_dir = pool_dirs(cfg) if "cache_dir" in cfg["data"] else (None, None)
     fixed_pool = records is not None
-    max_kp = cfg["data"].get("train_max_keypoints")
-    pool = records if fixed_pool else load_pool([train_dir], max_kp)
-    if val_records is None and val_dir is not None:
-        val_records = load_pool([val_dir], max_kp)[: t["val_pairs"]]
+    train_dir, val_dir = None, None
+    if fixed_pool:
+        pool = records
+    elif cfg["data"].get("kind", "homography") == "scenes":
+        pool, scene_val = scene_records(cfg)
+        fixed_pool = True
+        if val_records is None:
+            val_records = scene_val[: t["val_pairs"]]
+    else:
+        train_dir, val_dir = pool_dirs(cfg)
+        max_kp = cfg["data"].get("train_max_keypoints")
+        pool = load_pool([train_dir], max_kp)
+        if val_records is None:
+            val_records = load_pool([val_dir], max_kp)[: t["val_pairs"]]
     if not pool:
-        raise RuntimeError(f"no training pairs cached in {train_dir}; run with --stage cache first")
-    if t["train_sinkhorn_iterations"]:
-        model.conf["sinkhorn_iterations"] = int(t["train_sinkhorn_iterations"])
+        raise RuntimeError(f"no training pairs: run with --stage cache first ({train_dir})"
+                           if train_dir else "no training pairs in the configured data")
     model.train()
     t_start = time.time() - extra["elapsed_s"]
     session_start = time.time()
     bar = tqdm(total=t["steps"], initial=step, desc="train", disable=not progress)
     while step < t["steps"]:
         if not fixed_pool and step % t["reload_every"] == 0:
-            pool = load_pool([train_dir], max_kp)  # the cache builder may still be adding shards
+            # the cache builder may still be adding shards
+            pool = load_pool([train_dir], cfg["data"].get("train_max_keypoints"))
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, t)
         batch = [pool[i] for i in batch_indices(len(pool), t["batch_size"], cfg["seed"], step)]
         data = collate_records(batch, with_guidance)
         outp = model(data)
-        loss, parts = nll_loss(outp["log_assignment"], data["gt_matches0"], data["gt_matches1"])
+        loss, parts = training_loss(outp, data, t["confidence_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t["grad_clip"])
         opt.step()
         step += 1
         extra["pairs_seen"] += len(batch)
@@ -295,13 +378,15 @@ def export(ckpt_path: Path | str, out_path: Path | str, metadata: dict | None = 
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     conf = dict(state["conf"])
     cfg = state["config"]
-    if cfg["train"].get("train_sinkhorn_iterations"):
-        conf["sinkhorn_iterations"] = cfg["model"].get("sinkhorn_iterations",
-                                                       OmniGlue.default_conf["sinkhorn_iterations"])
     model = OmniGlue(conf)
     model.load_state_dict(state["model"])
+    features = cfg.get("features")
+    if features is None and cfg["data"].get("scenes"):  # what the scenes' features.h5 hold
+        from .. import io
+
+        features = io.read_config(Path(cfg["data"]["scenes"][0]) / "features.h5").get("features")
     meta = {
-        "features": cfg["features"], "guidance": cfg.get("guidance"), "steps": state["step"],
+        "features": features, "guidance": cfg.get("guidance"), "steps": state["step"],
         "pairs_seen": state["extra"]["pairs_seen"], "train_wall_s": round(state["extra"]["elapsed_s"]),
         "val": state["extra"].get("val"), "data": cfg["data"], "train": cfg["train"],
         "warm_start": cfg["train"]["warm_start"], "unique_pairs_cached": state["extra"].get("pool_size"),
@@ -310,7 +395,10 @@ def export(ckpt_path: Path | str, out_path: Path | str, metadata: dict | None = 
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out_path, meta, quantize=quantize)
+    # a model trained on top of a LightGlue warm start with frozen parts ships as the difference
+    base = cfg["train"]["warm_start"] if cfg["train"].get("trainable") and not cfg["train"].get(
+        "init_checkpoint") else None
+    save_checkpoint(model, out_path, meta, quantize=quantize, base=base)
     out_path.with_suffix(".json").write_text(json.dumps({"conf": conf, "metadata": meta}, indent=2,
                                                         default=str) + "\n")
     return out_path
@@ -325,7 +413,7 @@ def finetune(images: Path | str, init: str, out: Path | str, steps: int, lr: flo
     adapted model sees the same features it was trained on.
     """
     from ..images import list_images
-    from ..matchers.omniglue import dequantize_state_dict, load_checkpoint
+    from ..matchers.omniglue import load_checkpoint, load_model
 
     images = Path(images)
     names = list_images(images)
@@ -355,7 +443,7 @@ def finetune(images: Path | str, init: str, out: Path | str, steps: int, lr: flo
     build_pool(pool_cfg, cache_dir / "pairs", FeatureFn(feats, guidance), progress=progress)
     records = load_pool([cache_dir / "pairs"])
     last = train(cfg, records=records, val_records=[], progress=progress,
-                 init_state=dequantize_state_dict(ckpt["state_dict"]))
+                 init_state=load_model(init)[0].state_dict())
     return export(last, out, {"finetuned_from": str(init), "finetune_images": str(images),
                               "finetune_photos": len(names), "base_metadata": meta})
 
@@ -386,7 +474,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train OmniGlue on synthetic homographies (TOML config)")
+    p = subparsers.add_parser("train", help="train OmniGlue on homographies or COLMAP scenes (TOML config)")
     p.add_argument("config", help="training config, e.g. omniglue_sfm/training/configs/aliked_sh.toml")
     p.add_argument("--stage", choices=["all", "cache", "train"], default="all",
                    help="cache: only extract the pair pools; train: only train on what is cached")
