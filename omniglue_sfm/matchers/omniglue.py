@@ -234,15 +234,17 @@ class OmniGlue(nn.Module):
         r1 = self.posenc(normalize_keypoints(data["keypoints1"], data["image_size1"]))
         return d0, d1, r0, r1
 
-    def guidance_similarity(self, data: dict) -> torch.Tensor | None:
-        """(B, N, M) cosine similarity of the guidance features, or None without guidance."""
+    def guidance_similarity(self, data: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, N, M) cosine similarity of the guidance features and its (B, M, N) transpose,
+        both contiguous (each direction of cross-attention reads one), or None."""
         if not self.conf["guidance"] or "guidance0" not in data:
             return None
         g0 = F.normalize(data["guidance0"].float(), dim=-1)
         g1 = F.normalize(data["guidance1"].float(), dim=-1)
-        return (g0 @ g1.transpose(-1, -2)).to(data["descriptors0"].dtype)
+        dtype = data["descriptors0"].dtype
+        return (g0 @ g1.transpose(-1, -2)).to(dtype), (g1 @ g0.transpose(-1, -2)).to(dtype)
 
-    def cross_masks(self, sim_g: torch.Tensor | None, keys0: torch.Tensor | None,
+    def cross_masks(self, sim_g: tuple[torch.Tensor, torch.Tensor] | None, keys0: torch.Tensor | None,
                     keys1: torch.Tensor | None, layer: int) -> tuple[torch.Tensor | None, ...]:
         """Additive cross-attention masks of ``layer``: (B, H, N, M) = gamma * guidance
         similarity, plus the (B, 1, 1, M) key mask of image 1 (and the transpose for image 1's
@@ -250,9 +252,8 @@ class OmniGlue(nn.Module):
         gamma = self.guidance_scale[layer]
         if sim_g is None or (not torch.is_grad_enabled() and not bool(gamma.any())):
             return keys1, keys0
-        gamma = gamma.to(sim_g.dtype)[None, :, None, None]
-        m01 = gamma * sim_g[:, None]
-        m10 = (gamma * sim_g.transpose(1, 2)[:, None]).contiguous()
+        gamma = gamma.to(sim_g[0].dtype)[None, :, None, None]
+        m01, m10 = gamma * sim_g[0][:, None], gamma * sim_g[1][:, None]
         return (m01 if keys1 is None else m01 + keys1), (m10 if keys0 is None else m10 + keys0)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -396,7 +397,7 @@ class _Active:
             setattr(self, name, getattr(self, name)[keep])
         self.r0, self.r1 = self.r0[:, keep], self.r1[:, keep]
         if self.sim_g is not None:
-            self.sim_g = self.sim_g[keep]
+            self.sim_g = (self.sim_g[0][keep], self.sim_g[1][keep])
         self._masks()
 
     def keep_points(self, side: int, keep: torch.Tensor) -> None:
@@ -418,12 +419,23 @@ class _Active:
         if side == 0:
             self.d0, self.r0, self.idx0, self.mask0 = d, r, idx, new_mask
             if self.sim_g is not None:
-                self.sim_g = self.sim_g.gather(1, order[..., None].expand(-1, -1, self.sim_g.shape[2]))
+                self.sim_g = _gather_points(self.sim_g, order, rows_first=True)
         else:
             self.d1, self.r1, self.idx1, self.mask1 = d, r, idx, new_mask
             if self.sim_g is not None:
-                self.sim_g = self.sim_g.gather(2, order[:, None, :].expand(-1, self.sim_g.shape[1], -1))
+                self.sim_g = _gather_points(self.sim_g, order, rows_first=False)
         self._masks()
+
+
+def _gather_points(sim_g: tuple[torch.Tensor, torch.Tensor], order: torch.Tensor, rows_first: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the points ``order`` (B, N') of image 0 (``rows_first``) or 1 in (G, G^T)."""
+    g01, g10 = sim_g
+    if not rows_first:
+        g01, g10 = g10, g01
+    g01 = g01.gather(1, order[..., None].expand(-1, -1, g01.shape[2]))
+    g10 = g10.gather(2, order[:, None, :].expand(-1, g10.shape[1], -1))
+    return (g01, g10) if rows_first else (g10, g01)
 
 
 def _output(matches0: torch.Tensor, scores0: torch.Tensor, stop: torch.Tensor, state: _Active) -> dict:
