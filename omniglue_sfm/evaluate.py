@@ -1,4 +1,4 @@
-"""Reconstruction accuracy against ground-truth cameras (DESIGN.md §5).
+"""Reconstruction accuracy against ground-truth cameras (docs/design.md §5).
 
 * Pose AUC@5/10/20 degrees over ALL image pairs of the ground truth: the error of a pair is the
   larger of the relative-rotation error and the angle between the relative translation

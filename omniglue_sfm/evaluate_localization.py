@@ -1,4 +1,4 @@
-"""Localization benchmark on a ground-truth scene (DESIGN.md §5): leave K images out of the map,
+"""Localization benchmark on a ground-truth scene (docs/design.md §5): leave K images out of the map,
 localize them, and score them against the ground truth.
 
 The map is built (``reconstruct``) from the other images; the held-out images are chosen

@@ -1,6 +1,6 @@
 """The files between stages: ``features.h5``, ``matches.h5``, ``global.h5`` and ``pairs.txt``.
 
-Contract (DESIGN.md §1):
+Contract (docs/design.md §1):
 
 * ``features.h5``: one group per image, keyed by its POSIX path relative to the image folder
   (nested groups for sub-folders, as hloc does). Datasets ``keypoints`` float32 (N, 2) in

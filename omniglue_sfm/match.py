@@ -5,7 +5,7 @@ so a batch holds pairs of similar size (little padding). Each image's features a
 cached. On CUDA the matcher runs under autocast (bfloat16 where supported, else float16).
 Results are stored once per unordered pair in canonical order, and the file is resumable.
 
-Scale (DESIGN.md §6): ``--shard i/n`` matches every n-th pair (from the i-th) into its own file
+Scale (docs/design.md §6): ``--shard i/n`` matches every n-th pair (from the i-th) into its own file
 ``<out>.shard-i-of-n.h5``; run the n shards anywhere, then ``omniglue-sfm merge OUT SHARDS...``.
 """
 

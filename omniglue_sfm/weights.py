@@ -1,4 +1,4 @@
-"""Where checkpoints come from (DESIGN.md §4).
+"""Where checkpoints come from (docs/design.md §4).
 
 Every checkpoint resolves in this order and stops at the first hit:
 
@@ -147,7 +147,7 @@ def load_state_dict(path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# the checkpoints we know (URLs and licences: shared/reference/omniglue_spec.md)
+# the checkpoints we know (URLs and licences: docs/reference.md §5)
 
 _LG_RELEASE = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv"
 

@@ -1,7 +1,7 @@
 """SuperPoint / SuperGlue / DINOv2 loaders: official key layouts, strict loading, the weights
 policy, and the pieces of maths each network has that are easy to get subtly wrong.
 
-The checkpoints are built here from the key tables in reference/omniglue_spec.md (§3.2, §4, §5.1),
+The checkpoints are built here from the key tables in docs/reference.md (§1, §2.1, §3),
 not from our modules, so a renamed or reshaped parameter fails the strict load.
 """
 
@@ -306,7 +306,7 @@ def test_dinov2_loads_strictly_and_gives_dense_and_global(tmp_path, monkeypatch)
 def test_dinov2_input_size_follows_omniglue():
     from omniglue_sfm.guidance.dinov2 import dino_input_size
 
-    assert dino_input_size(480, 640) == (462, 630)  # spec §1.2 example: 630x472 -> 630x462
+    assert dino_input_size(480, 640) == (462, 630)  # docs/reference.md §2.2 example: 630x472 -> 630x462
     assert dino_input_size(683, 1024) == (420, 630)
     assert dino_input_size(300, 200) == (294, 196)  # small images: only floored to 14
     assert dino_input_size(1000, 1000) == (630, 630)

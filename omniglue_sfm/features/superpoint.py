@@ -6,7 +6,7 @@
   ``backbone.B.L.conv/bn``, ``detector.L.*``, ``descriptor.L.*``; each conv is followed by ReLU
   and then BatchNorm, eps 1e-3, as in the TF model; MIT licence). OmniGlue's official front-end.
 
-Both share the post-processing (reference/omniglue_spec.md §4): 65-way softmax, drop the
+Both share the post-processing (docs/reference.md §1.3): 65-way softmax, drop the
 "no keypoint" channel, depth-to-space (8x8), max-pool NMS, threshold, 4-px border removal, top-k,
 bilinear descriptor sampling (each layout's own convention) and L2 normalisation.
 """

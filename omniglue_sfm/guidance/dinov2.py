@@ -1,10 +1,10 @@
 """DINOv2 guidance (Oquab et al. 2023): OmniGlue's foundation-model features.
 
 Our own ViT (no timm), whose parameter names are those of the official
-``dinov2_vit{s,b}14_pretrain.pth`` files (reference/omniglue_spec.md §3.2), loaded strictly. The
+``dinov2_vit{s,b}14_pretrain.pth`` files (docs/reference.md §2.1), loaded strictly. The
 architecture (width, depth, registers) is read from the checkpoint; heads are width / 64.
 
-Pre-processing as OmniGlue's official wrapper (spec §1.2): the long side is brought down to at
+Pre-processing as OmniGlue's official wrapper (docs/reference.md §2.2): the long side is brought down to at
 most 630 px (the short side ``int(630 * short / long)``), each side floored to a multiple of 14,
 bilinear resize without antialiasing, ImageNet normalisation. Features: the last block's tokens
 through the final LayerNorm, patch tokens only. Position embeddings are resized as the official
