@@ -60,9 +60,11 @@ def test_warm_start_is_exactly_lightglue(lightglue_omniglue, adaptive) -> None:
         assert int(out["stop"][0]) < ours.conf["n_layers"]  # an easy pair exits early
 
 
-def test_padded_batch_equals_one_pair_at_a_time(lightglue_omniglue) -> None:
-    """Early exit and pruning work per pair inside a padded batch, with guidance on."""
-    model = OmniGlue(lightglue_omniglue.conf)
+@pytest.mark.parametrize("cpu_batching", [True, False])
+def test_padded_batch_equals_one_pair_at_a_time(lightglue_omniglue, cpu_batching) -> None:
+    """Early exit and pruning work per pair inside a padded batch, with guidance on; on the CPU
+    a batch runs pair by pair by default, and the truly batched path (CUDA's) is tested too."""
+    model = OmniGlue({**lightglue_omniglue.conf, "cpu_batching": cpu_batching})
     model.load_state_dict(lightglue_omniglue.state_dict())
     with torch.no_grad():
         model.guidance_scale.fill_(2.0)
@@ -120,14 +122,17 @@ def test_positions_enter_only_as_relative_offsets(lightglue_omniglue) -> None:
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("cpu_batching", [True, False])
 @pytest.mark.parametrize("n1", [0, 1])
-def test_tiny_and_empty_images_do_not_break_the_batch(lightglue_omniglue, n1) -> None:
+def test_tiny_and_empty_images_do_not_break_the_batch(lightglue_omniglue, n1, cpu_batching) -> None:
     pairs = [_pair(50, 40, 8), _pair(30, max(n1, 1), 9)]
     if n1 == 0:
         f0, f1 = pairs[1]
         pairs[1] = (f0, {k: (v[:0] if v.ndim and v.shape[0] == 1 else v) for k, v in f1.items()})
+    model = OmniGlue({**lightglue_omniglue.conf, "cpu_batching": cpu_batching})
+    model.load_state_dict(lightglue_omniglue.state_dict())
     with torch.inference_mode():
-        out = lightglue_omniglue(collate_pairs(pairs))
+        out = model.eval()(collate_pairs(pairs))
     assert out["matches0"].shape == (2, 50)
     assert (out["matches0"][1] < max(n1, 1)).all() and torch.isfinite(out["matching_scores0"]).all()
 
