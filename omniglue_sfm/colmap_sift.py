@@ -1,8 +1,8 @@
 """The ``sift`` preset: COLMAP's own SIFT extraction and matching through pycolmap.
 
-Cameras and images are written by :mod:`omniglue_sfm.sfm` (same camera modes, same EXIF-oriented
-frame) before COLMAP extracts into that database; mapping and outputs are sfm.py's too, so this
-module only adds extraction and matching.
+Cameras come from :mod:`omniglue_sfm.cameras` and images are written by :mod:`omniglue_sfm.sfm`
+(same camera modes, same EXIF-oriented frame) before COLMAP extracts into that database; mapping
+and outputs are :mod:`omniglue_sfm.mapping`'s, so this module only adds extraction and matching.
 
 COLMAP (pycolmap 4.2) reads pixels without applying the EXIF orientation. Images whose tag says
 they are rotated or mirrored are therefore copied upright (JPEG q95) to ``OUT/oriented_images/``
@@ -21,8 +21,10 @@ from pathlib import Path
 import pycolmap
 from PIL import Image, ImageOps
 
-from . import io, presets, sfm
+from . import io, mapping, presets, sfm
+from .cameras import ImageInfo, make_cameras
 from .images import list_images
+from .runtime import num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
 
 def prepare_images(
     image_dir: Path, names: Sequence[str], work_dir: Path, failed: dict[str, str] | None = None
-) -> tuple[Path, list[sfm.ImageInfo]]:
+) -> tuple[Path, list[ImageInfo]]:
     """The folder COLMAP should read (upright copies where needed) and the readable images' sizes.
 
     Unreadable images are left out and recorded in ``failed`` (name -> reason).
@@ -55,7 +57,7 @@ def prepare_images(
             if failed is not None:
                 failed[name] = f"{type(err).__name__}: {err}"
             continue
-        infos.append(sfm.ImageInfo(name, w, h))
+        infos.append(ImageInfo(name, w, h))
         if is_rotated:
             rotated.append(name)
     if not rotated:
@@ -76,7 +78,7 @@ def prepare_images(
 def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
     feats = preset.get("features", {})
     options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = sfm._num_threads()
+    options.num_threads = num_threads()
     options.max_image_size = int(feats.get("resize_max", -1) or -1)
     options.sift.max_num_features = int(feats.get("max_keypoints", 8192))
     return options
@@ -84,8 +86,8 @@ def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
 
 def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None) -> None:
     matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = sfm._num_threads()
-    verification = sfm.two_view_options()
+    matching.num_threads = num_threads()
+    verification = mapping.two_view_options()
     if pairs_mode == "exhaustive":
         pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
     elif pairs_mode == "sequential":
@@ -130,7 +132,7 @@ def main(
     progress: bool = True,
     timings: dict[str, float] | None = None,
     failed: dict[str, str] | None = None,
-) -> sfm.SfMResult:
+) -> mapping.SfMResult:
     """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
@@ -144,21 +146,21 @@ def main(
     output_dir.mkdir(parents=True, exist_ok=True)
     timings = {} if timings is None else timings
     pairs_list = io.read_pairs(pairs_path) if pairs_path else None
-    config_key = sfm.fingerprint({
+    config_key = mapping.fingerprint({
         "features": preset.get("features"), "names": names, "camera_mode": camera_mode,
         "camera_model": camera_model, "camera_params": camera_params, "pairs_mode": pairs_mode,
         "window": window, "pairs": pairs_list,
     })
-    key = sfm.fingerprint({"db": config_key, "mapper": mapper, "version": sfm.STATS_VERSION})
+    key = mapping.fingerprint({"db": config_key, "mapper": mapper, "version": mapping.STATS_VERSION})
     db_path = output_dir / "database.db"
     if overwrite:
         db_path.unlink(missing_ok=True)
     else:
-        previous = sfm.load_previous(output_dir, key)
+        previous = mapping.load_previous(output_dir, key)
         if previous is not None:
             logger.info("sift: reusing the model in %s (same inputs)", output_dir / "sparse")
             return previous
-    sfm.configure_colmap_logging(output_dir, verbose)
+    mapping.configure_colmap_logging(output_dir, verbose)
     stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
                    "camera_model": camera_model, "preset": preset.get("name", "sift"), "seconds": {}}
 
@@ -167,12 +169,12 @@ def main(
     read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images", failed)
     names = [i.name for i in infos]
     if len(names) < 2:
-        raise sfm.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
+        raise mapping.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     if not _db_state_matches(db_path, config_key):
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
         db_path.unlink(missing_ok=True)
-        cameras, assignment = sfm.make_cameras(read_dir, infos, camera_mode, camera_model, camera_params)
+        cameras, assignment = make_cameras(read_dir, infos, camera_mode, camera_model, camera_params)
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
         (output_dir / "database.json").write_text(json.dumps({"config": config_key}))
@@ -191,7 +193,7 @@ def main(
     timings["match"] = stats["seconds"]["match+verification"] = time.perf_counter() - t0
 
     print("==> sfm", flush=True)
-    result = sfm.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, progress)
+    result = mapping.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, progress)
     timings["sfm"] = stats["seconds"]["mapping"] + stats["seconds"].get("export", 0.0)
     return result
 
@@ -200,6 +202,6 @@ def _check_extracted(db_path: Path, names: Sequence[str]) -> None:
     with pycolmap.Database.open(db_path) as db:
         missing = [n for n in names if db.num_keypoints_for_image(db.read_image_with_name(n).image_id) == 0]
     if len(missing) == len(names):
-        raise sfm.ReconstructionError("COLMAP SIFT found no keypoints in any image (see colmap.log)")
+        raise mapping.ReconstructionError("COLMAP SIFT found no keypoints in any image (see colmap.log)")
     if missing:
         logger.warning("no SIFT keypoints in %d image(s): %s", len(missing), ", ".join(missing[:5]))

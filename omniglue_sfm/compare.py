@@ -222,7 +222,7 @@ def markdown_table(rows: Mapping[str, dict], with_gt: bool) -> str:
 def render_side_by_side(output_dir: Path, names: Sequence[str],
                         tile: tuple[int, int] = (800, 600)) -> str | None:
     """One 3D render per preset (``OUT/<preset>/render.png``) tiled into ``OUT/compare.png``."""
-    from .viz import _tile, render_model
+    from .viz import render_model, tile_images
 
     pictures = []
     for name in names:
@@ -238,7 +238,7 @@ def render_side_by_side(output_dir: Path, names: Sequence[str],
         return None
     columns = min(len(pictures), 2 if len(pictures) == 4 else 3)
     out = output_dir / "compare.png"
-    _tile(pictures, columns=columns).save(out)
+    tile_images(pictures, columns=columns).save(out)
     return str(out)
 
 

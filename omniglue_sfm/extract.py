@@ -23,6 +23,7 @@ from . import io, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
 from .images import ImageReadError, list_images, read_image, resize_for_extraction, scale_keypoints
+from .runtime import default_device
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,6 @@ def features_config(preset: dict) -> dict:
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
     return config
-
-
-def default_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def extract_image(

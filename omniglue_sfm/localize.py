@@ -38,12 +38,13 @@ import pycolmap
 import torch
 
 from . import extract, io, match, presets, registry
+from .cameras import camera_dict, guess_camera, parse_camera_line
 from .images import IMAGE_EXTENSIONS, ImageReadError, list_images
 from .matchers.base import collate_pairs, features_to_tensors, to_device
+from .runtime import autocast, default_device
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FOCAL_FACTOR = 1.2  # as COLMAP's ImageReaderOptions when no EXIF focal length exists
 REFERENCE_SIZE = 1600.0  # ransac_thresh is given for images of this long side and scaled with size
 
 
@@ -65,13 +66,6 @@ class LocalizationMap:
     image_ids: dict[str, int]  # registered map image name -> image id in the reconstruction
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def map_preset(model_dir: Path) -> dict:
     """The preset the map was made with; its feature config is taken from features.h5 itself.
 
@@ -80,7 +74,7 @@ def map_preset(model_dir: Path) -> dict:
     attribute, so queries get exactly the map's features even with overridden settings.
     """
     model_dir = Path(model_dir)
-    stored = (_read_json(model_dir / "stats.json") or {}).get("preset")
+    stored = (io.read_stats(model_dir) or {}).get("preset")
     if isinstance(stored, str):
         preset = presets.get(stored)
     elif isinstance(stored, dict):
@@ -135,7 +129,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
 
 def map_image_dir(model_dir: Path) -> Path | None:
     """The map's photo folder, when the output folder records it (stats.json)."""
-    image_dir = (_read_json(Path(model_dir) / "stats.json") or {}).get("image_dir")
+    image_dir = (io.read_stats(model_dir) or {}).get("image_dir")
     return Path(image_dir) if isinstance(image_dir, str) and Path(image_dir).is_dir() else None
 
 
@@ -175,20 +169,6 @@ class Query:
     camera: pycolmap.Camera | None = None  # known intrinsics (list file), else decided later
 
 
-def parse_camera_line(tokens: Sequence[str], where: str) -> pycolmap.Camera:
-    """``MODEL W H params...`` (hloc's ``*_with_intrinsics.txt``) -> a camera."""
-    if len(tokens) < 4:
-        raise ValueError(f"{where}: expected 'name MODEL W H params...', got {' '.join(tokens)!r}")
-    model, width, height, params = tokens[0], int(tokens[1]), int(tokens[2]), [float(p) for p in tokens[3:]]
-    try:
-        cam = pycolmap.Camera(model=model, width=width, height=height, params=params)
-    except Exception as err:  # pycolmap raises various types for a bad model name / param count
-        raise ValueError(f"{where}: bad camera {' '.join(tokens)!r}: {err}") from err
-    if not cam.verify_params():
-        raise ValueError(f"{where}: camera params do not fit model {model} ({cam.params_info})")
-    return cam
-
-
 def read_query_list(path: Path) -> list[Query]:
     """A list file: one image a line, optionally followed by ``MODEL W H params...``."""
     queries = []
@@ -224,23 +204,6 @@ def read_intrinsics(path: Path | str) -> dict[str, pycolmap.Camera]:
     """hloc-style intrinsics list: ``name MODEL W H params...`` a line."""
     return {q.name: q.camera for q in read_query_list(Path(path)) if q.camera is not None}
 
-
-def exif_focal(path: Path, width: int, height: int) -> float | None:
-    """EXIF focal length in pixels for the EXIF-oriented (width, height) image, or None."""
-    from .sfm import _focal_prior  # the same EXIF reading as the map's cameras
-
-    return _focal_prior(path, "SIMPLE_RADIAL", width, height)
-
-
-def guess_camera(path: Path, width: int, height: int) -> tuple[pycolmap.Camera, str]:
-    """A SIMPLE_RADIAL camera with the EXIF focal ('exif') or the default guess ('guess')."""
-    focal = exif_focal(path, width, height)
-    source = "exif" if focal is not None else "guess"
-    if focal is None:
-        focal = DEFAULT_FOCAL_FACTOR * max(width, height)
-    cam = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
-                          params=[focal, width / 2, height / 2, 0.0])
-    return cam, source
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +248,7 @@ class QueryMatcher:
         for start in range(0, len(dbs), batch_size):
             chunk = dbs[start:start + batch_size]
             data = to_device(collate_pairs([(query, db) for db in chunk]), self.device)
-            with torch.inference_mode(), match._autocast(self.device):
+            with torch.inference_mode(), autocast(self.device):
                 pred = self.matcher(data)
             m0 = pred["matches0"].cpu().numpy()
             n0 = int(query["keypoints"].shape[0])
@@ -397,14 +360,9 @@ class QueryResult:
     seconds: float = 0.0
 
 
-def _rigid_to_lists(rigid: pycolmap.Rigid3d) -> tuple[list[float], list[float]]:
+def rigid_to_lists(rigid: pycolmap.Rigid3d) -> tuple[list[float], list[float]]:
     x, y, z, w = (float(v) for v in rigid.rotation.quat)  # pycolmap/Eigen order is (x, y, z, w)
     return [w, x, y, z], [float(v) for v in rigid.translation]
-
-
-def _camera_dict(cam: pycolmap.Camera) -> dict:
-    return {"model": cam.model.name, "width": int(cam.width), "height": int(cam.height),
-            "params": [float(p) for p in cam.params]}
 
 
 @dataclass
@@ -472,8 +430,8 @@ def localize_query(
     else:
         result.localized = True
         result.num_inliers = int(ret["num_inliers"])
-        result.qvec, result.tvec = _rigid_to_lists(ret["cam_from_world"])
-        result.camera = _camera_dict(ret["camera"])
+        result.qvec, result.tvec = rigid_to_lists(ret["cam_from_world"])
+        result.camera = camera_dict(ret["camera"])
         counts: dict[str, int] = {}
         for image_id in ret["sources"]:
             name = lmap.reconstruction.image(image_id).name
@@ -495,48 +453,18 @@ def choose_camera(
                 f"intrinsics of {query.name} are for {query.camera.width}x{query.camera.height} but the "
                 f"image is {width}x{height} (EXIF-oriented)")
         result.focal_source = "given"
-        result.camera = _camera_dict(query.camera)
+        result.camera = camera_dict(query.camera)
         return query.camera, False
     if mode == "map" and retrieved:
         cam = lmap.reconstruction.image(lmap.image_ids[retrieved[0]]).camera
         if (cam.width, cam.height) == (width, height):
             result.focal_source = f"map camera of {retrieved[0]}"
-            result.camera = _camera_dict(cam)
+            result.camera = camera_dict(cam)
             return cam, False
     cam, source = guess_camera(image_dir / query.name, width, height)
     result.focal_source = source
-    result.camera = _camera_dict(cam)
+    result.camera = camera_dict(cam)
     return cam, source == "guess"
-
-
-# --------------------------------------------------------------------------------------------
-# outputs
-
-
-def write_poses(path: Path, results: Sequence[QueryResult]) -> None:
-    """hloc's format: ``name qw qx qy qz tx ty tz`` (cam_from_world), localized queries only."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in results:
-            if r.localized:
-                values = " ".join(f"{v:.10g}" for v in [*r.qvec, *r.tvec])
-                f.write(f"{io.quote_name(r.name)} {values}\n")
-    os.replace(tmp, path)
-
-
-def read_poses(path: Path | str) -> dict[str, pycolmap.Rigid3d]:
-    """``poses.txt`` -> name -> cam_from_world."""
-    from urllib.parse import unquote
-
-    poses = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        tokens = line.split()
-        if len(tokens) != 8:
-            continue
-        qw, qx, qy, qz, tx, ty, tz = (float(t) for t in tokens[1:])
-        rot = pycolmap.Rotation3d(np.array([qx, qy, qz, qw]))
-        poses[unquote(tokens[0])] = pycolmap.Rigid3d(rot, np.array([tx, ty, tz]))
-    return poses
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,14 +525,14 @@ def main(
         else:
             ranked = retrieve(read_global(qglobal_path, [q.name for q in ok]),
                               read_global(db_global, db_names), db_names, num_retrieved)
-        matcher = QueryMatcher(lmap.preset, extract.default_device(device))
+        matcher = QueryMatcher(lmap.preset, default_device(device))
         for q, retrieved in zip(ok, ranked, strict=True):
             results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher, opts)
             r = results[q.name]
             log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
                      else f"NOT localized ({r.reason})")
     ordered = [results[q.name] for q in qlist]
-    write_poses(output_dir / "poses.txt", ordered)
+    io.write_poses(output_dir / "poses.txt", [(r.name, r.qvec, r.tvec) for r in ordered if r.localized])
     report = {
         "model_dir": str(Path(model_dir)),
         "preset": lmap.preset.get("name"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from . import io, presets, registry, weights
-from .extract import default_device, resolve_preset
+from .extract import resolve_preset
 from .matchers.base import collate_pairs, features_to_tensors, to_device
+from .runtime import autocast, default_device
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,6 @@ def _order_pairs(pairs: list[tuple[str, str]], cache: FeatureCache) -> list[tupl
     return sorted(pairs, key=size)
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return nullcontext()  # CPU half precision is slow and sometimes wrong: float32 there
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _store_result(store: io.ShardedH5, name0: str, name1: str, m0: np.ndarray, s0: np.ndarray,
                   n1: int) -> int:
     m0c, s0c, (a, b) = io.orient_matches(name0, name1, m0, s0, n1)
@@ -199,7 +192,7 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
         for i in range(0, len(work), batch_size):
             batch = work[i:i + batch_size]
             data = collate_pairs([(cache[a], cache[b]) for a, b in batch])
-            with torch.inference_mode(), _autocast(dev):
+            with torch.inference_mode(), autocast(dev):
                 pred = matcher(to_device(data, dev))
             m0 = pred["matches0"].cpu().numpy()
             s0 = pred["matching_scores0"].float().cpu().numpy()

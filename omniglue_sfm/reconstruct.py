@@ -119,7 +119,7 @@ def main(
     result.stats["stage_seconds"] = dict(timings)
     result.stats["preset"] = preset
     result.stats["image_dir"] = str(image_dir.resolve())
-    sfm.write_stats(output_dir, result.stats)
+    io.write_stats(output_dir, result.stats)
     if print_summary:
         print_sfm_summary(result, failed, timings)
     return result

@@ -282,13 +282,14 @@ def viz_keypoints(folder: Path, out: Path, names: list[str] | None = None, image
         tile = draw_keypoints(read_image(images / n), xy, all_lengths[n], max_len)
         tri = int((all_lengths[n] > 0).sum())
         tiles.append(_header(tile, f"{n}: {len(xy)} keypoints, {tri} with a 3D point", 26))
-    picture = _tile(tiles, columns=min(3, len(tiles)))
+    picture = tile_images(tiles, columns=min(3, len(tiles)))
     picture = _stack_vertical(picture, _colorbar(picture.width, max_len))
     _save_png(picture, out)
     return {"images": names, "max_track_length": max_len}
 
 
-def _tile(tiles: list[Image.Image], columns: int, pad: int = 6) -> Image.Image:
+def tile_images(tiles: list[Image.Image], columns: int, pad: int = 6) -> Image.Image:
+    """Pictures in a grid of ``columns`` columns, ``pad`` px apart, on white."""
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     cw = max(t.width for t in tiles)
     rh = [max(t.height for t in row) for row in rows]
@@ -583,9 +584,7 @@ def render_model(folder: Path | str, out: Path | str, size: tuple[int, int] = (1
 def _read_poses(poses: Path | str | None) -> dict[str, pycolmap.Rigid3d] | None:
     if poses is None:
         return None
-    from .localize import read_poses
-
-    return read_poses(poses)
+    return io.read_poses(poses)
 
 
 # --------------------------------------------------------------------------------------------

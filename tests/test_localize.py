@@ -126,7 +126,7 @@ def test_unmatchable_query_is_not_localized_and_gets_no_pose(tmp_path):
     assert not result.localized
     assert result.reason
     assert result.qvec is None and result.tvec is None
-    localize.write_poses(tmp_path / "poses.txt", [result])
+    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec) for r in [result] if r.localized])
     assert (tmp_path / "poses.txt").read_text() == ""
 
 
@@ -185,19 +185,11 @@ def test_query_lists_and_intrinsics(tmp_path):
         localize.resolve_queries(tmp_path / "missing")
 
 
-def test_guess_camera_without_exif(tmp_path):
-    Image.new("RGB", (300, 200), "gray").save(tmp_path / "plain.jpg")
-    cam, source = localize.guess_camera(tmp_path / "plain.jpg", 300, 200)
-    assert source == "guess"
-    assert cam.params[0] == pytest.approx(1.2 * 300)
-    assert (cam.params[1], cam.params[2]) == (150, 100)
-
-
 def test_poses_roundtrip_in_colmap_convention(tmp_path):
     r = localize.QueryResult("dir/q 1.jpg", localized=True)
-    r.qvec, r.tvec = localize._rigid_to_lists(QUERY_POSE)
-    localize.write_poses(tmp_path / "poses.txt", [r, localize.QueryResult("failed.jpg")])
-    poses = localize.read_poses(tmp_path / "poses.txt")
+    r.qvec, r.tvec = localize.rigid_to_lists(QUERY_POSE)
+    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec)])
+    poses = io.read_poses(tmp_path / "poses.txt")
     assert list(poses) == ["dir/q 1.jpg"]
     assert np.allclose(poses["dir/q 1.jpg"].matrix(), QUERY_POSE.matrix(), atol=1e-8)
     assert r.qvec[0] > 0.99  # (w, x, y, z): a small rotation has w near 1
@@ -242,7 +234,7 @@ def test_held_out_images_localize_within_gt_thresholds(held_out_run):
         assert r["localized"], (name, r["reason"])
         assert r["position_error"] < 0.25 and r["rotation_error_deg"] < 2.0, (name, r)
     assert report["recall"]["0.25m_2deg"] == 1.0
-    poses = localize.read_poses(out / "localize" / "poses.txt")
+    poses = io.read_poses(out / "localize" / "poses.txt")
     assert sorted(poses) == ["0003.jpg", "0005.jpg"]
 
 
