@@ -21,14 +21,13 @@ from pathlib import Path
 import pycolmap
 from PIL import Image, ImageOps
 
-from . import io, mapping, presets, sfm
+from . import io, mapping, pairs, presets, sfm
 from .cameras import ImageInfo, make_cameras
 from .images import list_images
 from .runtime import num_threads
 
 logger = logging.getLogger(__name__)
 
-PAIR_MODES = ("exhaustive", "sequential", "file")
 _ORIENTATION_TAG = 274
 
 
@@ -84,28 +83,37 @@ def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
     return options
 
 
+def native_pairs_mode(mode: str) -> str:
+    """The pair mode COLMAP runs itself: exhaustive or sequential (retrieval falls back)."""
+    if mode not in pairs.IMAGE_MODES:
+        raise ValueError(f"sift preset: pairs mode {mode!r} not supported; choose one of {pairs.IMAGE_MODES} "
+                         "or give a pairs file")
+    if mode == "retrieval":
+        # COLMAP's retrieval needs a vocabulary tree we cannot ship; exhaustive is the fallback
+        logger.warning("the sift preset has no retrieval pairs; matching exhaustively")
+        return "exhaustive"
+    return mode
+
+
 def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None) -> None:
+    """COLMAP matching + verification: the pairs of ``pairs_path`` when given, else ``pairs_mode``."""
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = num_threads()
     verification = mapping.two_view_options()
-    if pairs_mode == "exhaustive":
-        pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
-    elif pairs_mode == "sequential":
-        pairing = pycolmap.SequentialPairingOptions(overlap=window, quadratic_overlap=False)
-        pycolmap.match_sequential(db_path, matching, pairing, verification)
-    elif pairs_mode == "file":
-        if pairs_path is None:
-            raise ValueError("pairs mode 'file' needs a pairs file")
+    if pairs_path is not None:
         colmap_pairs = db_path.with_name("pairs_colmap.txt")
         # COLMAP's pair list splits on spaces and knows no escaping: write raw names
-        pairs = io.unique_pairs(io.read_pairs(pairs_path))
-        if any(" " in n for p in pairs for n in p):
+        listed = io.unique_pairs(io.read_pairs(pairs_path))
+        if any(" " in n for p in listed for n in p):
             raise ValueError("COLMAP's pair list cannot hold image names with spaces")
-        colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in listed))
         pairing = pycolmap.ImportedPairingOptions(match_list_path=str(colmap_pairs))
         pycolmap.match_image_pairs(db_path, matching, pairing, verification)
+    elif pairs_mode == "exhaustive":
+        pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
     else:
-        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+        pairing = pycolmap.SequentialPairingOptions(overlap=window, quadratic_overlap=False)
+        pycolmap.match_sequential(db_path, matching, pairing, verification)
 
 
 def _db_state_matches(db_path: Path, config_key: str) -> bool:
@@ -120,7 +128,7 @@ def main(
     output_dir: Path | str,
     preset: dict | str = "sift",
     pairs_mode: str = "exhaustive",
-    window: int = 10,
+    window: int = pairs.DEFAULT_WINDOW,
     pairs_path: Path | str | None = None,
     camera_mode: str = "auto",
     camera_model: str = "SIMPLE_RADIAL",
@@ -135,11 +143,10 @@ def main(
 ) -> mapping.SfMResult:
     """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
-    if preset.get("pipeline") != "colmap-sift":
+    preset = presets.resolve(preset)
+    if presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT:
         raise ValueError(f"preset {preset.get('name')!r} is not a COLMAP SIFT preset")
-    if pairs_mode not in PAIR_MODES:
-        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+    pairs_mode = native_pairs_mode(pairs_mode)
     names = sorted(image_names) if image_names is not None else list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images found in {image_dir}")
@@ -162,7 +169,7 @@ def main(
             return previous
     mapping.configure_colmap_logging(output_dir, verbose)
     stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
-                   "camera_model": camera_model, "preset": preset.get("name", "sift"), "seconds": {}}
+                   "camera_model": camera_model, "preset": preset, "seconds": {}}
 
     t0 = time.perf_counter()
     failed = {} if failed is None else failed

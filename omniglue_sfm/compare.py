@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import extract, presets, reconstruct, sfm, weights
+from . import extract, pairs, presets, reconstruct, sfm, weights
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def share_features(source_dir: Path, target_dir: Path) -> None:
 
 
 def _features_key(preset: dict) -> str | None:
-    if preset.get("pipeline") == "colmap-sift":
+    if presets.pipeline(preset) is not presets.Pipeline.LEARNED:
         return None
     return json.dumps(extract.features_config(preset), sort_keys=True, default=str)
 
@@ -125,7 +125,7 @@ def main(
     features_done: dict[str, Path] = {}  # features config -> folder that holds it
     for name in preset_names:
         try:
-            preset = reconstruct.merge_overrides(presets.get(name), preset_overrides)
+            preset = presets.resolve(name, preset_overrides)
         except KeyError as err:
             rows[name] = {"status": "failed", "reason": str(err.args[0])}
             continue
@@ -256,7 +256,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", type=Path, default=None, help="ground-truth folder (Strecha .camera files)")
     p.add_argument("--max-keypoints", type=int, default=None, help="override every preset's keypoint budget")
     p.add_argument("--resize-max", type=int, default=None, help="override every preset's image size")
-    p.add_argument("--pairs", choices=reconstruct.PAIR_MODES, default=None, help="pair selection")
+    p.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None, help="pair selection")
     p.add_argument("--no-render", action="store_true", help="skip the 3D renders")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_cli)

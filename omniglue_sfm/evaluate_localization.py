@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import localize, presets, reconstruct, sfm
+from . import localize, pairs, presets, reconstruct, sfm
 from .evaluate import rotation_angle_deg, umeyama
 from .images import list_images
 from .scenes import CameraPose, model_poses, read_strecha_dir
@@ -127,11 +127,9 @@ def main(
     progress: bool = True,
 ) -> dict:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = reconstruct.merge_overrides(presets.get(preset) if isinstance(preset, str) else dict(preset),
-                                         preset_overrides)
-    if preset.get("pipeline") == "colmap-sift":
-        raise ValueError("the sift preset keeps its features only in database.db; localization needs a "
-                         "learned-feature preset")
+    preset = presets.resolve(preset, preset_overrides)
+    presets.require_learned(preset, "its features live only in database.db; localization needs a "
+                                    "learned-feature preset")
     gt = read_strecha_dir(gt_dir)
     names = [n for n in list_images(image_dir) if n in gt]
     if not names:
@@ -142,7 +140,7 @@ def main(
     query_images = link_images(image_dir, held_out, output_dir / "query_images")
     map_dir = output_dir / "map"
     # retrieval pairs equal exhaustive ones for a map this small, and give the map its global.h5
-    pairs_mode = "retrieval" if len(map_names) <= reconstruct.DEFAULT_NUM_MATCHED + 1 else None
+    pairs_mode = "retrieval" if len(map_names) <= pairs.DEFAULT_NUM_MATCHED + 1 else None
     result = reconstruct.main(map_images, map_dir, preset, pairs_mode=pairs_mode, device=device,
                               progress=progress, print_summary=False)
     report = localize.main(map_dir, query_images, output_dir / "localize", num_retrieved=num_retrieved,

@@ -75,15 +75,10 @@ def map_preset(model_dir: Path) -> dict:
     """
     model_dir = Path(model_dir)
     stored = (io.read_stats(model_dir) or {}).get("preset")
-    if isinstance(stored, str):
-        preset = presets.get(stored)
-    elif isinstance(stored, dict):
-        preset = dict(stored)
-    else:
-        preset = {}
+    preset = presets.resolve(stored) if isinstance(stored, (str, dict)) else {}
     features_path = model_dir / "features.h5"
     if not features_path.exists():
-        if preset.get("pipeline") == "colmap-sift":
+        if preset and presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
             raise LocalizationError(
                 f"{model_dir} was made with COLMAP's own SIFT (preset 'sift'): its features live only "
                 "in database.db, so it cannot be used for localization; use a learned-feature preset")
@@ -115,7 +110,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
     if preset is None:
         preset = map_preset(model_dir)
     else:
-        preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
+        preset = presets.resolve(preset)
         fconf = io.read_config(model_dir / "features.h5")
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "

@@ -23,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from . import io, presets, registry, weights
-from .extract import resolve_preset
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 from .runtime import autocast, default_device
 
@@ -143,7 +142,7 @@ def main(
     With ``shard`` the output goes to :func:`shard_path` of ``matches_path``.
     """
     start = time.perf_counter()
-    preset = resolve_preset(preset)
+    preset = presets.resolve(preset)
     features_path = Path(features_path)
     config = match_config(preset, features_path)
     pairs = io.unique_pairs(io.read_pairs(pairs_path))

@@ -31,7 +31,12 @@ from .images import list_images
 
 log = logging.getLogger(__name__)
 
-MODES = ("exhaustive", "sequential", "retrieval", "covisibility")
+# the pair modes of every pipeline; IMAGE_MODES need only the images (and their descriptors),
+# covisibility needs an existing model
+IMAGE_MODES = ("exhaustive", "sequential", "retrieval")
+MODES = (*IMAGE_MODES, "covisibility")
+DEFAULT_WINDOW = 10  # sequential: neighbours per image (COLMAP's sequential overlap)
+DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility and loop closure: pairs per image
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:
@@ -40,7 +45,7 @@ def exhaustive(names: list[str]) -> list[tuple[str, str]]:
 
 def sequential(
     names: list[str],
-    window: int = 5,
+    window: int = DEFAULT_WINDOW,
     loop_closure: bool = False,
     quadratic: bool = False,
     global_path: Path | None = None,
@@ -146,10 +151,10 @@ def main(
     image_dir: Path | None,
     pairs_path: Path,
     mode: str = "exhaustive",
-    window: int = 5,
+    window: int = DEFAULT_WINDOW,
     loop_closure: bool = False,
     quadratic: bool = False,
-    num_matched: int = 20,
+    num_matched: int = DEFAULT_NUM_MATCHED,
     global_path: Path | None = None,
     model_dir: Path | None = None,
     names: list[str] | None = None,
@@ -196,11 +201,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, help="image folder (names are taken from it)")
     p.add_argument("out_txt", type=Path)
     p.add_argument("--mode", default="exhaustive", choices=MODES)
-    p.add_argument("--window", type=int, default=5, help="sequential: neighbours after each image")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="sequential: neighbours after each image")
     p.add_argument("--quadratic", action="store_true", help="sequential: also offsets 2^k beyond the window")
     p.add_argument("--loop-closure", action="store_true",
                    help="sequential: also the --num-matched most similar images (needs --global)")
-    p.add_argument("--num-matched", type=int, default=20, help="retrieval/covisibility/loop closure: k")
+    p.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
+                   help="retrieval/covisibility/loop closure: k")
     p.add_argument("--global", dest="global_h5", type=Path, default=None, help="global.h5 from extract")
     p.add_argument("--model", type=Path, default=None, help="COLMAP model folder (covisibility)")
     p.set_defaults(func=_run_cli)

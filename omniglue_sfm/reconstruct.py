@@ -9,35 +9,20 @@ skips the images, pairs and model already finished with the same configuration.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import io, presets, sfm
+from . import io, pairs, presets, sfm
 from .summary import print_sfm_summary, stage
 
 logger = logging.getLogger(__name__)
 
-PAIR_MODES = ("exhaustive", "sequential", "retrieval")
 EXHAUSTIVE_MAX_IMAGES = 40  # above this, exhaustive matching grows too fast: use retrieval
-DEFAULT_NUM_MATCHED = 20
-DEFAULT_WINDOW = 10
 
 
 def default_pairs_mode(num_images: int) -> str:
     return "exhaustive" if num_images <= EXHAUSTIVE_MAX_IMAGES else "retrieval"
-
-
-def merge_overrides(preset: dict, overrides: Mapping | None) -> dict:
-    """A copy of ``preset`` with ``overrides`` merged in, section by section."""
-    out = copy.deepcopy(preset)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge_overrides(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def check_weights(preset: Mapping) -> None:
@@ -52,32 +37,13 @@ def check_weights(preset: Mapping) -> None:
                 weights.resolve_known(value)
 
 
-def make_pairs(
-    names: list[str], mode: str, output_dir: Path, num_matched: int, window: int, loop_closure: bool
-) -> Path:
-    from . import pairs as pairs_mod
-
-    if mode == "exhaustive":
-        found = pairs_mod.exhaustive(names)
-    elif mode == "sequential":
-        found = pairs_mod.sequential(names, window, loop_closure,
-                                     global_path=output_dir / "global.h5" if loop_closure else None)
-    elif mode == "retrieval":
-        found = pairs_mod.retrieval(output_dir / "global.h5", names, num_matched)
-    else:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {PAIR_MODES}")
-    path = output_dir / "pairs.txt"
-    io.write_pairs(path, found)
-    return path
-
-
 def main(
     image_dir: Path | str,
     output_dir: Path | str,
     preset: str | dict = "omniglue",
     pairs_mode: str | None = None,
-    num_matched: int = DEFAULT_NUM_MATCHED,
-    window: int = DEFAULT_WINDOW,
+    num_matched: int = pairs.DEFAULT_NUM_MATCHED,
+    window: int = pairs.DEFAULT_WINDOW,
     loop_closure: bool = False,
     camera_mode: str = "auto",
     camera_model: str = "SIMPLE_RADIAL",
@@ -94,20 +60,19 @@ def main(
     from .images import list_images
 
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = merge_overrides(presets.get(preset) if isinstance(preset, str) else dict(preset),
-                             preset_overrides)
+    preset = presets.resolve(preset, preset_overrides)
     names = list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images found in {image_dir}")
     mode = pairs_mode or default_pairs_mode(len(names))
-    if mode not in PAIR_MODES:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {PAIR_MODES}")
+    if mode not in pairs.IMAGE_MODES:
+        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {pairs.IMAGE_MODES}")
     check_weights(preset)
     output_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), mode)
     timings: dict[str, float] = {}
     failed: dict[str, str] = {}
-    if preset.get("pipeline") == "colmap-sift":
+    if presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
         result = _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, camera_model,
                                   camera_params, mapper, names, overwrite, verbose, progress, timings,
                                   failed)
@@ -130,10 +95,6 @@ def _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, c
                      failed) -> sfm.SfMResult:
     from . import colmap_sift
 
-    if mode == "retrieval":
-        # COLMAP's retrieval needs a vocabulary tree we cannot ship; exhaustive is the fallback
-        logger.warning("the sift preset has no retrieval pairs; matching exhaustively")
-        mode = "exhaustive"
     return colmap_sift.main(image_dir, output_dir, preset, mode, window, None, camera_mode, camera_model,
                             camera_params, mapper, names, overwrite, verbose, progress, timings, failed)
 
@@ -155,7 +116,9 @@ def _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window
     if len(names) < 2:
         raise sfm.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):
-        pairs_path = make_pairs(names, mode, output_dir, num_matched, window, loop_closure)
+        pairs_path = output_dir / "pairs.txt"
+        pairs.main(None, pairs_path, mode, window, loop_closure, num_matched=num_matched,
+                   global_path=output_dir / "global.h5", names=names)
     with stage("match", timings):
         match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device)
     with stage("sfm", timings):
@@ -171,12 +134,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
     parser.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
                         help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
-    parser.add_argument("--pairs", choices=PAIR_MODES, default=None,
+    parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
                         help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
                              f"else retrieval)")
-    parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
+    parser.add_argument("--num-matched", type=int, default=pairs.DEFAULT_NUM_MATCHED,
                         help="retrieval: pairs per image")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="sequential: neighbours per image")
+    parser.add_argument("--window", type=int, default=pairs.DEFAULT_WINDOW,
+                        help="sequential: neighbours per image")
     parser.add_argument("--loop-closure", action="store_true", help="sequential: add retrieval loop pairs")
     sfm.add_camera_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")

@@ -100,9 +100,6 @@ def test_empty_folder_is_a_clean_error(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
 
 
-def test_preset_overrides_and_default_pairs():
-    merged = reconstruct.merge_overrides({"features": {"name": "aliked", "max_keypoints": 2048}, "x": 1},
-                                         {"features": {"max_keypoints": 512}})
-    assert merged == {"features": {"name": "aliked", "max_keypoints": 512}, "x": 1}
+def test_default_pairs():
     assert reconstruct.default_pairs_mode(40) == "exhaustive"
     assert reconstruct.default_pairs_mode(41) == "retrieval"
