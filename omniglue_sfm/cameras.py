@@ -29,6 +29,19 @@ DEFAULT_FOCAL_FACTOR = 1.2
 
 
 @dataclass(frozen=True)
+class CameraOptions:
+    """How map images get cameras: shared by ``mode``, of COLMAP ``model``, with known ``params``."""
+
+    mode: str = "auto"  # see CAMERA_MODES and camera_key()
+    model: str = "SIMPLE_RADIAL"  # a COLMAP camera model name
+    params: str | None = None  # known intrinsics, comma separated in the model's order
+
+    def __post_init__(self) -> None:
+        if self.mode not in CAMERA_MODES:
+            raise ValueError(f"unknown camera mode {self.mode!r}; choose one of {CAMERA_MODES}")
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     name: str
     width: int
@@ -80,15 +93,11 @@ def camera_key(info: ImageInfo, mode: str, focal: float | None) -> tuple:
 
 
 def make_cameras(
-    image_dir: Path,
-    infos: Sequence[ImageInfo],
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: str | None = None,
+    image_dir: Path, infos: Sequence[ImageInfo], options: CameraOptions | None = None
 ) -> tuple[list[pycolmap.Camera], list[int]]:
     """Cameras (ids unset) and, for every image, the index of its camera."""
-    if camera_mode not in CAMERA_MODES:
-        raise ValueError(f"unknown camera mode {camera_mode!r}; choose one of {CAMERA_MODES}")
+    options = options or CameraOptions()
+    camera_mode, camera_model, camera_params = options.mode, options.model, options.params
     if camera_mode == "single":
         sizes = {(i.width, i.height) for i in infos}
         if len(sizes) > 1:

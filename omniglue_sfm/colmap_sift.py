@@ -41,26 +41,25 @@ def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
 
 
 def prepare_images(
-    image_dir: Path, names: Sequence[str], work_dir: Path, failed: dict[str, str] | None = None
-) -> tuple[Path, list[ImageInfo]]:
-    """The folder COLMAP should read (upright copies where needed) and the readable images' sizes.
-
-    Unreadable images are left out and recorded in ``failed`` (name -> reason).
+    image_dir: Path, names: Sequence[str], work_dir: Path
+) -> tuple[Path, list[ImageInfo], dict[str, str]]:
+    """The folder COLMAP should read (upright copies where needed), the readable images' sizes and
+    the unreadable images (name -> reason), which are left out.
     """
     infos, rotated = [], []
+    failed: dict[str, str] = {}
     for name in names:
         try:
             (w, h), is_rotated = _oriented_size(image_dir / name)
         except OSError as err:  # PIL's UnidentifiedImageError included
             logger.warning("skipping %s: %s", name, err)
-            if failed is not None:
-                failed[name] = f"{type(err).__name__}: {err}"
+            failed[name] = f"{type(err).__name__}: {err}"
             continue
         infos.append(ImageInfo(name, w, h))
         if is_rotated:
             rotated.append(name)
     if not rotated:
-        return image_dir, infos
+        return image_dir, infos, failed
     for name in (i.name for i in infos):
         target = work_dir / name
         if target.exists() or target.is_symlink():
@@ -71,7 +70,7 @@ def prepare_images(
                 ImageOps.exif_transpose(img).convert("RGB").save(target, format="JPEG", quality=95)
         else:
             os.symlink((image_dir / name).resolve(), target)
-    return work_dir, infos
+    return work_dir, infos, failed
 
 
 def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
@@ -127,35 +126,34 @@ def main(
     image_dir: Path | str,
     output_dir: Path | str,
     preset: dict | str = "sift",
-    pairs_mode: str = "exhaustive",
-    window: int = pairs.DEFAULT_WINDOW,
+    pair_options: pairs.PairsOptions | None = None,
     pairs_path: Path | str | None = None,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: str | None = None,
-    mapper: str = "incremental",
+    options: mapping.SfMOptions | None = None,
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
-    verbose: bool = False,
-    progress: bool = True,
-    timings: dict[str, float] | None = None,
-    failed: dict[str, str] | None = None,
 ) -> mapping.SfMResult:
-    """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
+    """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage.
+
+    The pairs are those of ``pairs_path`` when given, else COLMAP's own exhaustive or sequential
+    (``pair_options.window``) pairing; the result records failed images and stage seconds.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    pair_options = pair_options or pairs.PairsOptions()
+    options = options or mapping.SfMOptions()
+    camera, mapper, window = options.camera, options.mapper, pair_options.window
     preset = presets.resolve(preset)
     if presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT:
         raise ValueError(f"preset {preset.get('name')!r} is not a COLMAP SIFT preset")
-    pairs_mode = native_pairs_mode(pairs_mode)
+    pairs_mode = native_pairs_mode(pair_options.mode or "exhaustive")
     names = sorted(image_names) if image_names is not None else list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images found in {image_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    timings = {} if timings is None else timings
+    timings: dict[str, float] = {}
     pairs_list = io.read_pairs(pairs_path) if pairs_path else None
     config_key = mapping.fingerprint({
-        "features": preset.get("features"), "names": names, "camera_mode": camera_mode,
-        "camera_model": camera_model, "camera_params": camera_params, "pairs_mode": pairs_mode,
+        "features": preset.get("features"), "names": names, "camera_mode": camera.mode,
+        "camera_model": camera.model, "camera_params": camera.params, "pairs_mode": pairs_mode,
         "window": window, "pairs": pairs_list,
     })
     key = mapping.fingerprint({"db": config_key, "mapper": mapper, "version": mapping.STATS_VERSION})
@@ -167,13 +165,12 @@ def main(
         if previous is not None:
             logger.info("sift: reusing the model in %s (same inputs)", output_dir / "sparse")
             return previous
-    mapping.configure_colmap_logging(output_dir, verbose)
-    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
-                   "camera_model": camera_model, "preset": preset, "seconds": {}}
+    mapping.configure_colmap_logging(output_dir, options.verbose)
+    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera.mode,
+                   "camera_model": camera.model, "preset": preset, "seconds": {}}
 
     t0 = time.perf_counter()
-    failed = {} if failed is None else failed
-    read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images", failed)
+    read_dir, infos, failed = prepare_images(image_dir, names, output_dir / "oriented_images")
     names = [i.name for i in infos]
     if len(names) < 2:
         raise mapping.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
@@ -181,14 +178,14 @@ def main(
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
         db_path.unlink(missing_ok=True)
-        cameras, assignment = make_cameras(read_dir, infos, camera_mode, camera_model, camera_params)
+        cameras, assignment = make_cameras(read_dir, infos, camera)
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
         (output_dir / "database.json").write_text(json.dumps({"config": config_key}))
     print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
     pycolmap.extract_features(
         db_path, read_dir, image_names=list(names),
-        reader_options=pycolmap.ImageReaderOptions(camera_model=camera_model),
+        reader_options=pycolmap.ImageReaderOptions(camera_model=camera.model),
         extraction_options=extraction_options(preset), device=pycolmap.Device.auto,
     )
     timings["extract"] = stats["seconds"]["extract"] = time.perf_counter() - t0
@@ -200,8 +197,9 @@ def main(
     timings["match"] = stats["seconds"]["match+verification"] = time.perf_counter() - t0
 
     print("==> sfm", flush=True)
-    result = mapping.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, progress)
+    result = mapping.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, options.progress)
     timings["sfm"] = stats["seconds"]["mapping"] + stats["seconds"].get("export", 0.0)
+    result.failed_images, result.stage_seconds = failed, timings
     return result
 
 

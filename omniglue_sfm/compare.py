@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import extract, pairs, presets, reconstruct, sfm, weights
+from .mapping import SfMOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, gt_dir: Path | None
                pairs_mode: str | None, verbose: bool) -> dict:
     """One row: reconstruct (and evaluate). Raises on failure; the caller classifies it."""
     t0 = time.perf_counter()
-    result = reconstruct.main(image_dir, out_dir, preset, pairs_mode=pairs_mode, device=device,
-                              verbose=verbose, progress=False, print_summary=False)
+    result = reconstruct.main(image_dir, out_dir, preset, pairs.PairsOptions(pairs_mode),
+                              SfMOptions(verbose=verbose, progress=False), device=device,
+                              print_summary=False)
     stats = result.stats
     seconds = {k: float(v) for k, v in stats.get("stage_seconds", {}).items()}
     row = {

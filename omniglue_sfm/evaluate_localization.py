@@ -25,6 +25,7 @@ import numpy as np
 from . import localize, pairs, presets, reconstruct, sfm
 from .evaluate import rotation_angle_deg, umeyama
 from .images import list_images
+from .mapping import SfMOptions
 from .scenes import CameraPose, model_poses, read_strecha_dir
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -141,8 +142,8 @@ def main(
     map_dir = output_dir / "map"
     # retrieval pairs equal exhaustive ones for a map this small, and give the map its global.h5
     pairs_mode = "retrieval" if len(map_names) <= pairs.DEFAULT_NUM_MATCHED + 1 else None
-    result = reconstruct.main(map_images, map_dir, preset, pairs_mode=pairs_mode, device=device,
-                              progress=progress, print_summary=False)
+    result = reconstruct.main(map_images, map_dir, preset, pairs.PairsOptions(pairs_mode),
+                              SfMOptions(progress=progress), device=device, print_summary=False)
     report = localize.main(map_dir, query_images, output_dir / "localize", num_retrieved=num_retrieved,
                            intrinsics=intrinsics, device=device)
     align = similarity_to_gt(model_poses(map_dir / "sparse"), gt)

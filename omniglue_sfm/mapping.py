@@ -8,6 +8,7 @@ fingerprint, so a re-run skips finished work.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -20,6 +21,7 @@ import numpy as np
 import pycolmap
 
 from . import io
+from .cameras import CAMERA_MODES, CameraOptions
 from .runtime import num_threads
 
 MAPPERS = ("incremental", "global")
@@ -29,6 +31,38 @@ VERIFY_MAX_TRIALS = 20000
 VERIFY_MIN_INLIER_RATIO = 0.1
 STATS_VERSION = 1
 MIN_MODEL_SIZE = 3
+
+
+@dataclass(frozen=True)
+class SfMOptions:
+    """How a scene is mapped, whichever pipeline made its database."""
+
+    camera: CameraOptions = field(default_factory=CameraOptions)
+    mapper: str = "incremental"  # see MAPPERS
+    verbose: bool = False  # COLMAP's log on the terminal too (always in OUT/colmap.log)
+    progress: bool = True  # a progress bar while mapping
+
+    def __post_init__(self) -> None:
+        if self.mapper not in MAPPERS:
+            raise ValueError(f"unknown mapper {self.mapper!r}; choose one of {MAPPERS}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SfMOptions:
+        """From the arguments of :func:`add_arguments` (and the global ``--verbose``)."""
+        return cls(CameraOptions(args.camera_mode, args.camera_model, args.camera_params), args.mapper,
+                   verbose=bool(getattr(args, "verbose", False)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--camera-mode``, ``--camera-model``, ``--camera-params`` and ``--mapper``."""
+    parser.add_argument("--camera-mode", choices=CAMERA_MODES, default="auto",
+                        help="auto: images sharing folder, size and EXIF focal share a camera "
+                             "(no EXIF: one camera per image)")
+    parser.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model name")
+    parser.add_argument("--camera-params", default=None,
+                        help="known intrinsics, comma separated in the model's order (e.g. 'f,cx,cy,k')")
+    parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
+                        help="incremental (COLMAP) or global (GLOMAP, pycolmap >= 4)")
 
 
 class ReconstructionError(RuntimeError):
@@ -42,6 +76,8 @@ class SfMResult:
     output_dir: Path
     skipped: bool = False  # True when a previous run's result was reused
     models: list[pycolmap.Reconstruction] = field(default_factory=list)
+    failed_images: dict[str, str] = field(default_factory=dict)  # image name -> why it was left out
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage run
 
 
 

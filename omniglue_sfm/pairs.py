@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -37,6 +38,39 @@ IMAGE_MODES = ("exhaustive", "sequential", "retrieval")
 MODES = (*IMAGE_MODES, "covisibility")
 DEFAULT_WINDOW = 10  # sequential: neighbours per image (COLMAP's sequential overlap)
 DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility and loop closure: pairs per image
+
+
+@dataclass(frozen=True)
+class PairsOptions:
+    """Which pairs to match (see the module docstring for the modes)."""
+
+    mode: str | None = None  # one of MODES; None: exhaustive (``reconstruct``: chosen by image count)
+    window: int = DEFAULT_WINDOW
+    loop_closure: bool = False
+    quadratic: bool = False
+    num_matched: int = DEFAULT_NUM_MATCHED
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, mode: str | None = None) -> PairsOptions:
+        """From the arguments of :func:`add_arguments` (``mode``: the parsed pairs mode)."""
+        return cls(mode, args.window, args.loop_closure, getattr(args, "quadratic", False), args.num_matched)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--window``, ``--quadratic``, ``--loop-closure`` and ``--num-matched``."""
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help="sequential: neighbours after each image")
+    parser.add_argument("--quadratic", action="store_true",
+                        help="sequential: also offsets 2^k beyond the window")
+    parser.add_argument("--loop-closure", action="store_true",
+                        help="sequential: also the --num-matched most similar images (needs global "
+                             "descriptors)")
+    parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
+                        help="retrieval/covisibility/loop closure: pairs per image")
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:
@@ -150,24 +184,21 @@ def covisibility(model_dir: Path, num_matched: int) -> list[tuple[str, str]]:
 def main(
     image_dir: Path | None,
     pairs_path: Path,
-    mode: str = "exhaustive",
-    window: int = DEFAULT_WINDOW,
-    loop_closure: bool = False,
-    quadratic: bool = False,
-    num_matched: int = DEFAULT_NUM_MATCHED,
+    options: PairsOptions | None = None,
     global_path: Path | None = None,
     model_dir: Path | None = None,
     names: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Make pairs for ``names`` (default: every image in ``image_dir``) and write ``pairs_path``."""
-    if mode not in MODES:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {', '.join(MODES)}")
+    options = options or PairsOptions()
+    mode, num_matched = options.mode or "exhaustive", options.num_matched
     if names is None and image_dir is not None and mode != "covisibility":
         names = list_images(image_dir)
     if mode == "exhaustive":
         pairs = exhaustive(_need(names))
     elif mode == "sequential":
-        pairs = sequential(_need(names), window, loop_closure, quadratic, global_path, num_matched)
+        pairs = sequential(_need(names), options.window, options.loop_closure, options.quadratic,
+                           global_path, num_matched)
     elif mode == "retrieval":
         if global_path is None:
             raise ValueError("retrieval pairs need global descriptors: run `extract --global GLOBAL_H5` "
@@ -201,20 +232,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, help="image folder (names are taken from it)")
     p.add_argument("out_txt", type=Path)
     p.add_argument("--mode", default="exhaustive", choices=MODES)
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                   help="sequential: neighbours after each image")
-    p.add_argument("--quadratic", action="store_true", help="sequential: also offsets 2^k beyond the window")
-    p.add_argument("--loop-closure", action="store_true",
-                   help="sequential: also the --num-matched most similar images (needs --global)")
-    p.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
-                   help="retrieval/covisibility/loop closure: k")
+    add_arguments(p)
     p.add_argument("--global", dest="global_h5", type=Path, default=None, help="global.h5 from extract")
     p.add_argument("--model", type=Path, default=None, help="COLMAP model folder (covisibility)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    pairs = main(args.images, args.out_txt, args.mode, args.window, args.loop_closure, args.quadratic,
-                 args.num_matched, args.global_h5, args.model)
+    pairs = main(args.images, args.out_txt, PairsOptions.from_args(args, args.mode), args.global_h5,
+                 args.model)
     print(f"{len(pairs)} pairs ({args.mode}) -> {args.out_txt}")
     return 0

@@ -29,12 +29,13 @@ import numpy as np
 import pycolmap
 
 from . import io
-from .cameras import CAMERA_MODES, ImageInfo, make_cameras, read_image_infos
+from .cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .mapping import (
-    MAPPERS,
     STATS_VERSION,
     ReconstructionError,
+    SfMOptions,
     SfMResult,
+    add_arguments,
     configure_colmap_logging,
     file_signature,
     fingerprint,
@@ -143,27 +144,23 @@ def main(
     matches_path: Path | str,
     output_dir: Path | str,
     pairs_path: Path | str | None = None,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: str | None = None,
-    mapper: str = "incremental",
+    options: SfMOptions | None = None,
     image_names: Sequence[str] | None = None,
-    verbose: bool = False,
-    progress: bool = True,
 ) -> SfMResult:
+    """Database, verification and mapping of the images of ``image_names`` (default: all features)."""
+    options = options or SfMOptions()
     image_dir, features_path, matches_path, output_dir = map(
         Path, (image_dir, features_path, matches_path, output_dir))
     pairs_path = Path(pairs_path) if pairs_path else None
     for path in (image_dir, features_path, matches_path) + ((pairs_path,) if pairs_path else ()):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-    if mapper not in MAPPERS:
-        raise ValueError(f"unknown mapper {mapper!r}; choose one of {MAPPERS}")
+    camera = options.camera
     names = sorted(image_names) if image_names is not None else io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)
     key = fingerprint({
-        "version": STATS_VERSION, "names": names, "pairs": pairs, "camera_mode": camera_mode,
-        "camera_model": camera_model, "camera_params": camera_params, "mapper": mapper,
+        "version": STATS_VERSION, "names": names, "pairs": pairs, "camera_mode": camera.mode,
+        "camera_model": camera.model, "camera_params": camera.params, "mapper": options.mapper,
         "features": file_signature(features_path), "matches": file_signature(matches_path),
     })
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -171,17 +168,17 @@ def main(
     if previous is not None:
         logger.info("sfm: reusing the model in %s (same inputs)", output_dir / "sparse")
         return previous
-    configure_colmap_logging(output_dir, verbose)
-    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
-                   "camera_model": camera_model, "seconds": {}}
+    configure_colmap_logging(output_dir, options.verbose)
+    stats: dict = {"fingerprint": key, "mapper": options.mapper, "camera_mode": camera.mode,
+                   "camera_model": camera.model, "seconds": {}}
     t0 = time.perf_counter()
     db_path = build_database(output_dir / "database.db", image_dir, features_path, matches_path,
-                             names, pairs, camera_mode, camera_model, camera_params)
+                             names, pairs, camera)
     stats["seconds"]["database"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     verify(db_path)
     stats["seconds"]["verification"] = time.perf_counter() - t0
-    return map_and_write(db_path, image_dir, output_dir, names, mapper, stats, progress)
+    return map_and_write(db_path, image_dir, output_dir, names, options.mapper, stats, options.progress)
 
 
 def build_database(
@@ -191,13 +188,11 @@ def build_database(
     matches_path: Path,
     names: Sequence[str],
     pairs: Sequence[tuple[str, str]],
-    camera_mode: str,
-    camera_model: str,
-    camera_params: str | None,
+    camera: CameraOptions,
 ) -> Path:
     """A fresh database (written under a temporary name, then renamed)."""
     infos = read_image_infos(features_path, names)
-    cameras, assignment = make_cameras(image_dir, infos, camera_mode, camera_model, camera_params)
+    cameras, assignment = make_cameras(image_dir, infos, camera)
     tmp = db_path.with_name(db_path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     with pycolmap.Database.open(tmp) as db:
@@ -212,17 +207,6 @@ def build_database(
 # command line
 
 
-def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--camera-mode", choices=CAMERA_MODES, default="auto",
-                        help="auto: images sharing folder, size and EXIF focal share a camera "
-                             "(no EXIF: one camera per image)")
-    parser.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model name")
-    parser.add_argument("--camera-params", default=None,
-                        help="known intrinsics, comma separated in the model's order (e.g. 'f,cx,cy,k')")
-    parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
-                        help="incremental (COLMAP) or global (GLOMAP, pycolmap >= 4)")
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sfm", help="features + matches -> COLMAP model",
                                    description=__doc__.split("\n\n")[0])
@@ -232,14 +216,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="output folder")
     parser.add_argument("--pairs", type=Path, default=None,
                         help="pairs.txt (default: every pair in matches.h5)")
-    add_camera_arguments(parser)
+    add_arguments(parser)
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    return run_cli_guarded(lambda: main(
-        args.images, args.features, args.matches, args.output, args.pairs, args.camera_mode,
-        args.camera_model, args.camera_params, args.mapper, verbose=args.verbose))
+    return run_cli_guarded(lambda: main(args.images, args.features, args.matches, args.output, args.pairs,
+                                        SfMOptions.from_args(args)))
 
 
 def run_cli_guarded(call: Callable[[], SfMResult], print_result: bool = True) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from omniglue_sfm.cameras import ImageInfo, guess_camera, make_cameras
+from omniglue_sfm.cameras import CameraOptions, ImageInfo, guess_camera, make_cameras
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -53,18 +53,18 @@ def test_camera_modes(tmp_path):
     infos = [ImageInfo(n, 64, 48) for n in ("a/1.jpg", "a/2.jpg", "b/3.jpg", "a/4.jpg", "a/5.jpg")]
 
     def count(mode: str) -> int:
-        return len(make_cameras(tmp_path, infos, mode)[0])
+        return len(make_cameras(tmp_path, infos, CameraOptions(mode))[0])
 
     assert count("single") == 1
     assert count("per_folder") == 2
     assert count("per_image") == 5
     assert count("auto") == 4  # no EXIF: own camera each; same EXIF camera and folder: shared
     with pytest.raises(ValueError, match="one size"):
-        make_cameras(tmp_path, infos + [ImageInfo("b/3.jpg", 48, 64)], "single")
-    cams, _ = make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,501,32,24")
+        make_cameras(tmp_path, infos + [ImageInfo("b/3.jpg", 48, 64)], CameraOptions("single"))
+    cams, _ = make_cameras(tmp_path, infos[:1], CameraOptions("auto", "PINHOLE", "500,501,32,24"))
     assert list(cams[0].params) == [500, 501, 32, 24] and cams[0].has_prior_focal_length
     with pytest.raises(ValueError, match="do not fit"):
-        make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,32")
+        make_cameras(tmp_path, infos[:1], CameraOptions("auto", "PINHOLE", "500,32"))
 
 
 def test_guess_camera_without_exif(tmp_path):

@@ -76,7 +76,7 @@ def test_cli_pairs(small_scene: Path, small_features: Path, tmp_path: Path) -> N
                      "--num-matched", "1"]) == 0
     assert 2 <= len(io.read_pairs(out)) <= 3
     with pytest.raises(ValueError, match="--global"):
-        pairs.main(small_scene, out, "retrieval")
+        pairs.main(small_scene, out, pairs.PairsOptions("retrieval"))
 
 
 @pytest.mark.shared_data

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from omniglue_sfm import cli, io, sfm
+from omniglue_sfm.cameras import CameraOptions
 from omniglue_sfm.evaluate import evaluate_poses
+from omniglue_sfm.mapping import SfMOptions
 from omniglue_sfm.scenes import CameraPose, model_poses
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -81,7 +83,7 @@ def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene")
     gt, keypoints = synthetic_scene(root)
     result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
-                      progress=False)
+                      options=SfMOptions(progress=False))
     return root, gt, keypoints, result
 
 
@@ -114,12 +116,13 @@ def test_keypoints_enter_colmap_with_half_pixel_offset(scene):
 
 def test_rerun_with_same_inputs_reuses_the_model(scene):
     root, _, _, first = scene
-    again = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out", progress=False)
+    again = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
+                     options=SfMOptions(progress=False))
     assert again.skipped
     assert again.stats["registered"] == first.stats["registered"]
     # another camera mode is another configuration: mapped again, not reused
     other = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
-                     camera_mode="single", progress=False)
+                     options=SfMOptions(CameraOptions("single"), progress=False))
     assert not other.skipped
     assert other.stats["num_cameras"] == 1
     assert other.stats["registered"] == 6
@@ -153,7 +156,7 @@ def test_pairs_file_restricts_the_pairs(scene, tmp_path):
     io.write_pairs(tmp_path / "pairs.txt", pairs)
     # 999.jpg is not among the images: the pair is ignored, not an error
     result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", tmp_path / "out",
-                      pairs_path=tmp_path / "pairs.txt", progress=False)
+                      pairs_path=tmp_path / "pairs.txt", options=SfMOptions(progress=False))
     assert result.stats["pairs"]["matched_pairs"] == 3
     assert result.stats["registered"] == 3 and result.stats["total"] == 6
     assert result.stats["unregistered"] == ["001.jpg", "003.jpg", "005.jpg"]
@@ -166,6 +169,6 @@ def test_pairs_file_restricts_the_pairs(scene, tmp_path):
 def test_global_mapper(tmp_path):
     gt, _ = synthetic_scene(tmp_path, n_images=5, n_points=500, seed=2)
     result = sfm.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5",
-                      tmp_path / "out", mapper="global", progress=False)
+                      tmp_path / "out", options=SfMOptions(mapper="global", progress=False))
     assert result.stats["registered"] == 5 and result.stats["mapper"] == "global"
     assert evaluate_poses(model_poses(tmp_path / "out" / "sparse"), gt)["auc5"] > 0.9
