@@ -268,13 +268,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     from .evaluate_localization import feature_overrides
 
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
-    try:
-        report = main(args.images, args.output, names, args.gt,
-                      feature_overrides(args.max_keypoints, args.resize_max), args.device, args.pairs,
-                      render=not args.no_render, verbose=args.verbose)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = main(args.images, args.output, names, args.gt,
+                  feature_overrides(args.max_keypoints, args.resize_max), args.device, args.pairs,
+                  render=not args.no_render, verbose=args.verbose)
     print(report["table"])
     if report.get("picture"):
         print(f"\nrenders: {report['picture']}")

@@ -16,13 +16,12 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from . import localize, pairs, presets, reconstruct, sfm
+from . import localize, pairs, presets, reconstruct
 from .evaluate import rotation_angle_deg, umeyama
 from .images import list_images
 from .mapping import SfMOptions
@@ -233,15 +232,8 @@ def feature_overrides(max_keypoints: int | None, resize_max: int | None) -> dict
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from . import io, weights
-
-    try:
-        out = main(args.images, args.gt, args.leave_out, args.out or Path("evaluate_localization"),
-                   args.preset, feature_overrides(args.max_keypoints, args.resize_max), args.num_retrieved,
-                   args.intrinsics, args.device, progress=not args.json)
-    except (sfm.ReconstructionError, localize.LocalizationError, weights.WeightsNotFoundError,
-            FileNotFoundError, ValueError, KeyError, io.ConfigMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = main(args.images, args.gt, args.leave_out, args.out or Path("evaluate_localization"),
+               args.preset, feature_overrides(args.max_keypoints, args.resize_max), args.num_retrieved,
+               args.intrinsics, args.device, progress=not args.json)
     print(to_json(out) if args.json else format_report(out))
     return 0

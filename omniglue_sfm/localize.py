@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ import torch
 
 from . import extract, io, match, presets, registry
 from .cameras import camera_dict, guess_camera, parse_camera_line
-from .images import IMAGE_EXTENSIONS, ImageReadError, list_images
+from .images import IMAGE_EXTENSIONS, list_images
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 from .runtime import autocast, default_device
 
@@ -576,17 +575,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        report = main(args.model, args.queries, args.output, image_dir=args.image_dir,
-                      intrinsics=args.intrinsics, map_images=args.map_images,
-                      num_retrieved=args.num_retrieved,
-                      min_inliers=args.min_inliers, ransac_thresh=args.ransac_thresh,
-                      covisibility_clustering=args.covisibility_clustering, preset=args.preset,
-                      device=args.device, overwrite=args.overwrite)
-    except (LocalizationError, FileNotFoundError, ValueError, KeyError, io.ConfigMismatchError,
-            ImageReadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = main(args.model, args.queries, args.output, image_dir=args.image_dir,
+                  intrinsics=args.intrinsics, map_images=args.map_images,
+                  num_retrieved=args.num_retrieved,
+                  min_inliers=args.min_inliers, ransac_thresh=args.ransac_thresh,
+                  covisibility_clustering=args.covisibility_clustering, preset=args.preset,
+                  device=args.device, overwrite=args.overwrite)
     for name, r in report["queries"].items():
         if r["localized"]:
             state = f"localized  {r['num_inliers']:5d} inliers / {r['num_correspondences']} 2D-3D"

@@ -130,9 +130,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    # main() prints the summary table itself; the guard prints errors without a traceback
-    def call() -> SfMResult:
-        return main(args.images, args.output, args.preset, pairs.PairsOptions.from_args(args, args.pairs),
-                    SfMOptions.from_args(args), args.overwrite, args.device)
-
-    return sfm.run_cli_guarded(call, print_result=False)
+    # main() prints the summary table itself
+    main(args.images, args.output, args.preset, pairs.PairsOptions.from_args(args, args.pairs),
+         SfMOptions.from_args(args), args.overwrite, args.device)
+    return 0

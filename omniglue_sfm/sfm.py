@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -44,6 +43,7 @@ from .mapping import (
     two_view_options,
 )
 from .runtime import num_threads
+from .summary import print_sfm_summary
 
 logger = logging.getLogger(__name__)
 
@@ -221,26 +221,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    return run_cli_guarded(lambda: main(args.images, args.features, args.matches, args.output, args.pairs,
-                                        SfMOptions.from_args(args)))
-
-
-def run_cli_guarded(call: Callable[[], SfMResult], print_result: bool = True) -> int:
-    """Run a stage for the CLI: known errors become one clear message and an exit code."""
-    from . import weights
-
-    try:
-        result = call()
-    except ReconstructionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (weights.WeightsNotFoundError, io.ConfigMismatchError, FileNotFoundError, KeyError,
-            ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    if print_result:
-        from .summary import print_sfm_summary
-
-        print_sfm_summary(result)
+    result = main(args.images, args.features, args.matches, args.output, args.pairs,
+                  SfMOptions.from_args(args))
+    print_sfm_summary(result)
     return 0
