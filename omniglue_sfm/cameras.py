@@ -7,7 +7,8 @@
   (``infer_camera_from_image``: focal length in pixels does not change under a 90-degree
   rotation); without EXIF it is ``1.2 * max(W, H)`` as in COLMAP.
 * Map cameras (:func:`make_cameras`) are shared between images according to a camera mode; a
-  query camera (:func:`guess_camera`, :func:`parse_camera_line`) is one per image.
+  query camera (:func:`guess_camera`, :func:`parse_camera_line`) is one per image, and a query
+  list (:func:`resolve_queries`) may give it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import h5py
 import pycolmap
+
+from .images import IMAGE_EXTENSIONS, list_images
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +165,49 @@ def camera_dict(cam: pycolmap.Camera) -> dict:
     """A camera as JSON-friendly data (``localize.json``)."""
     return {"model": cam.model.name, "width": int(cam.width), "height": int(cam.height),
             "params": [float(p) for p in cam.params]}
+
+
+# --------------------------------------------------------------------------------------------
+# query lists: images to localize, each with its camera when the list gives one
+
+
+@dataclass
+class Query:
+    name: str  # as given (relative to image_dir), also the key in query_features.h5
+    camera: pycolmap.Camera | None = None  # known intrinsics (list file), else decided later
+
+
+def read_query_list(path: Path) -> list[Query]:
+    """A list file: one image a line, optionally followed by ``MODEL W H params...``."""
+    queries = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = line.split()
+        camera = parse_camera_line(tokens[1:], f"{path}:{line_no}") if len(tokens) > 1 else None
+        queries.append(Query(tokens[0], camera))
+    return queries
+
+
+def resolve_queries(
+    queries: Path | str | Sequence[str], image_dir: Path | str | None = None
+) -> tuple[Path, list[Query]]:
+    """(image folder, queries) from a folder, a list file, or a list of names under ``image_dir``."""
+    if not isinstance(queries, (str, Path)):
+        if image_dir is None:
+            raise ValueError("a list of query names needs image_dir")
+        return Path(image_dir), [Query(str(q)) for q in queries]
+    path = Path(queries)
+    if path.is_dir():
+        return (Path(image_dir) if image_dir else path), [Query(n) for n in list_images(path)]
+    if not path.is_file():
+        raise FileNotFoundError(f"queries {path} is neither a folder nor a list file")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:  # a single image
+        return path.parent, [Query(path.name)]
+    return (Path(image_dir) if image_dir else path.parent), read_query_list(path)
+
+
+def read_intrinsics(path: Path | str) -> dict[str, pycolmap.Camera]:
+    """hloc-style intrinsics list: ``name MODEL W H params...`` a line."""
+    return {q.name: q.camera for q in read_query_list(Path(path)) if q.camera is not None}

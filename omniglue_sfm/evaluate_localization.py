@@ -143,8 +143,9 @@ def main(
     pairs_mode = "retrieval" if len(map_names) <= pairs.DEFAULT_NUM_MATCHED + 1 else None
     result = reconstruct.main(map_images, map_dir, preset, pairs.PairsOptions(pairs_mode),
                               SfMOptions(progress=progress), device=device, print_summary=False)
-    report = localize.main(map_dir, query_images, output_dir / "localize", num_retrieved=num_retrieved,
-                           intrinsics=intrinsics, device=device)
+    report = localize.main(map_dir, query_images, output_dir / "localize",
+                           localize.LocalizeOptions(num_retrieved=num_retrieved), intrinsics=intrinsics,
+                           device=device)
     align = similarity_to_gt(model_poses(map_dir / "sparse"), gt)
     per_query = {}
     for name in held_out:

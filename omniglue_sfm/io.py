@@ -393,12 +393,17 @@ def iter_match_keys(path: Path | str) -> Iterator[tuple[str, str]]:
 # stats.json (an SfM output folder's record) and poses.txt (localization results)
 
 
+def write_json(path: Path | str, data: dict) -> None:
+    """A JSON report, written under a temporary name and renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def write_stats(output_dir: Path | str, stats: dict) -> None:
-    """``OUT/stats.json``, written under a temporary name and renamed."""
-    output_dir = Path(output_dir)
-    tmp = output_dir / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, default=str))
-    os.replace(tmp, output_dir / "stats.json")
+    """``OUT/stats.json``."""
+    write_json(Path(output_dir) / "stats.json", stats)
 
 
 def read_stats(output_dir: Path | str) -> dict | None:

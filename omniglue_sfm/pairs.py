@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def sequential(
         if global_path is None:
             raise ValueError("sequential pairs with loop closure need global descriptors "
                              "(--global GLOBAL_H5)")
-        desc = _load_global(global_path, names)
+        desc = load_global(global_path, names)
         sim = desc @ desc.T
         idx = np.arange(n)
         sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
@@ -109,7 +110,8 @@ def sequential(
     return io.unique_pairs(pairs)
 
 
-def _load_global(global_path: Path, names: list[str]) -> np.ndarray:
+def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
+    """(len(names), D) L2-normalised global descriptors."""
     with h5py.File(global_path, "r") as h5:
         missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
         if missing:
@@ -119,13 +121,31 @@ def _load_global(global_path: Path, names: list[str]) -> np.ndarray:
     return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
 
-def _top_k_pairs(sim: np.ndarray, query: list[str], db: list[str], k: int) -> list[tuple[str, str]]:
+def _top_k_pairs(sim: np.ndarray, query: Sequence[str], db: Sequence[str], k: int) -> list[tuple[str, str]]:
+    """(query, database) pairs of the ``k`` most similar database images, best first per query."""
     pairs = []
     k = min(k, sim.shape[1])
     for i, q in enumerate(query):
         order = np.argsort(-sim[i], kind="stable")[:k]
         pairs += [(q, db[j]) for j in order if np.isfinite(sim[i, j])]
     return pairs
+
+
+def similarity(query_desc: np.ndarray, db_desc: np.ndarray) -> np.ndarray:
+    """Cosine similarity of descriptors centred on the mean of the database first: the mean is what
+    every photo shares (sky, colours, the network's bias) and would otherwise dominate the cosine."""
+    mean = db_desc.mean(axis=0, keepdims=True) if len(db_desc) > 1 else 0.0
+    return _unit(query_desc - mean) @ _unit(db_desc - mean).T
+
+
+def retrieve(
+    query_global: Path, db_global: Path, query_names: Sequence[str], db_names: Sequence[str], k: int
+) -> list[list[str]]:
+    """For every query (descriptors in ``query_global``), the ``k`` most similar database images
+    (descriptors in ``db_global``), best first; a query may share a name with a database image."""
+    sim = similarity(load_global(query_global, query_names), load_global(db_global, db_names))
+    order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, len(db_names))]
+    return [[db_names[j] for j in row] for row in order]
 
 
 def retrieval(
@@ -147,10 +167,7 @@ def retrieval(
     db = list(db_names) if db_names is not None else list(names)
     if num_matched < 1:
         raise ValueError(f"num_matched must be >= 1, got {num_matched}")
-    qdesc, ddesc = _load_global(global_path, query), _load_global(global_path, db)
-    mean = ddesc.mean(axis=0, keepdims=True) if len(db) > 1 else 0.0
-    qdesc, ddesc = _unit(qdesc - mean), _unit(ddesc - mean)
-    sim = qdesc @ ddesc.T
+    sim = similarity(load_global(global_path, query), load_global(global_path, db))
     sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
     return io.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
 
