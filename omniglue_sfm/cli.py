@@ -2,6 +2,11 @@
 
 Each stage module exposes ``add_cli(subparsers)`` which registers its subcommand and sets
 ``func`` (called with the parsed ``argparse.Namespace``; returns an exit code).
+
+Error policy, the same for every command: a user error (a missing or unreadable input, a bad
+option, missing weights, an output made with another configuration, a scene that does not
+reconstruct) prints one line ``error: ...`` on stderr, no traceback (``-v`` logs it), and exits
+with 1, or 2 when the scene did not reconstruct. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+log = logging.getLogger(__name__)
 
 # module (in omniglue_sfm) -> subcommands it registers, in help order
 STAGE_MODULES = [
@@ -46,6 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the input or the options are wrong", not "the code is wrong"."""
+    from . import images, io, localize, mapping, viz, weights
+
+    return (mapping.ReconstructionError, localize.LocalizationError, weights.WeightsNotFoundError,
+            io.ConfigMismatchError, images.ImageReadError, viz.RenderError, OSError, KeyError, ValueError)
+
+
+def exit_code(err: BaseException) -> int:
+    from .mapping import ReconstructionError
+
+    return 2 if isinstance(err, ReconstructionError) else 1
+
+
+def error_message(err: BaseException) -> str:
+    # str(KeyError("x")) is "'x'": print the message itself
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except user_errors() as err:
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {error_message(err)}", file=sys.stderr)
+        return exit_code(err)
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; re-run the same command to resume",
               file=sys.stderr)

@@ -1,8 +1,8 @@
 """The ``sift`` preset: COLMAP's own SIFT extraction and matching through pycolmap.
 
-Cameras and images are written by :mod:`omniglue_sfm.sfm` (same camera modes, same EXIF-oriented
-frame) before COLMAP extracts into that database; mapping and outputs are sfm.py's too, so this
-module only adds extraction and matching.
+Cameras come from :mod:`omniglue_sfm.cameras` and images are written by :mod:`omniglue_sfm.sfm`
+(same camera modes, same EXIF-oriented frame) before COLMAP extracts into that database; mapping
+and outputs are :mod:`omniglue_sfm.mapping`'s, so this module only adds extraction and matching.
 
 COLMAP (pycolmap 4.2) reads pixels without applying the EXIF orientation. Images whose tag says
 they are rotated or mirrored are therefore copied upright (JPEG q95) to ``OUT/oriented_images/``
@@ -21,12 +21,13 @@ from pathlib import Path
 import pycolmap
 from PIL import Image, ImageOps
 
-from . import io, presets, sfm
+from . import io, mapping, pairs, presets, sfm
+from .cameras import ImageInfo, make_cameras
 from .images import list_images
+from .runtime import num_threads
 
 logger = logging.getLogger(__name__)
 
-PAIR_MODES = ("exhaustive", "sequential", "file")
 _ORIENTATION_TAG = 274
 
 
@@ -40,26 +41,25 @@ def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
 
 
 def prepare_images(
-    image_dir: Path, names: Sequence[str], work_dir: Path, failed: dict[str, str] | None = None
-) -> tuple[Path, list[sfm.ImageInfo]]:
-    """The folder COLMAP should read (upright copies where needed) and the readable images' sizes.
-
-    Unreadable images are left out and recorded in ``failed`` (name -> reason).
+    image_dir: Path, names: Sequence[str], work_dir: Path
+) -> tuple[Path, list[ImageInfo], dict[str, str]]:
+    """The folder COLMAP should read (upright copies where needed), the readable images' sizes and
+    the unreadable images (name -> reason), which are left out.
     """
     infos, rotated = [], []
+    failed: dict[str, str] = {}
     for name in names:
         try:
             (w, h), is_rotated = _oriented_size(image_dir / name)
         except OSError as err:  # PIL's UnidentifiedImageError included
             logger.warning("skipping %s: %s", name, err)
-            if failed is not None:
-                failed[name] = f"{type(err).__name__}: {err}"
+            failed[name] = f"{type(err).__name__}: {err}"
             continue
-        infos.append(sfm.ImageInfo(name, w, h))
+        infos.append(ImageInfo(name, w, h))
         if is_rotated:
             rotated.append(name)
     if not rotated:
-        return image_dir, infos
+        return image_dir, infos, failed
     for name in (i.name for i in infos):
         target = work_dir / name
         if target.exists() or target.is_symlink():
@@ -70,40 +70,49 @@ def prepare_images(
                 ImageOps.exif_transpose(img).convert("RGB").save(target, format="JPEG", quality=95)
         else:
             os.symlink((image_dir / name).resolve(), target)
-    return work_dir, infos
+    return work_dir, infos, failed
 
 
 def extraction_options(preset: dict) -> pycolmap.FeatureExtractionOptions:
     feats = preset.get("features", {})
     options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = sfm._num_threads()
+    options.num_threads = num_threads()
     options.max_image_size = int(feats.get("resize_max", -1) or -1)
     options.sift.max_num_features = int(feats.get("max_keypoints", 8192))
     return options
 
 
+def native_pairs_mode(mode: str) -> str:
+    """The pair mode COLMAP runs itself: exhaustive or sequential (retrieval falls back)."""
+    if mode not in pairs.IMAGE_MODES:
+        raise ValueError(f"sift preset: pairs mode {mode!r} not supported; choose one of {pairs.IMAGE_MODES} "
+                         "or give a pairs file")
+    if mode == "retrieval":
+        # COLMAP's retrieval needs a vocabulary tree we cannot ship; exhaustive is the fallback
+        logger.warning("the sift preset has no retrieval pairs; matching exhaustively")
+        return "exhaustive"
+    return mode
+
+
 def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None) -> None:
+    """COLMAP matching + verification: the pairs of ``pairs_path`` when given, else ``pairs_mode``."""
     matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = sfm._num_threads()
-    verification = sfm.two_view_options()
-    if pairs_mode == "exhaustive":
-        pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
-    elif pairs_mode == "sequential":
-        pairing = pycolmap.SequentialPairingOptions(overlap=window, quadratic_overlap=False)
-        pycolmap.match_sequential(db_path, matching, pairing, verification)
-    elif pairs_mode == "file":
-        if pairs_path is None:
-            raise ValueError("pairs mode 'file' needs a pairs file")
+    matching.num_threads = num_threads()
+    verification = mapping.two_view_options()
+    if pairs_path is not None:
         colmap_pairs = db_path.with_name("pairs_colmap.txt")
         # COLMAP's pair list splits on spaces and knows no escaping: write raw names
-        pairs = io.unique_pairs(io.read_pairs(pairs_path))
-        if any(" " in n for p in pairs for n in p):
+        listed = io.unique_pairs(io.read_pairs(pairs_path))
+        if any(" " in n for p in listed for n in p):
             raise ValueError("COLMAP's pair list cannot hold image names with spaces")
-        colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in listed))
         pairing = pycolmap.ImportedPairingOptions(match_list_path=str(colmap_pairs))
         pycolmap.match_image_pairs(db_path, matching, pairing, verification)
+    elif pairs_mode == "exhaustive":
+        pycolmap.match_exhaustive(db_path, matching, pycolmap.ExhaustivePairingOptions(), verification)
     else:
-        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+        pairing = pycolmap.SequentialPairingOptions(overlap=window, quadratic_overlap=False)
+        pycolmap.match_sequential(db_path, matching, pairing, verification)
 
 
 def _db_state_matches(db_path: Path, config_key: str) -> bool:
@@ -117,69 +126,66 @@ def main(
     image_dir: Path | str,
     output_dir: Path | str,
     preset: dict | str = "sift",
-    pairs_mode: str = "exhaustive",
-    window: int = 10,
+    pair_options: pairs.PairsOptions | None = None,
     pairs_path: Path | str | None = None,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: str | None = None,
-    mapper: str = "incremental",
+    options: mapping.SfMOptions | None = None,
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
-    verbose: bool = False,
-    progress: bool = True,
-    timings: dict[str, float] | None = None,
-    failed: dict[str, str] | None = None,
-) -> sfm.SfMResult:
-    """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage."""
+) -> mapping.SfMResult:
+    """Extract, match, verify and map with COLMAP's SIFT; resumable like every stage.
+
+    The pairs are those of ``pairs_path`` when given, else COLMAP's own exhaustive or sequential
+    (``pair_options.window``) pairing; the result records failed images and stage seconds.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
-    if preset.get("pipeline") != "colmap-sift":
+    pair_options = pair_options or pairs.PairsOptions()
+    options = options or mapping.SfMOptions()
+    camera, mapper, window = options.camera, options.mapper, pair_options.window
+    preset = presets.resolve(preset)
+    if presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT:
         raise ValueError(f"preset {preset.get('name')!r} is not a COLMAP SIFT preset")
-    if pairs_mode not in PAIR_MODES:
-        raise ValueError(f"sift preset: pairs mode {pairs_mode!r} not supported; choose one of {PAIR_MODES}")
+    pairs_mode = native_pairs_mode(pair_options.mode or "exhaustive")
     names = sorted(image_names) if image_names is not None else list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images found in {image_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    timings = {} if timings is None else timings
+    timings: dict[str, float] = {}
     pairs_list = io.read_pairs(pairs_path) if pairs_path else None
-    config_key = sfm.fingerprint({
-        "features": preset.get("features"), "names": names, "camera_mode": camera_mode,
-        "camera_model": camera_model, "camera_params": camera_params, "pairs_mode": pairs_mode,
+    config_key = mapping.fingerprint({
+        "features": preset.get("features"), "names": names, "camera_mode": camera.mode,
+        "camera_model": camera.model, "camera_params": camera.params, "pairs_mode": pairs_mode,
         "window": window, "pairs": pairs_list,
     })
-    key = sfm.fingerprint({"db": config_key, "mapper": mapper, "version": sfm.STATS_VERSION})
+    key = mapping.fingerprint({"db": config_key, "mapper": mapper, "version": mapping.STATS_VERSION})
     db_path = output_dir / "database.db"
     if overwrite:
         db_path.unlink(missing_ok=True)
     else:
-        previous = sfm.load_previous(output_dir, key)
+        previous = mapping.load_previous(output_dir, key)
         if previous is not None:
             logger.info("sift: reusing the model in %s (same inputs)", output_dir / "sparse")
             return previous
-    sfm.configure_colmap_logging(output_dir, verbose)
-    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera_mode,
-                   "camera_model": camera_model, "preset": preset.get("name", "sift"), "seconds": {}}
+    mapping.configure_colmap_logging(output_dir, options.verbose)
+    stats: dict = {"fingerprint": key, "mapper": mapper, "camera_mode": camera.mode,
+                   "camera_model": camera.model, "preset": preset, "seconds": {}}
 
     t0 = time.perf_counter()
-    failed = {} if failed is None else failed
-    read_dir, infos = prepare_images(image_dir, names, output_dir / "oriented_images", failed)
+    read_dir, infos, failed = prepare_images(image_dir, names, output_dir / "oriented_images")
     names = [i.name for i in infos]
     if len(names) < 2:
-        raise sfm.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
+        raise mapping.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     if not _db_state_matches(db_path, config_key):
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
         db_path.unlink(missing_ok=True)
-        cameras, assignment = sfm.make_cameras(read_dir, infos, camera_mode, camera_model, camera_params)
+        cameras, assignment = make_cameras(read_dir, infos, camera)
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
         (output_dir / "database.json").write_text(json.dumps({"config": config_key}))
     print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
     pycolmap.extract_features(
         db_path, read_dir, image_names=list(names),
-        reader_options=pycolmap.ImageReaderOptions(camera_model=camera_model),
+        reader_options=pycolmap.ImageReaderOptions(camera_model=camera.model),
         extraction_options=extraction_options(preset), device=pycolmap.Device.auto,
     )
     timings["extract"] = stats["seconds"]["extract"] = time.perf_counter() - t0
@@ -191,8 +197,9 @@ def main(
     timings["match"] = stats["seconds"]["match+verification"] = time.perf_counter() - t0
 
     print("==> sfm", flush=True)
-    result = sfm.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, progress)
+    result = mapping.map_and_write(db_path, read_dir, output_dir, names, mapper, stats, options.progress)
     timings["sfm"] = stats["seconds"]["mapping"] + stats["seconds"].get("export", 0.0)
+    result.failed_images, result.stage_seconds = failed, timings
     return result
 
 
@@ -200,6 +207,6 @@ def _check_extracted(db_path: Path, names: Sequence[str]) -> None:
     with pycolmap.Database.open(db_path) as db:
         missing = [n for n in names if db.num_keypoints_for_image(db.read_image_with_name(n).image_id) == 0]
     if len(missing) == len(names):
-        raise sfm.ReconstructionError("COLMAP SIFT found no keypoints in any image (see colmap.log)")
+        raise mapping.ReconstructionError("COLMAP SIFT found no keypoints in any image (see colmap.log)")
     if missing:
         logger.warning("no SIFT keypoints in %d image(s): %s", len(missing), ", ".join(missing[:5]))

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import extract, presets, reconstruct, sfm, weights
+from . import extract, pairs, presets, reconstruct, sfm, weights
+from .mapping import SfMOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def share_features(source_dir: Path, target_dir: Path) -> None:
 
 
 def _features_key(preset: dict) -> str | None:
-    if preset.get("pipeline") == "colmap-sift":
+    if presets.pipeline(preset) is not presets.Pipeline.LEARNED:
         return None
     return json.dumps(extract.features_config(preset), sort_keys=True, default=str)
 
@@ -64,8 +65,9 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, gt_dir: Path | None
                pairs_mode: str | None, verbose: bool) -> dict:
     """One row: reconstruct (and evaluate). Raises on failure; the caller classifies it."""
     t0 = time.perf_counter()
-    result = reconstruct.main(image_dir, out_dir, preset, pairs_mode=pairs_mode, device=device,
-                              verbose=verbose, progress=False, print_summary=False)
+    result = reconstruct.main(image_dir, out_dir, preset, pairs.PairsOptions(pairs_mode),
+                              SfMOptions(verbose=verbose, progress=False), device=device,
+                              print_summary=False)
     stats = result.stats
     seconds = {k: float(v) for k, v in stats.get("stage_seconds", {}).items()}
     row = {
@@ -125,7 +127,7 @@ def main(
     features_done: dict[str, Path] = {}  # features config -> folder that holds it
     for name in preset_names:
         try:
-            preset = reconstruct.merge_overrides(presets.get(name), preset_overrides)
+            preset = presets.resolve(name, preset_overrides)
         except KeyError as err:
             rows[name] = {"status": "failed", "reason": str(err.args[0])}
             continue
@@ -222,7 +224,7 @@ def markdown_table(rows: Mapping[str, dict], with_gt: bool) -> str:
 def render_side_by_side(output_dir: Path, names: Sequence[str],
                         tile: tuple[int, int] = (800, 600)) -> str | None:
     """One 3D render per preset (``OUT/<preset>/render.png``) tiled into ``OUT/compare.png``."""
-    from .viz import _tile, render_model
+    from .viz import render_model, tile_images
 
     pictures = []
     for name in names:
@@ -238,7 +240,7 @@ def render_side_by_side(output_dir: Path, names: Sequence[str],
         return None
     columns = min(len(pictures), 2 if len(pictures) == 4 else 3)
     out = output_dir / "compare.png"
-    _tile(pictures, columns=columns).save(out)
+    tile_images(pictures, columns=columns).save(out)
     return str(out)
 
 
@@ -256,7 +258,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", type=Path, default=None, help="ground-truth folder (Strecha .camera files)")
     p.add_argument("--max-keypoints", type=int, default=None, help="override every preset's keypoint budget")
     p.add_argument("--resize-max", type=int, default=None, help="override every preset's image size")
-    p.add_argument("--pairs", choices=reconstruct.PAIR_MODES, default=None, help="pair selection")
+    p.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None, help="pair selection")
     p.add_argument("--no-render", action="store_true", help="skip the 3D renders")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_cli)
@@ -266,13 +268,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     from .evaluate_localization import feature_overrides
 
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
-    try:
-        report = main(args.images, args.output, names, args.gt,
-                      feature_overrides(args.max_keypoints, args.resize_max), args.device, args.pairs,
-                      render=not args.no_render, verbose=args.verbose)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = main(args.images, args.output, names, args.gt,
+                  feature_overrides(args.max_keypoints, args.resize_max), args.device, args.pairs,
+                  render=not args.no_render, verbose=args.verbose)
     print(report["table"])
     if report.get("picture"):
         print(f"\nrenders: {report['picture']}")

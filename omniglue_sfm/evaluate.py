@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -138,11 +137,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate(args.model, args.gt)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = evaluate(args.model, args.gt)
     if args.json:
         # inf is not JSON: an undefined centre error is written as null
         print(json.dumps({k: (None if isinstance(v, float) and math.isinf(v) else v)

@@ -16,15 +16,15 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from . import localize, presets, reconstruct, sfm
+from . import localize, pairs, presets, reconstruct
 from .evaluate import rotation_angle_deg, umeyama
 from .images import list_images
+from .mapping import SfMOptions
 from .scenes import CameraPose, model_poses, read_strecha_dir
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -127,11 +127,9 @@ def main(
     progress: bool = True,
 ) -> dict:
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = reconstruct.merge_overrides(presets.get(preset) if isinstance(preset, str) else dict(preset),
-                                         preset_overrides)
-    if preset.get("pipeline") == "colmap-sift":
-        raise ValueError("the sift preset keeps its features only in database.db; localization needs a "
-                         "learned-feature preset")
+    preset = presets.resolve(preset, preset_overrides)
+    presets.require_learned(preset, "its features live only in database.db; localization needs a "
+                                    "learned-feature preset")
     gt = read_strecha_dir(gt_dir)
     names = [n for n in list_images(image_dir) if n in gt]
     if not names:
@@ -142,11 +140,12 @@ def main(
     query_images = link_images(image_dir, held_out, output_dir / "query_images")
     map_dir = output_dir / "map"
     # retrieval pairs equal exhaustive ones for a map this small, and give the map its global.h5
-    pairs_mode = "retrieval" if len(map_names) <= reconstruct.DEFAULT_NUM_MATCHED + 1 else None
-    result = reconstruct.main(map_images, map_dir, preset, pairs_mode=pairs_mode, device=device,
-                              progress=progress, print_summary=False)
-    report = localize.main(map_dir, query_images, output_dir / "localize", num_retrieved=num_retrieved,
-                           intrinsics=intrinsics, device=device)
+    pairs_mode = "retrieval" if len(map_names) <= pairs.DEFAULT_NUM_MATCHED + 1 else None
+    result = reconstruct.main(map_images, map_dir, preset, pairs.PairsOptions(pairs_mode),
+                              SfMOptions(progress=progress), device=device, print_summary=False)
+    report = localize.main(map_dir, query_images, output_dir / "localize",
+                           localize.LocalizeOptions(num_retrieved=num_retrieved), intrinsics=intrinsics,
+                           device=device)
     align = similarity_to_gt(model_poses(map_dir / "sparse"), gt)
     per_query = {}
     for name in held_out:
@@ -234,15 +233,8 @@ def feature_overrides(max_keypoints: int | None, resize_max: int | None) -> dict
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from . import io, weights
-
-    try:
-        out = main(args.images, args.gt, args.leave_out, args.out or Path("evaluate_localization"),
-                   args.preset, feature_overrides(args.max_keypoints, args.resize_max), args.num_retrieved,
-                   args.intrinsics, args.device, progress=not args.json)
-    except (sfm.ReconstructionError, localize.LocalizationError, weights.WeightsNotFoundError,
-            FileNotFoundError, ValueError, KeyError, io.ConfigMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = main(args.images, args.gt, args.leave_out, args.out or Path("evaluate_localization"),
+               args.preset, feature_overrides(args.max_keypoints, args.resize_max), args.num_retrieved,
+               args.intrinsics, args.device, progress=not args.json)
     print(to_json(out) if args.json else format_report(out))
     return 0

@@ -40,7 +40,6 @@ import itertools
 import json
 import logging
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -226,14 +225,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     if not args.output.is_dir():
-        print(f"error: output folder does not exist: {args.output}", file=sys.stderr)
-        return 1
-    try:
-        result = evaluate_pairs(args.output / "features.h5", args.output / "matches.h5", args.gt,
-                                ransac_px=args.ransac_px, epipolar_px=args.epipolar_px)
-    except (OSError, ValueError, KeyError) as err:  # OSError: FileNotFoundError, unreadable h5
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"output folder does not exist: {args.output}")
+    result = evaluate_pairs(args.output / "features.h5", args.output / "matches.h5", args.gt,
+                            ransac_px=args.ransac_px, epipolar_px=args.epipolar_px)
     result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
     if args.json:
         print(json.dumps(result))

@@ -23,6 +23,7 @@ from . import io, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
 from .images import ImageReadError, list_images, read_image, resize_for_extraction, scale_keypoints
+from .runtime import default_device
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +35,15 @@ class ExtractSummary:
     seconds: float = 0.0
 
 
-def resolve_preset(preset: dict | str) -> dict:
-    return presets.get(preset) if isinstance(preset, str) else dict(preset)
-
-
 def features_config(preset: dict) -> dict:
     """The part of a preset that determines ``features.h5`` (what resume compares)."""
-    if preset.get("pipeline") == "colmap-sift":
-        raise ValueError(
-            f"preset {preset.get('name', 'sift')!r} uses COLMAP's own SIFT (pipeline 'colmap-sift'); "
-            "its features are extracted inside the sfm stage, not by `extract`"
-        )
+    presets.require_learned(preset, "its features are extracted inside the sfm stage, not by `extract`")
     if "features" not in preset:
         raise ValueError("preset has no [features] section")
     config = {"features": preset["features"]}
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
     return config
-
-
-def default_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def extract_image(
@@ -102,7 +89,7 @@ def main(
 ) -> ExtractSummary:
     """Extract features (and global descriptors when ``global_path`` is given) for a folder."""
     start = time.perf_counter()
-    preset = resolve_preset(preset)
+    preset = presets.resolve(preset)
     config = features_config(preset)
     image_dir = Path(image_dir)
     names = list(image_names) if image_names is not None else list_images(image_dir)

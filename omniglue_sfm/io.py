@@ -387,3 +387,54 @@ def read_matches(path: Path | str, name0: str, name1: str) -> tuple[np.ndarray, 
 def iter_match_keys(path: Path | str) -> Iterator[tuple[str, str]]:
     for key in list_names(path, "matches"):
         yield split_pair_key(key)
+
+
+# --------------------------------------------------------------------------------------------
+# stats.json (an SfM output folder's record) and poses.txt (localization results)
+
+
+def write_json(path: Path | str, data: dict) -> None:
+    """A JSON report, written under a temporary name and renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_stats(output_dir: Path | str, stats: dict) -> None:
+    """``OUT/stats.json``."""
+    write_json(Path(output_dir) / "stats.json", stats)
+
+
+def read_stats(output_dir: Path | str) -> dict | None:
+    """``OUT/stats.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((Path(output_dir) / "stats.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_poses(path: Path | str, poses: Iterable[tuple[str, Iterable[float], Iterable[float]]]) -> None:
+    """hloc's format: ``name qw qx qy qz tx ty tz`` (cam_from_world) for (name, qvec, tvec) rows."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for name, qvec, tvec in poses:
+            values = " ".join(f"{v:.10g}" for v in [*qvec, *tvec])
+            f.write(f"{quote_name(name)} {values}\n")
+    os.replace(tmp, path)
+
+
+def read_poses(path: Path | str) -> dict:
+    """``poses.txt`` -> name -> ``pycolmap.Rigid3d`` (cam_from_world)."""
+    import pycolmap
+
+    poses = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        tokens = line.split()
+        if len(tokens) != 8:
+            continue
+        qw, qx, qy, qz, tx, ty, tz = (float(t) for t in tokens[1:])
+        rot = pycolmap.Rotation3d(np.array([qx, qy, qz, qw]))
+        poses[unquote(tokens[0])] = pycolmap.Rigid3d(rot, np.array([tx, ty, tz]))
+    return poses

@@ -1,10 +1,9 @@
 """Localization: query photos -> camera poses in an existing model (a ``reconstruct`` output folder).
 
-For every query: features with the map's own extractor configuration (written to
-``OUT/query_features.h5``, never into the map's file), retrieval of the ``num_retrieved`` most
-similar registered map images by global descriptor, matching with the map's matcher, 2D-3D
-correspondences through the map's tracks, and LO-RANSAC PnP + refinement
-(``pycolmap.estimate_and_refine_absolute_pose``).
+For every query, through the shared stages: features with the map's extractor configuration
+(``extract``, into ``OUT/query_features.h5``, never the map's file), the ``num_retrieved`` most
+similar map images (``pairs.retrieve``), matches with the map's matcher (``match.PairMatcher``);
+then here: 2D-3D correspondences through the map's tracks and LO-RANSAC PnP + refinement (``pnp``).
 
 A query is *localized* only when PnP succeeds with at least ``min_inliers`` inliers. Unlike hloc's
 ``localize_sfm`` (which, without clustering, silently reports the pose of the top retrieved image
@@ -23,28 +22,21 @@ reason when failed).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pycolmap
-import torch
 
-from . import extract, io, match, presets, registry
-from .images import IMAGE_EXTENSIONS, ImageReadError, list_images
-from .matchers.base import collate_pairs, features_to_tensors, to_device
+from . import extract, io, match, pairs, presets
+from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
+from .matchers.base import features_to_tensors
+from .pnp import correspondences, covisibility_clusters, estimate_pose, ransac_threshold, rigid_to_lists
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FOCAL_FACTOR = 1.2  # as COLMAP's ImageReaderOptions when no EXIF focal length exists
-REFERENCE_SIZE = 1600.0  # ransac_thresh is given for images of this long side and scaled with size
 
 
 class LocalizationError(RuntimeError):
@@ -65,13 +57,6 @@ class LocalizationMap:
     image_ids: dict[str, int]  # registered map image name -> image id in the reconstruction
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def map_preset(model_dir: Path) -> dict:
     """The preset the map was made with; its feature config is taken from features.h5 itself.
 
@@ -80,16 +65,11 @@ def map_preset(model_dir: Path) -> dict:
     attribute, so queries get exactly the map's features even with overridden settings.
     """
     model_dir = Path(model_dir)
-    stored = (_read_json(model_dir / "stats.json") or {}).get("preset")
-    if isinstance(stored, str):
-        preset = presets.get(stored)
-    elif isinstance(stored, dict):
-        preset = dict(stored)
-    else:
-        preset = {}
+    stored = (io.read_stats(model_dir) or {}).get("preset")
+    preset = presets.resolve(stored) if isinstance(stored, (str, dict)) else {}
     features_path = model_dir / "features.h5"
     if not features_path.exists():
-        if preset.get("pipeline") == "colmap-sift":
+        if preset and presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
             raise LocalizationError(
                 f"{model_dir} was made with COLMAP's own SIFT (preset 'sift'): its features live only "
                 "in database.db, so it cannot be used for localization; use a learned-feature preset")
@@ -121,7 +101,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
     if preset is None:
         preset = map_preset(model_dir)
     else:
-        preset = presets.get(preset) if isinstance(preset, str) else dict(preset)
+        preset = presets.resolve(preset)
         fconf = io.read_config(model_dir / "features.h5")
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "
@@ -135,7 +115,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
 
 def map_image_dir(model_dir: Path) -> Path | None:
     """The map's photo folder, when the output folder records it (stats.json)."""
-    image_dir = (_read_json(Path(model_dir) / "stats.json") or {}).get("image_dir")
+    image_dir = (io.read_stats(model_dir) or {}).get("image_dir")
     return Path(image_dir) if isinstance(image_dir, str) and Path(image_dir).is_dir() else None
 
 
@@ -166,216 +146,6 @@ def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: in
 
 
 # --------------------------------------------------------------------------------------------
-# queries and their cameras
-
-
-@dataclass
-class Query:
-    name: str  # as given (relative to image_dir), also the key in query_features.h5
-    camera: pycolmap.Camera | None = None  # known intrinsics (list file), else decided later
-
-
-def parse_camera_line(tokens: Sequence[str], where: str) -> pycolmap.Camera:
-    """``MODEL W H params...`` (hloc's ``*_with_intrinsics.txt``) -> a camera."""
-    if len(tokens) < 4:
-        raise ValueError(f"{where}: expected 'name MODEL W H params...', got {' '.join(tokens)!r}")
-    model, width, height, params = tokens[0], int(tokens[1]), int(tokens[2]), [float(p) for p in tokens[3:]]
-    try:
-        cam = pycolmap.Camera(model=model, width=width, height=height, params=params)
-    except Exception as err:  # pycolmap raises various types for a bad model name / param count
-        raise ValueError(f"{where}: bad camera {' '.join(tokens)!r}: {err}") from err
-    if not cam.verify_params():
-        raise ValueError(f"{where}: camera params do not fit model {model} ({cam.params_info})")
-    return cam
-
-
-def read_query_list(path: Path) -> list[Query]:
-    """A list file: one image a line, optionally followed by ``MODEL W H params...``."""
-    queries = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        tokens = line.split()
-        camera = parse_camera_line(tokens[1:], f"{path}:{line_no}") if len(tokens) > 1 else None
-        queries.append(Query(tokens[0], camera))
-    return queries
-
-
-def resolve_queries(
-    queries: Path | str | Sequence[str], image_dir: Path | str | None = None
-) -> tuple[Path, list[Query]]:
-    """(image folder, queries) from a folder, a list file, or a list of names under ``image_dir``."""
-    if not isinstance(queries, (str, Path)):
-        if image_dir is None:
-            raise ValueError("a list of query names needs image_dir")
-        return Path(image_dir), [Query(str(q)) for q in queries]
-    path = Path(queries)
-    if path.is_dir():
-        return (Path(image_dir) if image_dir else path), [Query(n) for n in list_images(path)]
-    if not path.is_file():
-        raise FileNotFoundError(f"queries {path} is neither a folder nor a list file")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:  # a single image
-        return path.parent, [Query(path.name)]
-    return (Path(image_dir) if image_dir else path.parent), read_query_list(path)
-
-
-def read_intrinsics(path: Path | str) -> dict[str, pycolmap.Camera]:
-    """hloc-style intrinsics list: ``name MODEL W H params...`` a line."""
-    return {q.name: q.camera for q in read_query_list(Path(path)) if q.camera is not None}
-
-
-def exif_focal(path: Path, width: int, height: int) -> float | None:
-    """EXIF focal length in pixels for the EXIF-oriented (width, height) image, or None."""
-    from .sfm import _focal_prior  # the same EXIF reading as the map's cameras
-
-    return _focal_prior(path, "SIMPLE_RADIAL", width, height)
-
-
-def guess_camera(path: Path, width: int, height: int) -> tuple[pycolmap.Camera, str]:
-    """A SIMPLE_RADIAL camera with the EXIF focal ('exif') or the default guess ('guess')."""
-    focal = exif_focal(path, width, height)
-    source = "exif" if focal is not None else "guess"
-    if focal is None:
-        focal = DEFAULT_FOCAL_FACTOR * max(width, height)
-    cam = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
-                          params=[focal, width / 2, height / 2, 0.0])
-    return cam, source
-
-
-# --------------------------------------------------------------------------------------------
-# retrieval and matching
-
-
-def read_global(path: Path, names: Sequence[str]) -> np.ndarray:
-    """(len(names), D) L2-normalised global descriptors."""
-    with h5py.File(path, "r") as h5:
-        missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
-        if missing:
-            raise KeyError(f"no global descriptor for {missing[:3]} in {path}")
-        desc = np.stack([h5[n]["global_descriptor"][()].astype(np.float32).ravel() for n in names])
-    return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
-
-
-def retrieve(query_desc: np.ndarray, db_desc: np.ndarray, db_names: Sequence[str], k: int) -> list[list[str]]:
-    """For every query row, the ``k`` most similar database names (cosine similarity)."""
-    sim = query_desc @ db_desc.T
-    order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, len(db_names))]
-    return [[db_names[j] for j in row] for row in order]
-
-
-class QueryMatcher:
-    """The map's matcher, run on (query, map image) pairs in one padded batch per query."""
-
-    def __init__(self, preset: dict, device: torch.device) -> None:
-        self.device = device
-        self.matcher = registry.matcher(preset["matcher"]).to(device).eval()
-        match.check_compatible(self.matcher, preset, Path("query features"))
-        self._cache: dict[str, dict[str, torch.Tensor]] = {}
-
-    def db_features(self, features_path: Path, name: str) -> dict[str, torch.Tensor]:
-        if name not in self._cache:
-            self._cache[name] = features_to_tensors(io.read_features(features_path, name))
-        return self._cache[name]
-
-    def match(self, query: dict[str, torch.Tensor], dbs: Sequence[dict[str, torch.Tensor]],
-              batch_size: int = 8) -> list[np.ndarray]:
-        """(K, 2) index pairs (query keypoint, map keypoint) for every map image."""
-        out: list[np.ndarray] = []
-        for start in range(0, len(dbs), batch_size):
-            chunk = dbs[start:start + batch_size]
-            data = to_device(collate_pairs([(query, db) for db in chunk]), self.device)
-            with torch.inference_mode(), match._autocast(self.device):
-                pred = self.matcher(data)
-            m0 = pred["matches0"].cpu().numpy()
-            n0 = int(query["keypoints"].shape[0])
-            for i in range(len(chunk)):
-                row = m0[i, :n0]
-                idx = np.flatnonzero(row >= 0)
-                out.append(np.stack([idx, row[idx]], axis=1).astype(np.int64))
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# 2D-3D and PnP
-
-
-def correspondences(
-    rec: pycolmap.Reconstruction, db_image_ids: Sequence[int], matches: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (query keypoint, 3D point) pairs through the map's tracks.
-
-    Returns query keypoint indices (M,), point3D ids (M,) and the index (into ``db_image_ids``)
-    of the map image each came from (M,). One query keypoint may see several 3D points (as in
-    hloc); only exact duplicates are dropped.
-    """
-    kp_idx, p3d, src = [], [], []
-    for j, (image_id, m) in enumerate(zip(db_image_ids, matches, strict=True)):
-        image = rec.image(image_id)
-        for iq, idb in m:
-            point2D = image.point2D(int(idb))
-            if point2D.has_point3D():
-                kp_idx.append(int(iq))
-                p3d.append(int(point2D.point3D_id))
-                src.append(j)
-    if not kp_idx:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    pairs = np.stack([kp_idx, p3d], axis=1)
-    _, first = np.unique(pairs, axis=0, return_index=True)
-    first = np.sort(first)
-    return pairs[first, 0], pairs[first, 1], np.asarray(src, dtype=np.int64)[first]
-
-
-def covisibility_clusters(rec: pycolmap.Reconstruction, image_ids: Sequence[int]) -> list[list[int]]:
-    """Connected groups of the given map images, linked when they observe a common 3D point."""
-    points = {
-        i: {p.point3D_id for p in rec.image(i).points2D if p.has_point3D()} for i in image_ids
-    }
-    clusters: list[list[int]] = []
-    left = list(image_ids)
-    while left:
-        cluster = [left.pop(0)]
-        queue = [cluster[0]]
-        while queue:
-            current = queue.pop()
-            linked = [i for i in left if points[current] & points[i]]
-            for i in linked:
-                left.remove(i)
-                cluster.append(i)
-                queue.append(i)
-        clusters.append(cluster)
-    return clusters
-
-
-def ransac_threshold(base: float, camera: pycolmap.Camera) -> float:
-    """``base`` px at a long side of 1600 px, scaled to the query's size (errors scale with it)."""
-    return max(1.0, base * max(camera.width, camera.height) / REFERENCE_SIZE)
-
-
-def estimate_pose(
-    points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera, max_error: float,
-    estimate_focal: bool,
-) -> dict | None:
-    """pycolmap LO-RANSAC PnP + refinement; ``None`` when RANSAC finds no model."""
-    est = pycolmap.AbsolutePoseEstimationOptions()
-    est.estimate_focal_length = estimate_focal
-    est.ransac.max_error = max_error
-    est.ransac.random_seed = 0  # reproducible results
-    ref = pycolmap.AbsolutePoseRefinementOptions()
-    ref.refine_focal_length = estimate_focal
-    ref.refine_extra_params = False
-    cam = pycolmap.Camera(model=camera.model.name, width=camera.width, height=camera.height,
-                          params=np.asarray(camera.params).copy())
-    ret = pycolmap.estimate_and_refine_absolute_pose(
-        np.asarray(points2D, np.float64), np.asarray(points3D, np.float64), cam, est, ref)
-    if ret is None:
-        return None
-    ret["camera"] = cam  # refined in place when the focal length was estimated
-    return ret
-
-
-# --------------------------------------------------------------------------------------------
 # per-query result
 
 
@@ -397,23 +167,17 @@ class QueryResult:
     seconds: float = 0.0
 
 
-def _rigid_to_lists(rigid: pycolmap.Rigid3d) -> tuple[list[float], list[float]]:
-    x, y, z, w = (float(v) for v in rigid.rotation.quat)  # pycolmap/Eigen order is (x, y, z, w)
-    return [w, x, y, z], [float(v) for v in rigid.translation]
-
-
-def _camera_dict(cam: pycolmap.Camera) -> dict:
-    return {"model": cam.model.name, "width": int(cam.width), "height": int(cam.height),
-            "params": [float(p) for p in cam.params]}
-
-
 @dataclass
 class LocalizeOptions:
-    num_retrieved: int = 10
-    min_inliers: int = 12
-    ransac_thresh: float = 12.0
-    covisibility_clustering: bool = False
+    num_retrieved: int = 10  # map images retrieved per query
+    min_inliers: int = 12  # PnP inliers needed to call a query localized
+    ransac_thresh: float = 12.0  # PnP RANSAC threshold in px for a 1600 px image
+    covisibility_clustering: bool = False  # PnP per group of covisible retrieved images, keep the best
     intrinsics_mode: str = "auto"  # "auto" (list, EXIF, guess) or "map" (see module doc)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LocalizeOptions:
+        return cls(args.num_retrieved, args.min_inliers, args.ransac_thresh, args.covisibility_clustering)
 
 
 def pose_from_correspondences(
@@ -448,7 +212,7 @@ def pose_from_correspondences(
 
 def localize_query(
     lmap: LocalizationMap, query_features: Path, query: Query, image_dir: Path, retrieved: list[str],
-    matcher: QueryMatcher, opts: LocalizeOptions,
+    matcher: match.PairMatcher, map_features: match.FeatureCache, opts: LocalizeOptions,
 ) -> QueryResult:
     t0 = time.perf_counter()
     result = QueryResult(query.name, retrieved=list(retrieved))
@@ -458,7 +222,7 @@ def localize_query(
                                            opts.intrinsics_mode, result)
     qfeat = features_to_tensors(feats)
     db_ids = [lmap.image_ids[n] for n in retrieved]
-    matches = matcher.match(qfeat, [matcher.db_features(lmap.features_path, n) for n in retrieved])
+    matches = matcher.match_to_references(qfeat, [map_features[n] for n in retrieved])
     result.num_matches = int(sum(len(m) for m in matches))
     ret = pose_from_correspondences(lmap, feats["keypoints"], db_ids, matches, camera, estimate_focal,
                                     opts, result)
@@ -472,8 +236,8 @@ def localize_query(
     else:
         result.localized = True
         result.num_inliers = int(ret["num_inliers"])
-        result.qvec, result.tvec = _rigid_to_lists(ret["cam_from_world"])
-        result.camera = _camera_dict(ret["camera"])
+        result.qvec, result.tvec = rigid_to_lists(ret["cam_from_world"])
+        result.camera = camera_dict(ret["camera"])
         counts: dict[str, int] = {}
         for image_id in ret["sources"]:
             name = lmap.reconstruction.image(image_id).name
@@ -495,48 +259,18 @@ def choose_camera(
                 f"intrinsics of {query.name} are for {query.camera.width}x{query.camera.height} but the "
                 f"image is {width}x{height} (EXIF-oriented)")
         result.focal_source = "given"
-        result.camera = _camera_dict(query.camera)
+        result.camera = camera_dict(query.camera)
         return query.camera, False
     if mode == "map" and retrieved:
         cam = lmap.reconstruction.image(lmap.image_ids[retrieved[0]]).camera
         if (cam.width, cam.height) == (width, height):
             result.focal_source = f"map camera of {retrieved[0]}"
-            result.camera = _camera_dict(cam)
+            result.camera = camera_dict(cam)
             return cam, False
     cam, source = guess_camera(image_dir / query.name, width, height)
     result.focal_source = source
-    result.camera = _camera_dict(cam)
+    result.camera = camera_dict(cam)
     return cam, source == "guess"
-
-
-# --------------------------------------------------------------------------------------------
-# outputs
-
-
-def write_poses(path: Path, results: Sequence[QueryResult]) -> None:
-    """hloc's format: ``name qw qx qy qz tx ty tz`` (cam_from_world), localized queries only."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in results:
-            if r.localized:
-                values = " ".join(f"{v:.10g}" for v in [*r.qvec, *r.tvec])
-                f.write(f"{io.quote_name(r.name)} {values}\n")
-    os.replace(tmp, path)
-
-
-def read_poses(path: Path | str) -> dict[str, pycolmap.Rigid3d]:
-    """``poses.txt`` -> name -> cam_from_world."""
-    from urllib.parse import unquote
-
-    poses = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        tokens = line.split()
-        if len(tokens) != 8:
-            continue
-        qw, qx, qy, qz, tx, ty, tz = (float(t) for t in tokens[1:])
-        rot = pycolmap.Rotation3d(np.array([qx, qy, qz, qw]))
-        poses[unquote(tokens[0])] = pycolmap.Rigid3d(rot, np.array([tx, ty, tz]))
-    return poses
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,13 +281,10 @@ def main(
     model_dir: Path | str,
     queries: Path | str | Sequence[str],
     output_dir: Path | str,
+    options: LocalizeOptions | None = None,
     image_dir: Path | str | None = None,
     intrinsics: Path | str | None = None,
     map_images: Path | str | None = None,
-    num_retrieved: int = 10,
-    min_inliers: int = 12,
-    ransac_thresh: float = 12.0,
-    covisibility_clustering: bool = False,
     preset: dict | str | None = None,
     device: str | None = None,
     overwrite: bool = False,
@@ -572,14 +303,13 @@ def main(
     image_dir, qlist = resolve_queries(queries, image_dir)
     if not qlist:
         raise LocalizationError(f"no query image in {queries}")
-    mode = "auto"
+    opts = options or LocalizeOptions()
     if intrinsics == "map":
-        mode = "map"
+        opts = replace(opts, intrinsics_mode="map")
     elif intrinsics is not None:
         given = read_intrinsics(intrinsics)
         for q in qlist:
             q.camera = q.camera or given.get(q.name)
-    opts = LocalizeOptions(num_retrieved, min_inliers, ransac_thresh, covisibility_clustering, mode)
 
     qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
     summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
@@ -591,20 +321,24 @@ def main(
     ok = [q for q in qlist if q.name not in summary.failed]
     db_names = sorted(lmap.image_ids)
     if ok:
-        db_global = ensure_map_global(lmap, output_dir, num_retrieved, map_images, device)
+        db_global = ensure_map_global(lmap, output_dir, opts.num_retrieved, map_images, device)
         if db_global is None:  # small map without global descriptors: all of it, for every query
             ranked = [list(db_names) for _ in ok]
         else:
-            ranked = retrieve(read_global(qglobal_path, [q.name for q in ok]),
-                              read_global(db_global, db_names), db_names, num_retrieved)
-        matcher = QueryMatcher(lmap.preset, extract.default_device(device))
-        for q, retrieved in zip(ok, ranked, strict=True):
-            results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher, opts)
-            r = results[q.name]
-            log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
-                     else f"NOT localized ({r.reason})")
+            ranked = pairs.retrieve(qglobal_path, db_global, [q.name for q in ok], db_names,
+                                    opts.num_retrieved)
+        matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, device)
+        map_features = match.FeatureCache(lmap.features_path)
+        try:
+            for q, retrieved in zip(ok, ranked, strict=True):
+                r = results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher,
+                                                     map_features, opts)
+                log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
+                         else f"NOT localized ({r.reason})")
+        finally:
+            map_features.close()
     ordered = [results[q.name] for q in qlist]
-    write_poses(output_dir / "poses.txt", ordered)
+    io.write_poses(output_dir / "poses.txt", [(r.name, r.qvec, r.tvec) for r in ordered if r.localized])
     report = {
         "model_dir": str(Path(model_dir)),
         "preset": lmap.preset.get("name"),
@@ -614,9 +348,7 @@ def main(
         "seconds": time.perf_counter() - t_start,
         "queries": {r.name: asdict(r) for r in ordered},
     }
-    tmp = output_dir / "localize.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, output_dir / "localize.json")
+    io.write_json(output_dir / "localize.json", report)
     return report
 
 
@@ -653,17 +385,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        report = main(args.model, args.queries, args.output, image_dir=args.image_dir,
-                      intrinsics=args.intrinsics, map_images=args.map_images,
-                      num_retrieved=args.num_retrieved,
-                      min_inliers=args.min_inliers, ransac_thresh=args.ransac_thresh,
-                      covisibility_clustering=args.covisibility_clustering, preset=args.preset,
-                      device=args.device, overwrite=args.overwrite)
-    except (LocalizationError, FileNotFoundError, ValueError, KeyError, io.ConfigMismatchError,
-            ImageReadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = main(args.model, args.queries, args.output, LocalizeOptions.from_args(args), args.image_dir,
+                  args.intrinsics, args.map_images, args.preset, args.device, args.overwrite)
     for name, r in report["queries"].items():
         if r["localized"]:
             state = f"localized  {r['num_inliers']:5d} inliers / {r['num_correspondences']} 2D-3D"

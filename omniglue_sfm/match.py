@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from . import io, presets, registry, weights
-from .extract import default_device, resolve_preset
 from .matchers.base import collate_pairs, features_to_tensors, to_device
+from .runtime import autocast, default_device
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,51 @@ class FeatureCache:
         self.h5.close()
 
 
+class PairMatcher:
+    """A preset's matcher on one device, run on (features0, features1) pairs in padded batches.
+
+    Serves both the match stage (pairs of one ``features.h5``) and localization (a query against
+    map images, as hloc's ``features_ref``).
+    """
+
+    def __init__(self, matcher_config: dict, features_config: dict, features_path: Path,
+                 device: str | torch.device | None = None, batch_size: int | None = None) -> None:
+        self.device = device if isinstance(device, torch.device) else default_device(device)
+        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
+        self.matcher = registry.matcher(matcher_config).to(self.device).eval()
+        check_compatible(self.matcher, features_config, features_path)
+
+    def match_batch(
+        self, pairs: Sequence[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(matches0 int32 (N0,), matching_scores0 float32 (N0,)) of every pair, in one batch."""
+        data = collate_pairs(list(pairs))
+        with torch.inference_mode(), autocast(self.device):
+            pred = self.matcher(to_device(data, self.device))
+        m0 = pred["matches0"].cpu().numpy()
+        s0 = pred["matching_scores0"].float().cpu().numpy()
+        out = []
+        for k, (f0, f1) in enumerate(pairs):
+            n0, n1 = int(f0["keypoints"].shape[0]), int(f1["keypoints"].shape[0])
+            mk = m0[k, :n0].astype(np.int32)
+            if mk.max(initial=-1) >= n1:
+                raise RuntimeError("matcher returned an index into padding")
+            out.append((mk, s0[k, :n0]))
+        return out
+
+    def match_to_references(
+        self, query: dict[str, torch.Tensor], references: Sequence[dict[str, torch.Tensor]]
+    ) -> list[np.ndarray]:
+        """(K, 2) index pairs (query keypoint, reference keypoint) for every reference image."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(references), self.batch_size):
+            chunk = references[start:start + self.batch_size]
+            for m0, _ in self.match_batch([(query, ref) for ref in chunk]):
+                idx = np.flatnonzero(m0 >= 0)
+                out.append(np.stack([idx, m0[idx]], axis=1).astype(np.int64))
+        return out
+
+
 def _order_pairs(pairs: list[tuple[str, str]], cache: FeatureCache) -> list[tuple[str, str]]:
     """Sort by (larger, smaller) keypoint count so batches need little padding."""
     def size(p: tuple[str, str]) -> tuple[int, int]:
@@ -116,13 +161,6 @@ def _order_pairs(pairs: list[tuple[str, str]], cache: FeatureCache) -> list[tupl
         return max(a, b), min(a, b)
 
     return sorted(pairs, key=size)
-
-
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return nullcontext()  # CPU half precision is slow and sometimes wrong: float32 there
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _store_result(store: io.ShardedH5, name0: str, name1: str, m0: np.ndarray, s0: np.ndarray,
@@ -150,7 +188,7 @@ def main(
     With ``shard`` the output goes to :func:`shard_path` of ``matches_path``.
     """
     start = time.perf_counter()
-    preset = resolve_preset(preset)
+    preset = presets.resolve(preset)
     features_path = Path(features_path)
     config = match_config(preset, features_path)
     pairs = io.unique_pairs(io.read_pairs(pairs_path))
@@ -180,8 +218,6 @@ def main(
 
 def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.ShardedH5, config: dict,
                device: str | None, batch_size: int | None) -> int:
-    dev = default_device(device)
-    batch_size = batch_size or (16 if dev.type == "cuda" else 4)
     ordered = _order_pairs(todo, cache)
     # pairs with an empty image need no model: store "no match" directly
     empty = [p for p in ordered if cache.num_keypoints(p[0]) == 0 or cache.num_keypoints(p[1]) == 0]
@@ -193,22 +229,13 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
         _store_result(store, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
     if not work:
         return 0
-    matcher = registry.matcher(config["matcher"]).to(dev).eval()
-    check_compatible(matcher, config["features"], cache.path)
+    matcher = PairMatcher(config["matcher"], config["features"], cache.path, device, batch_size)
     with tqdm(total=len(work), desc="match", unit="pair", dynamic_ncols=True) as bar:
-        for i in range(0, len(work), batch_size):
-            batch = work[i:i + batch_size]
-            data = collate_pairs([(cache[a], cache[b]) for a, b in batch])
-            with torch.inference_mode(), _autocast(dev):
-                pred = matcher(to_device(data, dev))
-            m0 = pred["matches0"].cpu().numpy()
-            s0 = pred["matching_scores0"].float().cpu().numpy()
-            for k, (a, b) in enumerate(batch):
-                n0, n1 = cache.num_keypoints(a), cache.num_keypoints(b)
-                mk = m0[k, :n0].astype(np.int32)
-                if mk.max(initial=-1) >= n1:
-                    raise RuntimeError(f"matcher returned an index into padding for pair ({a}, {b})")
-                total += _store_result(store, a, b, mk, s0[k, :n0], n1)
+        for i in range(0, len(work), matcher.batch_size):
+            batch = work[i:i + matcher.batch_size]
+            results = matcher.match_batch([(cache[a], cache[b]) for a, b in batch])
+            for (a, b), (m0, s0) in zip(batch, results, strict=True):
+                total += _store_result(store, a, b, m0, s0, cache.num_keypoints(b))
             bar.update(len(batch))
     return total
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -31,7 +33,45 @@ from .images import list_images
 
 log = logging.getLogger(__name__)
 
-MODES = ("exhaustive", "sequential", "retrieval", "covisibility")
+# the pair modes of every pipeline; IMAGE_MODES need only the images (and their descriptors),
+# covisibility needs an existing model
+IMAGE_MODES = ("exhaustive", "sequential", "retrieval")
+MODES = (*IMAGE_MODES, "covisibility")
+DEFAULT_WINDOW = 10  # sequential: neighbours per image (COLMAP's sequential overlap)
+DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility and loop closure: pairs per image
+
+
+@dataclass(frozen=True)
+class PairsOptions:
+    """Which pairs to match (see the module docstring for the modes)."""
+
+    mode: str | None = None  # one of MODES; None: exhaustive (``reconstruct``: chosen by image count)
+    window: int = DEFAULT_WINDOW
+    loop_closure: bool = False
+    quadratic: bool = False
+    num_matched: int = DEFAULT_NUM_MATCHED
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, mode: str | None = None) -> PairsOptions:
+        """From the arguments of :func:`add_arguments` (``mode``: the parsed pairs mode)."""
+        return cls(mode, args.window, args.loop_closure, getattr(args, "quadratic", False), args.num_matched)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--window``, ``--quadratic``, ``--loop-closure`` and ``--num-matched``."""
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help="sequential: neighbours after each image")
+    parser.add_argument("--quadratic", action="store_true",
+                        help="sequential: also offsets 2^k beyond the window")
+    parser.add_argument("--loop-closure", action="store_true",
+                        help="sequential: also the --num-matched most similar images (needs global "
+                             "descriptors)")
+    parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
+                        help="retrieval/covisibility/loop closure: pairs per image")
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:
@@ -40,7 +80,7 @@ def exhaustive(names: list[str]) -> list[tuple[str, str]]:
 
 def sequential(
     names: list[str],
-    window: int = 5,
+    window: int = DEFAULT_WINDOW,
     loop_closure: bool = False,
     quadratic: bool = False,
     global_path: Path | None = None,
@@ -62,7 +102,7 @@ def sequential(
         if global_path is None:
             raise ValueError("sequential pairs with loop closure need global descriptors "
                              "(--global GLOBAL_H5)")
-        desc = _load_global(global_path, names)
+        desc = load_global(global_path, names)
         sim = desc @ desc.T
         idx = np.arange(n)
         sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
@@ -70,7 +110,8 @@ def sequential(
     return io.unique_pairs(pairs)
 
 
-def _load_global(global_path: Path, names: list[str]) -> np.ndarray:
+def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
+    """(len(names), D) L2-normalised global descriptors."""
     with h5py.File(global_path, "r") as h5:
         missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
         if missing:
@@ -80,13 +121,31 @@ def _load_global(global_path: Path, names: list[str]) -> np.ndarray:
     return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
 
-def _top_k_pairs(sim: np.ndarray, query: list[str], db: list[str], k: int) -> list[tuple[str, str]]:
+def _top_k_pairs(sim: np.ndarray, query: Sequence[str], db: Sequence[str], k: int) -> list[tuple[str, str]]:
+    """(query, database) pairs of the ``k`` most similar database images, best first per query."""
     pairs = []
     k = min(k, sim.shape[1])
     for i, q in enumerate(query):
         order = np.argsort(-sim[i], kind="stable")[:k]
         pairs += [(q, db[j]) for j in order if np.isfinite(sim[i, j])]
     return pairs
+
+
+def similarity(query_desc: np.ndarray, db_desc: np.ndarray) -> np.ndarray:
+    """Cosine similarity of descriptors centred on the mean of the database first: the mean is what
+    every photo shares (sky, colours, the network's bias) and would otherwise dominate the cosine."""
+    mean = db_desc.mean(axis=0, keepdims=True) if len(db_desc) > 1 else 0.0
+    return _unit(query_desc - mean) @ _unit(db_desc - mean).T
+
+
+def retrieve(
+    query_global: Path, db_global: Path, query_names: Sequence[str], db_names: Sequence[str], k: int
+) -> list[list[str]]:
+    """For every query (descriptors in ``query_global``), the ``k`` most similar database images
+    (descriptors in ``db_global``), best first; a query may share a name with a database image."""
+    sim = similarity(load_global(query_global, query_names), load_global(db_global, db_names))
+    order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, len(db_names))]
+    return [[db_names[j] for j in row] for row in order]
 
 
 def retrieval(
@@ -108,10 +167,7 @@ def retrieval(
     db = list(db_names) if db_names is not None else list(names)
     if num_matched < 1:
         raise ValueError(f"num_matched must be >= 1, got {num_matched}")
-    qdesc, ddesc = _load_global(global_path, query), _load_global(global_path, db)
-    mean = ddesc.mean(axis=0, keepdims=True) if len(db) > 1 else 0.0
-    qdesc, ddesc = _unit(qdesc - mean), _unit(ddesc - mean)
-    sim = qdesc @ ddesc.T
+    sim = similarity(load_global(global_path, query), load_global(global_path, db))
     sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
     return io.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
 
@@ -145,24 +201,21 @@ def covisibility(model_dir: Path, num_matched: int) -> list[tuple[str, str]]:
 def main(
     image_dir: Path | None,
     pairs_path: Path,
-    mode: str = "exhaustive",
-    window: int = 5,
-    loop_closure: bool = False,
-    quadratic: bool = False,
-    num_matched: int = 20,
+    options: PairsOptions | None = None,
     global_path: Path | None = None,
     model_dir: Path | None = None,
     names: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Make pairs for ``names`` (default: every image in ``image_dir``) and write ``pairs_path``."""
-    if mode not in MODES:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {', '.join(MODES)}")
+    options = options or PairsOptions()
+    mode, num_matched = options.mode or "exhaustive", options.num_matched
     if names is None and image_dir is not None and mode != "covisibility":
         names = list_images(image_dir)
     if mode == "exhaustive":
         pairs = exhaustive(_need(names))
     elif mode == "sequential":
-        pairs = sequential(_need(names), window, loop_closure, quadratic, global_path, num_matched)
+        pairs = sequential(_need(names), options.window, options.loop_closure, options.quadratic,
+                           global_path, num_matched)
     elif mode == "retrieval":
         if global_path is None:
             raise ValueError("retrieval pairs need global descriptors: run `extract --global GLOBAL_H5` "
@@ -196,18 +249,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, help="image folder (names are taken from it)")
     p.add_argument("out_txt", type=Path)
     p.add_argument("--mode", default="exhaustive", choices=MODES)
-    p.add_argument("--window", type=int, default=5, help="sequential: neighbours after each image")
-    p.add_argument("--quadratic", action="store_true", help="sequential: also offsets 2^k beyond the window")
-    p.add_argument("--loop-closure", action="store_true",
-                   help="sequential: also the --num-matched most similar images (needs --global)")
-    p.add_argument("--num-matched", type=int, default=20, help="retrieval/covisibility/loop closure: k")
+    add_arguments(p)
     p.add_argument("--global", dest="global_h5", type=Path, default=None, help="global.h5 from extract")
     p.add_argument("--model", type=Path, default=None, help="COLMAP model folder (covisibility)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    pairs = main(args.images, args.out_txt, args.mode, args.window, args.loop_closure, args.quadratic,
-                 args.num_matched, args.global_h5, args.model)
+    pairs = main(args.images, args.out_txt, PairsOptions.from_args(args, args.mode), args.global_h5,
+                 args.model)
     print(f"{len(pairs)} pairs ({args.mode}) -> {args.out_txt}")
     return 0

@@ -9,35 +9,23 @@ skips the images, pairs and model already finished with the same configuration.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
-from . import io, presets, sfm
+from . import colmap_sift, extract, io, match, pairs, presets, sfm
+from .images import list_images
+from .mapping import ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .summary import print_sfm_summary, stage
 
 logger = logging.getLogger(__name__)
 
-PAIR_MODES = ("exhaustive", "sequential", "retrieval")
 EXHAUSTIVE_MAX_IMAGES = 40  # above this, exhaustive matching grows too fast: use retrieval
-DEFAULT_NUM_MATCHED = 20
-DEFAULT_WINDOW = 10
 
 
 def default_pairs_mode(num_images: int) -> str:
     return "exhaustive" if num_images <= EXHAUSTIVE_MAX_IMAGES else "retrieval"
-
-
-def merge_overrides(preset: dict, overrides: Mapping | None) -> dict:
-    """A copy of ``preset`` with ``overrides`` merged in, section by section."""
-    out = copy.deepcopy(preset)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge_overrides(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def check_weights(preset: Mapping) -> None:
@@ -52,116 +40,76 @@ def check_weights(preset: Mapping) -> None:
                 weights.resolve_known(value)
 
 
-def make_pairs(
-    names: list[str], mode: str, output_dir: Path, num_matched: int, window: int, loop_closure: bool
-) -> Path:
-    from . import pairs as pairs_mod
-
-    if mode == "exhaustive":
-        found = pairs_mod.exhaustive(names)
-    elif mode == "sequential":
-        found = pairs_mod.sequential(names, window, loop_closure,
-                                     global_path=output_dir / "global.h5" if loop_closure else None)
-    elif mode == "retrieval":
-        found = pairs_mod.retrieval(output_dir / "global.h5", names, num_matched)
-    else:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {PAIR_MODES}")
-    path = output_dir / "pairs.txt"
-    io.write_pairs(path, found)
-    return path
-
-
 def main(
     image_dir: Path | str,
     output_dir: Path | str,
-    preset: str | dict = "omniglue",
-    pairs_mode: str | None = None,
-    num_matched: int = DEFAULT_NUM_MATCHED,
-    window: int = DEFAULT_WINDOW,
-    loop_closure: bool = False,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: str | None = None,
-    mapper: str = "incremental",
+    preset: str | Mapping = "omniglue",
+    pair_options: pairs.PairsOptions | None = None,
+    options: SfMOptions | None = None,
     overwrite: bool = False,
     device: str | None = None,
     preset_overrides: Mapping | None = None,
-    verbose: bool = False,
-    progress: bool = True,
     print_summary: bool = True,
-) -> sfm.SfMResult:
-    """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints)."""
-    from .images import list_images
+) -> SfMResult:
+    """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints).
 
+    ``pair_options.mode`` None: exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images, else retrieval.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = merge_overrides(presets.get(preset) if isinstance(preset, str) else dict(preset),
-                             preset_overrides)
+    preset = presets.resolve(preset, preset_overrides)
+    options = options or SfMOptions()
     names = list_images(image_dir)
     if not names:
         raise FileNotFoundError(f"no images found in {image_dir}")
-    mode = pairs_mode or default_pairs_mode(len(names))
-    if mode not in PAIR_MODES:
-        raise ValueError(f"unknown pairs mode {mode!r}; choose one of {PAIR_MODES}")
+    pair_options = pair_options or pairs.PairsOptions()
+    if pair_options.mode is None:
+        pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
+    if pair_options.mode not in pairs.IMAGE_MODES:
+        raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     check_weights(preset)
     output_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), mode)
-    timings: dict[str, float] = {}
-    failed: dict[str, str] = {}
-    if preset.get("pipeline") == "colmap-sift":
-        result = _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, camera_model,
-                                  camera_params, mapper, names, overwrite, verbose, progress, timings,
-                                  failed)
+    logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
+    if presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
+        result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
+                                  overwrite)
     else:
-        result = _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window,
-                              loop_closure, camera_mode, camera_model, camera_params, mapper,
-                              overwrite, device, verbose, progress, timings, failed)
-    result.stats["failed_images"] = failed
-    result.stats["stage_seconds"] = dict(timings)
+        result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite, device)
+    result.stats["failed_images"] = result.failed_images
+    result.stats["stage_seconds"] = dict(result.stage_seconds)
     result.stats["preset"] = preset
     result.stats["image_dir"] = str(image_dir.resolve())
-    sfm.write_stats(output_dir, result.stats)
+    io.write_stats(output_dir, result.stats)
     if print_summary:
-        print_sfm_summary(result, failed, timings)
+        print_sfm_summary(result, result.failed_images, result.stage_seconds)
     return result
 
 
-def _run_colmap_sift(image_dir, output_dir, preset, mode, window, camera_mode, camera_model,
-                     camera_params, mapper, names, overwrite, verbose, progress, timings,
-                     failed) -> sfm.SfMResult:
-    from . import colmap_sift
-
-    if mode == "retrieval":
-        # COLMAP's retrieval needs a vocabulary tree we cannot ship; exhaustive is the fallback
-        logger.warning("the sift preset has no retrieval pairs; matching exhaustively")
-        mode = "exhaustive"
-    return colmap_sift.main(image_dir, output_dir, preset, mode, window, None, camera_mode, camera_model,
-                            camera_params, mapper, names, overwrite, verbose, progress, timings, failed)
-
-
-def _run_learned(image_dir, output_dir, preset, names, mode, num_matched, window, loop_closure,
-                 camera_mode, camera_model, camera_params, mapper, overwrite, device, verbose, progress,
-                 timings, failed) -> sfm.SfMResult:
-    from . import extract, match
-
+def run_learned(
+    image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
+    options: SfMOptions, overwrite: bool, device: str | None,
+) -> SfMResult:
+    """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
     matches_path = output_dir / "matches.h5"
+    pairs_path = output_dir / "pairs.txt"
+    timings: dict[str, float] = {}
     with stage("extract", timings):
         # global descriptors come from the same forward pass; localize retrieves with them later
         summary = extract.main(image_dir, features_path, preset, image_names=names,
                                global_path=output_dir / "global.h5",
                                overwrite=overwrite, device=device)
-    failed.update(summary.failed)
     names = summary.names
     if len(names) < 2:
-        raise sfm.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
+        raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):
-        pairs_path = make_pairs(names, mode, output_dir, num_matched, window, loop_closure)
+        pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names)
     with stage("match", timings):
         match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device)
     with stage("sfm", timings):
-        return sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, camera_mode,
-                        camera_model, camera_params, mapper, image_names=names, verbose=verbose,
-                        progress=progress)
+        result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
+                          image_names=names)
+    result.failed_images, result.stage_seconds = dict(summary.failed), timings
+    return result
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -171,24 +119,18 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
     parser.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
                         help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
-    parser.add_argument("--pairs", choices=PAIR_MODES, default=None,
+    parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
                         help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
                              f"else retrieval)")
-    parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
-                        help="retrieval: pairs per image")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="sequential: neighbours per image")
-    parser.add_argument("--loop-closure", action="store_true", help="sequential: add retrieval loop pairs")
-    sfm.add_camera_arguments(parser)
+    pairs.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    # main() prints the summary table itself; the guard prints errors without a traceback
-    def call() -> sfm.SfMResult:
-        return main(args.images, args.output, args.preset, args.pairs, args.num_matched, args.window,
-                    args.loop_closure, args.camera_mode, args.camera_model, args.camera_params,
-                    args.mapper, args.overwrite, args.device, verbose=args.verbose)
-
-    return sfm.run_cli_guarded(call, print_result=False)
+    # main() prints the summary table itself
+    main(args.images, args.output, args.preset, pairs.PairsOptions.from_args(args, args.pairs),
+         SfMOptions.from_args(args), args.overwrite, args.device)
+    return 0

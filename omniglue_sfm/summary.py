@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from .sfm import SfMResult
+    from .mapping import SfMResult
 
 
 def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:

@@ -23,7 +23,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,10 @@ GREEN = (40, 200, 60)
 RED = (230, 40, 40)
 MAP_CAMERA = (220, 60, 30)
 QUERY_CAMERA = (20, 170, 60)
+
+
+class RenderError(RuntimeError):
+    """A 3D render gave no picture (missing libraries, a crashed GL/Vulkan driver)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,13 +285,14 @@ def viz_keypoints(folder: Path, out: Path, names: list[str] | None = None, image
         tile = draw_keypoints(read_image(images / n), xy, all_lengths[n], max_len)
         tri = int((all_lengths[n] > 0).sum())
         tiles.append(_header(tile, f"{n}: {len(xy)} keypoints, {tri} with a 3D point", 26))
-    picture = _tile(tiles, columns=min(3, len(tiles)))
+    picture = tile_images(tiles, columns=min(3, len(tiles)))
     picture = _stack_vertical(picture, _colorbar(picture.width, max_len))
     _save_png(picture, out)
     return {"images": names, "max_track_length": max_len}
 
 
-def _tile(tiles: list[Image.Image], columns: int, pad: int = 6) -> Image.Image:
+def tile_images(tiles: list[Image.Image], columns: int, pad: int = 6) -> Image.Image:
+    """Pictures in a grid of ``columns`` columns, ``pad`` px apart, on white."""
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     cw = max(t.width for t in tiles)
     rh = [max(t.height for t in row) for row in rows]
@@ -495,11 +499,11 @@ def render_open3d(scene: Scene3D, view: View, size: tuple[int, int], point_size:
         status, value = queue.get(timeout=timeout)
     except Exception as err:
         proc.kill()
-        raise RuntimeError(f"Open3D render gave no result (exit code {proc.exitcode}): {err}") from err
+        raise RenderError(f"Open3D render gave no result (exit code {proc.exitcode}): {err}") from err
     finally:
         proc.join(timeout=10)
     if status != "ok":
-        raise RuntimeError(value)
+        raise RenderError(value)
     return value
 
 
@@ -583,9 +587,7 @@ def render_model(folder: Path | str, out: Path | str, size: tuple[int, int] = (1
 def _read_poses(poses: Path | str | None) -> dict[str, pycolmap.Rigid3d] | None:
     if poses is None:
         return None
-    from .localize import read_poses
-
-    return read_poses(poses)
+    return io.read_poses(poses)
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,21 +706,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        if args.mode == "matches":
-            info = viz_matches(args.folder, args.name0, args.name1, args.out, args.images)
-        elif args.mode == "keypoints":
-            info = viz_keypoints(args.folder, args.out, args.names or None, args.images)
-        elif args.mode == "model":
-            w, h = (int(v) for v in args.size.lower().split("x"))
-            info = render_model(args.folder, args.out, (w, h), args.poses, point_size=args.point_size,
-                                backend=args.backend)
-        elif args.mode == "ply":
-            info = write_ply(args.folder, args.out, args.poses)
-        else:
-            info = write_html(args.folder, args.out, args.poses, offline=not args.cdn)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.mode == "matches":
+        info = viz_matches(args.folder, args.name0, args.name1, args.out, args.images)
+    elif args.mode == "keypoints":
+        info = viz_keypoints(args.folder, args.out, args.names or None, args.images)
+    elif args.mode == "model":
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        info = render_model(args.folder, args.out, (w, h), args.poses, point_size=args.point_size,
+                            backend=args.backend)
+    elif args.mode == "ply":
+        info = write_ply(args.folder, args.out, args.poses)
+    else:
+        info = write_html(args.folder, args.out, args.poses, offline=not args.cdn)
     print(f"wrote {args.out} ({', '.join(f'{k}={v}' for k, v in info.items())})")
     return 0

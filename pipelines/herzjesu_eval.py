@@ -18,6 +18,7 @@ from pathlib import Path
 from omniglue_sfm import presets, reconstruct
 from omniglue_sfm.evaluate import evaluate
 from omniglue_sfm.evaluate_pairs import evaluate_pairs
+from omniglue_sfm.mapping import SfMOptions
 
 SCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "scenes" / "herzjesu_p8"
 
@@ -36,8 +37,8 @@ def main() -> None:
         for name in order:
             out = args.out / f"{name}.{run}"
             t0, c0 = time.perf_counter(), time.process_time()
-            result = reconstruct.main(args.scene / "images", out, name, overwrite=True, progress=False,
-                                      print_summary=False)
+            result = reconstruct.main(args.scene / "images", out, name, overwrite=True,
+                                      options=SfMOptions(progress=False), print_summary=False)
             row = {"preset": name, "run": run, "seconds": round(time.perf_counter() - t0, 1),
                    "cpu_seconds": round(time.process_time() - c0, 1),
                    "stage_seconds": {k: round(v, 1) for k, v in result.stats["stage_seconds"].items()},

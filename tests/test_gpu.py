@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omniglue_sfm import match
+from omniglue_sfm import runtime
 from omniglue_sfm.matchers.base import collate_pairs
 from omniglue_sfm.matchers.omniglue import OmniGlueMatcher
 
@@ -33,7 +33,7 @@ def test_shipped_omniglue_cuda_autocast_agrees_with_cpu():
     matcher = OmniGlueMatcher({"weights": "omniglue"})
     cpu = matcher(data)["matches0"]
     gpu_matcher = matcher.to("cuda")
-    with torch.inference_mode(), match._autocast(torch.device("cuda")):
+    with torch.inference_mode(), runtime.autocast(torch.device("cuda")):
         gpu = gpu_matcher({k: v.cuda() for k, v in data.items()})["matches0"].cpu()
     assert (cpu[0] >= 0).sum() > 500
     agree = (cpu == gpu).float().mean().item()

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
-import torch
 from PIL import Image
 
-from omniglue_sfm import io, localize
+from omniglue_sfm import cameras, io, localize, match, pnp
 
 DESC_DIM = 32
 
@@ -84,7 +83,7 @@ def test_estimate_pose_recovers_pose_and_unknown_focal():
     outliers = rng.choice(len(uv), len(uv) // 4, replace=False)
     uv[outliers] = rng.uniform([0, 0], [640, 480], (len(outliers), 2))
     guess = pycolmap.Camera(model="SIMPLE_RADIAL", width=640, height=480, params=[1.2 * 640, 320, 240, 0.0])
-    ret = localize.estimate_pose(uv, xyz, guess, max_error=4.0, estimate_focal=True)
+    ret = pnp.estimate_pose(uv, xyz, guess, max_error=4.0, estimate_focal=True)
     assert ret is not None
     assert ret["camera"].params[0] == pytest.approx(500.0, rel=0.02)
     assert guess.params[0] == pytest.approx(768.0)  # the caller's camera is not modified
@@ -98,12 +97,12 @@ def test_localize_query_synthetic_map(tmp_path):
     uv, vis = project(QUERY_POSE, 500.0, (640, 480), xyz)
     idx = np.flatnonzero(vis)
     write_query(tmp_path / "q.h5", "query.jpg", uv[idx] - 0.5, desc[idx] + 0.05)
-    matcher = localize.QueryMatcher(lmap.preset, torch.device("cpu"))
+    matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, "cpu")
     opts = localize.LocalizeOptions(ransac_thresh=12.0)
-    query = localize.Query("query.jpg", pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480,
+    query = cameras.Query("query.jpg", pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480,
                                                         params=[500.0, 320, 240]))
     result = localize.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
-                                     matcher, opts)
+                                     matcher, match.FeatureCache(lmap.features_path), opts)
     assert result.localized, result.reason
     assert result.focal_source == "given"
     assert result.num_inliers > 0.9 * len(idx)
@@ -119,14 +118,15 @@ def test_unmatchable_query_is_not_localized_and_gets_no_pose(tmp_path):
     rng = np.random.default_rng(5)
     kps = rng.uniform([0, 0], [640, 480], (300, 2))
     write_query(tmp_path / "q.h5", "other.jpg", kps, rng.normal(size=(300, DESC_DIM)))
-    matcher = localize.QueryMatcher({**lmap.preset, "matcher": {"name": "mnn", "min_similarity": 0.9}},
-                                    torch.device("cpu"))
-    result = localize.localize_query(lmap, tmp_path / "q.h5", localize.Query("other.jpg"), tmp_path,
-                                     sorted(lmap.image_ids), matcher, localize.LocalizeOptions())
+    matcher = match.PairMatcher({"name": "mnn", "min_similarity": 0.9}, lmap.preset, lmap.features_path,
+                                "cpu")
+    result = localize.localize_query(lmap, tmp_path / "q.h5", cameras.Query("other.jpg"), tmp_path,
+                                     sorted(lmap.image_ids), matcher, match.FeatureCache(lmap.features_path),
+                                     localize.LocalizeOptions())
     assert not result.localized
     assert result.reason
     assert result.qvec is None and result.tvec is None
-    localize.write_poses(tmp_path / "poses.txt", [result])
+    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec) for r in [result] if r.localized])
     assert (tmp_path / "poses.txt").read_text() == ""
 
 
@@ -154,7 +154,7 @@ def test_correspondences_deduplicate_and_follow_tracks(tmp_path):
     pid_to_kp2 = {p.point3D_id: k for k, p in enumerate(im2.points2D) if p.has_point3D()}
     m2 = np.array([[k, pid_to_kp2[im1.point2D(k).point3D_id]] for k in range(20)
                    if im1.point2D(k).point3D_id in pid_to_kp2])
-    kp_idx, p3d, src = localize.correspondences(rec, [1, 2], [m1, m2])
+    kp_idx, p3d, src = pnp.correspondences(rec, [1, 2], [m1, m2])
     assert len(kp_idx) == 20  # the same (keypoint, 3D point) through two images counts once
     for k, pid in zip(kp_idx, p3d, strict=True):
         assert im1.point2D(int(k)).point3D_id == pid
@@ -163,41 +163,33 @@ def test_correspondences_deduplicate_and_follow_tracks(tmp_path):
 
 def test_covisibility_clusters_split_disconnected_images(tmp_path):
     lmap, _, _ = synthetic_map(tmp_path, split=True)
-    clusters = localize.covisibility_clusters(lmap.reconstruction, [1, 2, 3, 4])
+    clusters = pnp.covisibility_clusters(lmap.reconstruction, [1, 2, 3, 4])
     assert sorted(sorted(c) for c in clusters) == [[1, 2], [3, 4]]
     lmap2, _, _ = synthetic_map(tmp_path / "b", split=False)
-    assert len(localize.covisibility_clusters(lmap2.reconstruction, [1, 2, 3, 4])) == 1
+    assert len(pnp.covisibility_clusters(lmap2.reconstruction, [1, 2, 3, 4])) == 1
 
 
 def test_query_lists_and_intrinsics(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     lst = tmp_path / "queries.txt"
     lst.write_text("# comment\na.jpg SIMPLE_RADIAL 640 480 500 320 240 0.01\nsub/b.jpg\n")
-    image_dir, queries = localize.resolve_queries(lst)
+    image_dir, queries = cameras.resolve_queries(lst)
     assert image_dir == tmp_path
     assert [q.name for q in queries] == ["a.jpg", "sub/b.jpg"]
     assert queries[0].camera.params[0] == pytest.approx(500.0) and queries[1].camera is None
     bad = tmp_path / "bad.txt"
     bad.write_text("a.jpg PINHOLE 640 480 500\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
-        localize.read_intrinsics(bad)
+        cameras.read_intrinsics(bad)
     with pytest.raises(FileNotFoundError):
-        localize.resolve_queries(tmp_path / "missing")
-
-
-def test_guess_camera_without_exif(tmp_path):
-    Image.new("RGB", (300, 200), "gray").save(tmp_path / "plain.jpg")
-    cam, source = localize.guess_camera(tmp_path / "plain.jpg", 300, 200)
-    assert source == "guess"
-    assert cam.params[0] == pytest.approx(1.2 * 300)
-    assert (cam.params[1], cam.params[2]) == (150, 100)
+        cameras.resolve_queries(tmp_path / "missing")
 
 
 def test_poses_roundtrip_in_colmap_convention(tmp_path):
     r = localize.QueryResult("dir/q 1.jpg", localized=True)
-    r.qvec, r.tvec = localize._rigid_to_lists(QUERY_POSE)
-    localize.write_poses(tmp_path / "poses.txt", [r, localize.QueryResult("failed.jpg")])
-    poses = localize.read_poses(tmp_path / "poses.txt")
+    r.qvec, r.tvec = pnp.rigid_to_lists(QUERY_POSE)
+    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec)])
+    poses = io.read_poses(tmp_path / "poses.txt")
     assert list(poses) == ["dir/q 1.jpg"]
     assert np.allclose(poses["dir/q 1.jpg"].matrix(), QUERY_POSE.matrix(), atol=1e-8)
     assert r.qvec[0] > 0.99  # (w, x, y, z): a small rotation has w near 1
@@ -242,7 +234,7 @@ def test_held_out_images_localize_within_gt_thresholds(held_out_run):
         assert r["localized"], (name, r["reason"])
         assert r["position_error"] < 0.25 and r["rotation_error_deg"] < 2.0, (name, r)
     assert report["recall"]["0.25m_2deg"] == 1.0
-    poses = localize.read_poses(out / "localize" / "poses.txt")
+    poses = io.read_poses(out / "localize" / "poses.txt")
     assert sorted(poses) == ["0003.jpg", "0005.jpg"]
 
 

@@ -76,7 +76,7 @@ def test_cli_pairs(small_scene: Path, small_features: Path, tmp_path: Path) -> N
                      "--num-matched", "1"]) == 0
     assert 2 <= len(io.read_pairs(out)) <= 3
     with pytest.raises(ValueError, match="--global"):
-        pairs.main(small_scene, out, "retrieval")
+        pairs.main(small_scene, out, pairs.PairsOptions("retrieval"))
 
 
 @pytest.mark.shared_data
@@ -93,3 +93,17 @@ def test_retrieval_separates_two_scenes(tmp_path: Path) -> None:
     got = pairs.retrieval(glob, None, num_matched=5)
     same = [a.split("/")[0] == b.split("/")[0] for a, b in got]
     assert np.mean(same) >= 0.9, f"{np.mean(same):.2f} of {len(got)} retrieval pairs within a scene"
+
+
+def test_retrieve_ranks_map_images_for_queries_of_another_file(tmp_path: Path) -> None:
+    """Localization's retrieval: queries and map in two files, names may repeat, mean-centred."""
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=16) * 10  # what every photo has in common
+    db = shared + rng.normal(size=(4, 16))
+    _write_global(tmp_path / "map.h5", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], db)
+    queries = np.stack([db[2] + 0.01 * rng.normal(size=16), db[0] + 0.01 * rng.normal(size=16)])
+    _write_global(tmp_path / "q.h5", ["c.jpg", "x.jpg"], queries)
+    ranked = pairs.retrieve(tmp_path / "q.h5", tmp_path / "map.h5", ["c.jpg", "x.jpg"],
+                            ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], 2)
+    assert [r[0] for r in ranked] == ["c.jpg", "a.jpg"]  # a query may match its namesake in the map
+    assert all(len(r) == 2 for r in ranked)

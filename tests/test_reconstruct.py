@@ -10,6 +10,7 @@ from PIL import Image
 
 from omniglue_sfm import cli, reconstruct
 from omniglue_sfm.evaluate import evaluate
+from omniglue_sfm.mapping import SfMOptions
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small"
 # Fewer keypoints and smaller extraction images keep each run well under a minute on 2 CPU
@@ -37,7 +38,7 @@ def _check_sample_model(out: Path, result) -> None:
 def test_sample_scene_aliked_lightglue(tmp_path, capsys):
     out = tmp_path / "out"
     result = reconstruct.main(SAMPLE / "images", out, "aliked+lightglue", preset_overrides=FAST,
-                              progress=False)
+                              options=SfMOptions(progress=False))
     _check_sample_model(out, result)
     for f in ("features.h5", "pairs.txt", "matches.h5"):
         assert (out / f).exists(), f
@@ -46,7 +47,7 @@ def test_sample_scene_aliked_lightglue(tmp_path, capsys):
     assert "images registered" in table and "8 / 8" in table
     # a re-run finds every stage done and reuses the model
     again = reconstruct.main(SAMPLE / "images", out, "aliked+lightglue", preset_overrides=FAST,
-                             progress=False, print_summary=False)
+                             options=SfMOptions(progress=False), print_summary=False)
     assert again.skipped
     assert again.stats["registered"] == 8
 
@@ -54,7 +55,8 @@ def test_sample_scene_aliked_lightglue(tmp_path, capsys):
 def test_sample_scene_omniglue_shipped_checkpoint(tmp_path):
     """The default preset end to end: ALIKED + aliked-grid guidance + our shipped OmniGlue."""
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, "omniglue", preset_overrides=FAST, progress=False,
+    result = reconstruct.main(SAMPLE / "images", out, "omniglue", preset_overrides=FAST,
+                              options=SfMOptions(progress=False),
                               print_summary=False)
     _check_sample_model(out, result)
     assert result.stats["preset"]["matcher"]["name"] == "omniglue"
@@ -62,7 +64,8 @@ def test_sample_scene_omniglue_shipped_checkpoint(tmp_path):
 
 def test_sample_scene_colmap_sift(tmp_path):
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, "sift", preset_overrides=FAST_SIFT, progress=False,
+    result = reconstruct.main(SAMPLE / "images", out, "sift", preset_overrides=FAST_SIFT,
+                              options=SfMOptions(progress=False),
                               print_summary=False)
     _check_sample_model(out, result)
     assert set(result.stats["stage_seconds"]) >= {"extract", "match", "sfm"}
@@ -100,9 +103,6 @@ def test_empty_folder_is_a_clean_error(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
 
 
-def test_preset_overrides_and_default_pairs():
-    merged = reconstruct.merge_overrides({"features": {"name": "aliked", "max_keypoints": 2048}, "x": 1},
-                                         {"features": {"max_keypoints": 512}})
-    assert merged == {"features": {"name": "aliked", "max_keypoints": 512}, "x": 1}
+def test_default_pairs():
     assert reconstruct.default_pairs_mode(40) == "exhaustive"
     assert reconstruct.default_pairs_mode(41) == "retrieval"

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from omniglue_sfm import cli, io, sfm
+from omniglue_sfm.cameras import CameraOptions
 from omniglue_sfm.evaluate import evaluate_poses
+from omniglue_sfm.mapping import SfMOptions
 from omniglue_sfm.scenes import CameraPose, model_poses
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -81,7 +83,7 @@ def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene")
     gt, keypoints = synthetic_scene(root)
     result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
-                      progress=False)
+                      options=SfMOptions(progress=False))
     return root, gt, keypoints, result
 
 
@@ -114,12 +116,13 @@ def test_keypoints_enter_colmap_with_half_pixel_offset(scene):
 
 def test_rerun_with_same_inputs_reuses_the_model(scene):
     root, _, _, first = scene
-    again = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out", progress=False)
+    again = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
+                     options=SfMOptions(progress=False))
     assert again.skipped
     assert again.stats["registered"] == first.stats["registered"]
     # another camera mode is another configuration: mapped again, not reused
     other = sfm.main(root / "images", root / "features.h5", root / "matches.h5", root / "out",
-                     camera_mode="single", progress=False)
+                     options=SfMOptions(CameraOptions("single"), progress=False))
     assert not other.skipped
     assert other.stats["num_cameras"] == 1
     assert other.stats["registered"] == 6
@@ -153,7 +156,7 @@ def test_pairs_file_restricts_the_pairs(scene, tmp_path):
     io.write_pairs(tmp_path / "pairs.txt", pairs)
     # 999.jpg is not among the images: the pair is ignored, not an error
     result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", tmp_path / "out",
-                      pairs_path=tmp_path / "pairs.txt", progress=False)
+                      pairs_path=tmp_path / "pairs.txt", options=SfMOptions(progress=False))
     assert result.stats["pairs"]["matched_pairs"] == 3
     assert result.stats["registered"] == 3 and result.stats["total"] == 6
     assert result.stats["unregistered"] == ["001.jpg", "003.jpg", "005.jpg"]
@@ -163,64 +166,9 @@ def test_pairs_file_restricts_the_pairs(scene, tmp_path):
 # cameras
 
 
-def _jpeg(path: Path, size: tuple[int, int], orientation: int | None = None, f35: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exif = Image.Exif()
-    if orientation:
-        exif[274] = orientation
-    if f35:
-        exif[271], exif[272] = "Acme", "Phone 1"
-        exif.get_ifd(0x8769)[41989] = f35  # FocalLengthIn35mmFilm
-    Image.new("RGB", size, (90, 120, 150)).save(path, exif=exif)
-
-
-def test_exif_rotated_image_gets_camera_in_oriented_frame(tmp_path):
-    _jpeg(tmp_path / "portrait.jpg", (160, 120), orientation=6, f35=28)
-    info = sfm.ImageInfo("portrait.jpg", 120, 160)  # what features.h5 says: EXIF-oriented
-    cameras, assignment = sfm.make_cameras(tmp_path, [info])
-    cam = cameras[assignment[0]]
-    assert (cam.width, cam.height) == (120, 160)
-    assert (cam.principal_point_x, cam.principal_point_y) == (60, 80)
-    assert cam.has_prior_focal_length
-    # 28 mm equivalent on a 36 mm wide frame: about 0.8 times the long side
-    assert 0.6 * 160 < cam.focal_length < 1.0 * 160
-
-
-@pytest.mark.shared_data
-@pytest.mark.skipif(not (SHARED / "data").exists(), reason="needs ../shared/data")
-def test_iphone_orientation_6_photo(tmp_path):
-    image_dir = SHARED / "data" / "scenes" / "monstree" / "images"
-    cameras, _ = sfm.make_cameras(image_dir, [sfm.ImageInfo("IMG_1025.JPG", 1200, 1600)])
-    assert (cameras[0].width, cameras[0].height) == (1200, 1600)
-    assert cameras[0].has_prior_focal_length
-    assert cameras[0].focal_length == pytest.approx(1294.2, abs=1.0)  # COLMAP's EXIF focal, unrotated
-
-
-def test_camera_modes(tmp_path):
-    for name in ("a/1.jpg", "a/2.jpg", "b/3.jpg"):
-        _jpeg(tmp_path / name, (64, 48))
-    _jpeg(tmp_path / "a/4.jpg", (64, 48), f35=35)
-    _jpeg(tmp_path / "a/5.jpg", (64, 48), f35=35)
-    infos = [sfm.ImageInfo(n, 64, 48) for n in ("a/1.jpg", "a/2.jpg", "b/3.jpg", "a/4.jpg", "a/5.jpg")]
-
-    def count(mode: str) -> int:
-        return len(sfm.make_cameras(tmp_path, infos, mode)[0])
-
-    assert count("single") == 1
-    assert count("per_folder") == 2
-    assert count("per_image") == 5
-    assert count("auto") == 4  # no EXIF: own camera each; same EXIF camera and folder: shared
-    with pytest.raises(ValueError, match="one size"):
-        sfm.make_cameras(tmp_path, infos + [sfm.ImageInfo("b/3.jpg", 48, 64)], "single")
-    cams, _ = sfm.make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,501,32,24")
-    assert list(cams[0].params) == [500, 501, 32, 24] and cams[0].has_prior_focal_length
-    with pytest.raises(ValueError, match="do not fit"):
-        sfm.make_cameras(tmp_path, infos[:1], "auto", "PINHOLE", "500,32")
-
-
 def test_global_mapper(tmp_path):
     gt, _ = synthetic_scene(tmp_path, n_images=5, n_points=500, seed=2)
     result = sfm.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5",
-                      tmp_path / "out", mapper="global", progress=False)
+                      tmp_path / "out", options=SfMOptions(mapper="global", progress=False))
     assert result.stats["registered"] == 5 and result.stats["mapper"] == "global"
     assert evaluate_poses(model_poses(tmp_path / "out" / "sparse"), gt)["auc5"] > 0.9
