@@ -3,9 +3,10 @@
 Features are real ALIKED keypoints (with aliked-grid guidance) of two images of the bundled
 sample scene, cut to the n best by score (random features when ``--random``). Each pair of a
 batch of B keeps a slightly different number of keypoints (n - 4k), so batches are padded as in
-the ``match`` stage. Matchers: the shipped OmniGlue in its default configuration (guided,
-adaptive depth and point pruning) and with adaptivity off, LightGlue (kornia, official ALIKED
-weights) with adaptivity on (the reference of the ratio column) and off. Beside the time, the
+the ``match`` stage. Matchers: the shipped OmniGlue as the ``omniglue`` preset runs it (adaptive
+depth and point pruning, guidance off), the same with adaptivity off, as ``omniglue-guided``
+runs it (learned guidance scales on), and LightGlue (kornia, official ALIKED weights) with
+adaptivity on (the reference of the ratio column) and off. Beside the time, the
 accuracy of each configuration on the real pair at batch 1: matches and their epipolar
 precision under the sample's ground truth (symmetric epipolar distance < 2 px).
 
@@ -88,15 +89,19 @@ REFERENCE = "LightGlue (adaptive)"
 
 
 def build_matchers(device: torch.device) -> tuple[dict, str]:
-    from omniglue_sfm.matchers.lightglue import LightGlueMatcher
-    from omniglue_sfm.matchers.omniglue import OmniGlueMatcher
+    """The matchers of the presets ``aliked+lightglue``, ``omniglue`` (the default) and
+    ``omniglue-guided``, and both kinds with early exit and pruning off."""
+    from omniglue_sfm import presets, registry
 
     off = {"depth_confidence": -1, "width_confidence": -1}
+    lightglue = presets.get("aliked+lightglue")["matcher"]
+    omniglue = presets.get("omniglue")["matcher"]
     matchers = {
-        REFERENCE: LightGlueMatcher({"features": "aliked"}),
-        "LightGlue (no pruning)": LightGlueMatcher({"features": "aliked", **off}),
-        "OmniGlue (default: guided, adaptive)": OmniGlueMatcher({"weights": "omniglue"}),
-        "OmniGlue (no pruning)": OmniGlueMatcher({"weights": "omniglue", **off}),
+        REFERENCE: registry.matcher(lightglue),
+        "LightGlue (no pruning)": registry.matcher({**lightglue, **off}),
+        "OmniGlue (default preset)": registry.matcher(omniglue),
+        "OmniGlue (no pruning)": registry.matcher({**omniglue, **off}),
+        "OmniGlue guided (omniglue-guided)": registry.matcher(presets.get("omniglue-guided")["matcher"]),
     }
     return {k: m.to(device).eval() for k, m in matchers.items()}, "shipped checkpoint"
 

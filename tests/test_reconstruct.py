@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from omniglue_sfm import cli, reconstruct
@@ -52,10 +53,12 @@ def test_sample_scene_aliked_lightglue(tmp_path, capsys):
     assert again.stats["registered"] == 8
 
 
-def test_sample_scene_omniglue_shipped_checkpoint(tmp_path):
-    """The default preset end to end: ALIKED + aliked-grid guidance + our shipped OmniGlue."""
+@pytest.mark.parametrize("preset", ["omniglue", "omniglue-guided"])
+def test_sample_scene_omniglue_shipped_checkpoint(tmp_path, preset):
+    """The default preset (unguided) and the guided one (ALIKED + aliked-grid guidance + the
+    shipped guidance scales) end to end."""
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, "omniglue", preset_overrides=FAST,
+    result = reconstruct.main(SAMPLE / "images", out, preset, preset_overrides=FAST,
                               options=SfMOptions(progress=False),
                               print_summary=False)
     _check_sample_model(out, result)

@@ -339,14 +339,15 @@ def test_init_checkpoint_starts_from_exported_weights(tmp_path) -> None:
 
 def test_shipped_checkpoint_metadata_names_the_omniglue_preset_plugins() -> None:
     """finetune rebuilds the extractor from metadata["features"]: it must be the plugins the
-    ``omniglue`` preset runs the shipped checkpoint with (a wrong name breaks finetuning)."""
+    ``omniglue-guided`` preset runs the shipped checkpoint with (a wrong name breaks finetuning)."""
     import json
     from pathlib import Path
 
     from omniglue_sfm import presets, registry
     from omniglue_sfm.matchers.omniglue import load_checkpoint
 
-    preset = presets.get("omniglue")
+    preset = presets.get("omniglue-guided")
+    assert presets.get("omniglue")["features"] == preset["features"]  # default: same features, unguided
     shipped = Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"
     meta = load_checkpoint(str(shipped))["metadata"]
     sidecar = json.loads(shipped.with_suffix(".json").read_text())["metadata"]

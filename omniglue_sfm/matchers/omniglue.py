@@ -1,4 +1,4 @@
-"""OmniGlue v2: foundation-model-guided matching on a LightGlue-compatible trunk.
+"""OmniGlue v2: guided matching (OmniGlue's principles) on a LightGlue-compatible trunk.
 
 OmniGlue (Jiang et al., CVPR 2024, arXiv 2405.12979) makes two changes to a SuperGlue-style
 matcher: (1) positions guide attention but never enter the values, so the refined descriptors
