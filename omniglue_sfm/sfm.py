@@ -30,6 +30,7 @@ import pycolmap
 from . import io
 from .cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .mapping import (
+    DB_STAMP,
     STATS_VERSION,
     ReconstructionError,
     SfMOptions,
@@ -199,6 +200,8 @@ def build_database(
         image_ids = write_images(db, infos, cameras, assignment)
         write_keypoints(db, features_path, image_ids)
         write_matches(db, matches_path, pairs, image_ids)
+    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
+    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
     os.replace(tmp, db_path)
     return db_path
 
