@@ -8,7 +8,7 @@ import pycolmap
 import pytest
 from conftest import SAMPLE_IMAGES, save_resized, small_preset
 
-from omniglue_sfm import colmap_sift, reconstruct
+from omniglue_sfm import cli, colmap_sift, io, reconstruct
 from omniglue_sfm.mapping import SfMOptions
 
 SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
@@ -42,3 +42,29 @@ def test_sift_after_learned_run_rebuilds_the_database(scene, tmp_path):
     result = colmap_sift.main(scene, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
     assert not result.skipped
     assert _sift_database_is_consistent(out / "database.db")
+
+
+def _learned_out(scene: Path, out: Path) -> None:
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+                     print_summary=False)
+
+
+def test_switching_pipeline_in_one_output_is_refused_without_overwrite(scene, tmp_path, capsys):
+    learned, sift = tmp_path / "learned", tmp_path / "sift"
+    _learned_out(scene, learned)
+    before = (learned / "sparse" / "images.bin").read_bytes()
+    assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift"]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err and "sift" in err
+    assert (learned / "sparse" / "images.bin").read_bytes() == before
+    assert io.read_stats(learned)["preset"]["name"] == "test-aliked-mnn"
+
+    reconstruct.main(scene, sift, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    with pytest.raises(io.ConfigMismatchError, match="--overwrite"):
+        _learned_out(scene, sift)
+    assert io.read_stats(sift)["preset"]["name"] == "sift"
+
+    # --overwrite starts afresh: no learned file is left beside the SIFT model
+    assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift", "--overwrite"]) == 0
+    assert io.read_stats(learned)["preset"]["name"] == "sift"
+    assert not any((learned / f).exists() for f in ("features.h5", "matches.h5", "global.h5"))
