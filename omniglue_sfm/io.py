@@ -11,6 +11,12 @@ Contract (docs/design.md §1):
   and found whichever order is asked for. Pair keys percent-encode each name, so they are
   collision-free (hloc's ``/`` -> ``-`` is not). ``matches0`` int32 (N0,) index into image 1
   or -1; ``matching_scores0`` float32 (N0,).
+* Each ``features.h5`` image group records what its features were made from in its attributes
+  ``source_size``, ``source_mtime_ns`` and ``source_sha1`` (the image file's); each
+  ``matches.h5`` pair records ``source_sha1_0`` / ``source_sha1_1`` of the features it matched.
+  A re-run re-extracts an image whose file changed and re-matches the pairs made from its old
+  features (the new item lands in a newer shard, which wins on merge). Items without the record
+  (older files) are kept.
 * Every file carries the configuration that made it in its root attribute ``config`` (JSON).
   Re-opening with a different configuration raises :class:`ConfigMismatchError`; nothing is
   ever silently mixed.
@@ -24,6 +30,7 @@ rename. A re-run reads the final file plus the surviving shards and skips the ke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -64,6 +71,56 @@ def canonical_pair(name0: str, name1: str) -> tuple[str, str]:
 
 def config_to_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# what an item was made from
+
+
+def source_record(path: Path | str) -> dict:
+    """Size, mtime and SHA-1 of an input file: the attributes of its ``features.h5`` group."""
+    path = Path(path)
+    st = path.stat()
+    return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns),
+            "source_sha1": _sha1(path)}
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def attr_text(value: object) -> str:
+    """An HDF5 string attribute as str (h5py may give bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def source_changed(record: dict, path: Path | str) -> bool:
+    """Whether ``path`` is no longer the file ``record`` (a group's attributes) was made from.
+
+    No record (a file from an older version) counts as unchanged; a missing file too (it cannot be
+    re-extracted anyway). Size and mtime equal: unchanged without hashing.
+    """
+    if "source_sha1" not in record:
+        return False
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    same_stat = (st.st_size, st.st_mtime_ns) == (int(record.get("source_size", -1)),
+                                                  int(record.get("source_mtime_ns", -1)))
+    if same_stat:
+        return False
+    return _sha1(path) != attr_text(record["source_sha1"])
+
+
+def source_sha1(record: dict) -> str:
+    """The recorded SHA-1 of a features group ('' when unknown)."""
+    return attr_text(record.get("source_sha1", ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,6 +186,7 @@ class ShardedH5:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._buffer: list[tuple[str, dict, dict | None]] = []
+        self._attrs: dict[str, dict] = {}  # key -> attributes of its newest stored version
         self._last_flush = time.monotonic()
         if overwrite:
             self._remove_all()
@@ -170,12 +228,22 @@ class ShardedH5:
         for src in sources:
             with h5py.File(src, "r") as h5:
                 self._check_config(h5, src)
-                done.update(_item_paths(h5, self.kind))
+                keys = _item_paths(h5, self.kind)
+                done.update(keys)
+                # sources are in write order (final file, then shards by time): the newest wins
+                self._attrs.update({k: dict(h5[k].attrs) for k in keys})
         return done
 
     # ---- public API
     def __contains__(self, key: str) -> bool:
         return key in self._done or any(k == key for k, _, _ in self._buffer)
+
+    def item_attrs(self, key: str) -> dict:
+        """The attributes of the newest version of ``key`` ({} when absent or without any)."""
+        for k, _, attrs in reversed(self._buffer):
+            if k == key:
+                return dict(attrs or {})
+        return dict(self._attrs.get(key, {}))
 
     @property
     def done(self) -> set[str]:
@@ -203,6 +271,7 @@ class ShardedH5:
         _fsync(tmp)
         os.replace(tmp, final)
         self._done.update(k for k, _, _ in self._buffer)
+        self._attrs.update({k: dict(attrs or {}) for k, _, attrs in self._buffer})
         self._buffer.clear()
         self._last_flush = time.monotonic()
 

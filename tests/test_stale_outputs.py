@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pycolmap
 import pytest
 from conftest import SAMPLE_IMAGES, save_resized, small_preset
 
-from omniglue_sfm import cli, colmap_sift, io, reconstruct
+from omniglue_sfm import cli, colmap_sift, extract, io, reconstruct
 from omniglue_sfm.mapping import SfMOptions
 
 SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
@@ -68,3 +71,47 @@ def test_switching_pipeline_in_one_output_is_refused_without_overwrite(scene, tm
     assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift", "--overwrite"]) == 0
     assert io.read_stats(learned)["preset"]["name"] == "sift"
     assert not any((learned / f).exists() for f in ("features.h5", "matches.h5", "global.h5"))
+
+
+def _h5_items(path: Path, kind: str, dataset: str) -> dict:
+    with h5py.File(path, "r") as h5:
+        return {k: h5[k][dataset][()] for k in io.list_names(path, kind)}
+
+
+def test_replaced_image_is_reextracted_and_its_matches_redone(scene, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(scene.glob("*.jpg")):
+        shutil.copy(src, images / src.name)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    _learned_out(images, out)
+    # another photo under the same name
+    save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[5], images / "0003.jpg", 400)
+    _learned_out(images, out)
+    _learned_out(images, fresh)
+    for name, kps in _h5_items(fresh / "features.h5", "features", "keypoints").items():
+        np.testing.assert_allclose(_h5_items(out / "features.h5", "features", "keypoints")[name], kps,
+                                   err_msg=name)
+    got = _h5_items(out / "matches.h5", "matches", "matches0")
+    for key, m0 in _h5_items(fresh / "matches.h5", "matches", "matches0").items():
+        np.testing.assert_array_equal(got[key], m0, err_msg=key)
+
+
+def test_features_without_source_record_are_kept(scene, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(scene.glob("*.jpg"))[:2]:
+        shutil.copy(src, images / src.name)
+    features = tmp_path / "features.h5"
+    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    with h5py.File(features, "r+") as h5:  # an older features.h5: no record of the source
+        for name in io.list_names(features):
+            for attr in list(h5[name].attrs):
+                del h5[name].attrs[attr]
+    before = _h5_items(features, "features", "keypoints")
+    save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[5], images / "0001.jpg", 400)
+    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    after = _h5_items(features, "features", "keypoints")
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
