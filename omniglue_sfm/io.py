@@ -36,6 +36,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -47,6 +48,40 @@ CONFIG_ATTR = "config"
 
 class ConfigMismatchError(RuntimeError):
     """An output file exists but was made with another configuration."""
+
+
+class DamagedFileError(OSError):
+    """An HDF5 file exists but cannot be read (truncated by a full disk, a copy cut short, ...)."""
+
+
+def open_h5(path: Path | str) -> h5py.File:
+    """``path`` opened read-only; a damaged file raises :class:`DamagedFileError` naming it."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if not Path(path).exists():
+            raise
+        raise damaged(path, err) from err
+
+
+def damaged(path: Path | str, err: BaseException) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged and cannot be read ({err}); delete it or re-run with "
+                            "--overwrite to recompute it")
+
+
+@contextmanager
+def read_h5(path: Path | str) -> Iterator[h5py.File]:
+    """``with read_h5(path) as h5``: like ``open_h5``, and a read error inside the block (a
+    truncated dataset) also raises :class:`DamagedFileError` naming the file."""
+    with open_h5(path) as h5:
+        try:
+            yield h5
+        except DamagedFileError:
+            raise
+        except OSError as err:
+            raise damaged(path, err) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +261,7 @@ class ShardedH5:
         done: set[str] = set()
         sources = ([self.path] if self.path.exists() else []) + self._shards()
         for src in sources:
-            with h5py.File(src, "r") as h5:
+            with read_h5(src) as h5:
                 self._check_config(h5, src)
                 keys = _item_paths(h5, self.kind)
                 done.update(keys)
@@ -285,7 +320,7 @@ class ShardedH5:
         with h5py.File(tmp, "w") as out:
             out.attrs[CONFIG_ATTR] = self.config_json
             for src_path in ([self.path] if self.path.exists() else []) + shards:
-                with h5py.File(src_path, "r") as src:
+                with read_h5(src_path) as src:
                     _copy_items(src, out, _item_paths(src, self.kind))
         _fsync(tmp)
         os.replace(tmp, self.path)
@@ -320,7 +355,7 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
     """Merge finished files (e.g. match shards from several machines) with equal configs."""
     configs = set()
     for src in sources:
-        with h5py.File(src, "r") as h5:
+        with read_h5(src) as h5:
             configs.add(h5.attrs.get(CONFIG_ATTR))
     if len(configs) != 1:
         raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
@@ -330,7 +365,7 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
     with h5py.File(tmp, "w") as out:
         out.attrs[CONFIG_ATTR] = store.config_json
         for src_path in ([dest] if dest.exists() else []) + list(sources):
-            with h5py.File(src_path, "r") as src:
+            with read_h5(src_path) as src:
                 _copy_items(src, out, _item_paths(src, kind))
     os.replace(tmp, dest)
     return dest
@@ -341,19 +376,19 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
 
 
 def read_config(path: Path | str) -> dict:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         value = h5.attrs[CONFIG_ATTR]
     return json.loads(value.decode() if isinstance(value, bytes) else value)
 
 
 def list_names(path: Path | str, kind: str = "features") -> list[str]:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         return sorted(_item_paths(h5, kind))
 
 
 def read_features(path: Path | str, name: str) -> dict[str, np.ndarray]:
     """All datasets of one image; ``keypoints`` float32 (N,2), ``descriptors`` (D,N), ..."""
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         if name not in h5:
             raise KeyError(f"no features for image {name!r} in {path}")
         group = h5[name]
@@ -361,7 +396,7 @@ def read_features(path: Path | str, name: str) -> dict[str, np.ndarray]:
 
 
 def read_keypoints(path: Path | str, name: str) -> np.ndarray:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         return h5[name]["keypoints"][()].astype(np.float32)
 
 
@@ -439,7 +474,7 @@ def orient_matches(
 def read_matches(path: Path | str, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """Matches of a pair in the order asked: (K, 2) int indices into (name0, name1), (K,) scores."""
     key = pair_key(name0, name1)
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         if key not in h5:
             raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {path}")
         group = h5[key]

@@ -89,7 +89,7 @@ class FeatureCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.h5 = h5py.File(self.path, "r")
+        self.h5 = io.open_h5(self.path)
         self.items: dict[str, dict[str, torch.Tensor]] = {}
 
     def __contains__(self, name: str) -> bool:

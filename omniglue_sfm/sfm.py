@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pycolmap
 
@@ -79,7 +78,7 @@ def write_images(
 
 
 def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> None:
-    with h5py.File(features_path, "r") as h5:
+    with io.read_h5(features_path) as h5:
         for name, image_id in image_ids.items():
             kps = h5[name]["keypoints"][()].astype(np.float32)
             db.write_keypoints(image_id, kps + 0.5)  # COLMAP: top-left pixel centre at (0.5, 0.5)
@@ -103,7 +102,7 @@ def write_matches(
     """Raw matches of every pair (canonical order). Returns the number of pairs written."""
     missing = []
     written = 0
-    with h5py.File(matches_path, "r") as h5:
+    with io.read_h5(matches_path) as h5:
         for a, b in pairs:
             key = io.pair_key(a, b)
             if key not in h5:

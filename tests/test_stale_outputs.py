@@ -115,3 +115,20 @@ def test_features_without_source_record_are_kept(scene, tmp_path):
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
+
+
+@pytest.mark.parametrize("damaged", ["features.h5", "matches.h5"])
+def test_truncated_h5_is_a_clean_error_naming_the_file(scene, tmp_path, damaged):
+    out = tmp_path / "out"
+    _learned_out(scene, out)
+    (out / "stats.json").unlink()  # force the stages to read their files again
+    path = out / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(cli.user_errors()) as caught:
+        _learned_out(scene, out)
+    message = cli.error_message(caught.value)
+    assert cli.exit_code(caught.value) == 1
+    assert str(path) in message and "--overwrite" in message
+    # and --overwrite recovers
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+                     overwrite=True, print_summary=False)
