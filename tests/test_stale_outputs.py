@@ -11,7 +11,7 @@ import pycolmap
 import pytest
 from conftest import SAMPLE_IMAGES, save_resized, small_preset
 
-from omniglue_sfm import cli, colmap_sift, extract, io, reconstruct
+from omniglue_sfm import cli, colmap_sift, extract, io, localize, reconstruct
 from omniglue_sfm.mapping import SfMOptions
 
 SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
@@ -132,3 +132,17 @@ def test_truncated_h5_is_a_clean_error_naming_the_file(scene, tmp_path, damaged)
     # and --overwrite recovers
     reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
                      overwrite=True, print_summary=False)
+
+
+@pytest.mark.parametrize("preset", [None, "sift"])
+@pytest.mark.parametrize("stale_features", [False, True])
+def test_localize_on_a_sift_map_says_sift_maps_cannot_localize(scene, tmp_path, preset, stale_features):
+    out = tmp_path / "out"
+    reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    if stale_features:  # left by a learned run into the same folder before it was refused
+        with io.ShardedH5(out / "features.h5", "features", {"features": small_preset()["features"]}) as s:
+            s.add("0000.jpg", {"keypoints": np.zeros((1, 2), np.float32)})
+    query = sorted(scene.glob("*.jpg"))[0]
+    with pytest.raises(localize.LocalizationError, match="COLMAP's own SIFT") as caught:
+        localize.main(out, query, tmp_path / "loc", preset=preset, device="cpu")
+    assert "extract" not in str(caught.value)
