@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pycolmap
 import pytest
-from conftest import SAMPLE_IMAGES, save_resized, small_preset
+from conftest import SAMPLE_IMAGES, resized_sample, save_resized, small_preset
 
 from omniglue_sfm import cli, colmap_sift, extract, io, localize, reconstruct
 from omniglue_sfm.mapping import SfMOptions
@@ -21,10 +21,7 @@ OPTS = SfMOptions(progress=False)
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four consecutive sample images at 400 px: both SIFT and ALIKED reconstruct them."""
-    out = tmp_path_factory.mktemp("stale_scene")
-    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
-        save_resized(src, out / src.name, 400)
-    return out
+    return resized_sample(tmp_path_factory.mktemp("stale_scene"), 4, 400)
 
 
 def _sift_database_is_consistent(db_path: Path) -> bool:
