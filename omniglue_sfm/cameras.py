@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import pycolmap
 
+from . import io
 from .images import IMAGE_EXTENSIONS, list_images
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ImageInfo:
 def read_image_infos(features_path: Path, names: Sequence[str]) -> list[ImageInfo]:
     """The EXIF-oriented size of every image, from ``features.h5``'s ``image_size``."""
     infos = []
-    with h5py.File(features_path, "r") as h5:
+    with io.read_h5(features_path) as h5:
         for name in names:
             if name not in h5 or "keypoints" not in h5[name]:
                 raise KeyError(f"no features for image {name!r} in {features_path}")

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from . import io, mapping, pairs, presets, sfm
 from .cameras import ImageInfo, make_cameras
 from .images import list_images
+from .mapping import DB_STAMP
 from .runtime import num_threads
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,19 @@ def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None)
 
 
 def _db_state_matches(db_path: Path, config_key: str) -> bool:
-    state = db_path.with_name("database.json")
+    """Whether ``database.db`` was built by COLMAP SIFT with ``config_key`` (its stamp says so).
+
+    Every other writer of ``database.db`` (the learned pipelines' sfm stage) removes the stamp
+    first, so a stamp left by an older run is never trusted for a database it did not describe.
+    """
+    state = db_path.with_name(DB_STAMP)
     if not db_path.exists() or not state.exists():
         return False
-    return json.loads(state.read_text()).get("config") == config_key
+    try:
+        stamp = json.loads(state.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return stamp.get("pipeline") == presets.Pipeline.COLMAP_SIFT.value and stamp.get("config") == config_key
 
 
 def main(
@@ -159,6 +169,7 @@ def main(
     key = mapping.fingerprint({"db": config_key, "mapper": mapper, "version": mapping.STATS_VERSION})
     db_path = output_dir / "database.db"
     if overwrite:
+        db_path.with_name(DB_STAMP).unlink(missing_ok=True)
         db_path.unlink(missing_ok=True)
     else:
         previous = mapping.load_previous(output_dir, key)
@@ -177,11 +188,13 @@ def main(
     if not _db_state_matches(db_path, config_key):
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
+        db_path.with_name(DB_STAMP).unlink(missing_ok=True)
         db_path.unlink(missing_ok=True)
         cameras, assignment = make_cameras(read_dir, infos, camera)
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
-        (output_dir / "database.json").write_text(json.dumps({"config": config_key}))
+        io.write_json(output_dir / DB_STAMP, {"pipeline": presets.Pipeline.COLMAP_SIFT.value,
+                                              "config": config_key})
     print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
     pycolmap.extract_features(
         db_path, read_dir, image_names=list(names),

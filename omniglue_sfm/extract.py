@@ -98,7 +98,13 @@ def main(
     if global_path is not None:
         gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}
         gstore = io.ShardedH5(global_path, "global", gconfig, overwrite=overwrite, flush_every=flush_every)
-    todo = [n for n in names if n not in store or (gstore is not None and n not in gstore)]
+    # an image replaced under the same name: its features (and global descriptor) are redone
+    changed = {n for n in names if n in store and io.source_changed(store.item_attrs(n), image_dir / n)}
+    if changed:
+        log.info("%d image(s) changed since their features were extracted; re-extracting: %s",
+                 len(changed), ", ".join(sorted(changed)[:10]))
+    todo = [n for n in names
+            if n not in store or n in changed or (gstore is not None and n not in gstore)]
     summary = ExtractSummary()
     if todo:
         dev = default_device(device)
@@ -113,10 +119,11 @@ def main(
                     log.warning("skipping %s: %s", name, err.reason)
                     summary.failed[name] = err.reason
                     continue
+                source = io.source_record(image_dir / name)
                 item, gvec = extract_image(img, extractor, guidance, resize_max, dev)
-                if name not in store:
-                    store.add(name, item)
-                if gstore is not None and name not in gstore:
+                if name not in store or name in changed:
+                    store.add(name, item, source)
+                if gstore is not None and (name not in gstore or name in changed):
                     if gvec is None:
                         raise ValueError(f"extractor {config['features']['name']!r} gives no dense map, "
                                          "so no global descriptor; use a preset with guidance")

@@ -11,6 +11,12 @@ Contract (docs/design.md §1):
   and found whichever order is asked for. Pair keys percent-encode each name, so they are
   collision-free (hloc's ``/`` -> ``-`` is not). ``matches0`` int32 (N0,) index into image 1
   or -1; ``matching_scores0`` float32 (N0,).
+* Each ``features.h5`` image group records what its features were made from in its attributes
+  ``source_size``, ``source_mtime_ns`` and ``source_sha1`` (the image file's); each
+  ``matches.h5`` pair records ``source_sha1_0`` / ``source_sha1_1`` of the features it matched.
+  A re-run re-extracts an image whose file changed and re-matches the pairs made from its old
+  features (the new item lands in a newer shard, which wins on merge). Items without the record
+  (older files) are kept.
 * Every file carries the configuration that made it in its root attribute ``config`` (JSON).
   Re-opening with a different configuration raises :class:`ConfigMismatchError`; nothing is
   ever silently mixed.
@@ -24,11 +30,13 @@ rename. A re-run reads the final file plus the surviving shards and skips the ke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -40,6 +48,40 @@ CONFIG_ATTR = "config"
 
 class ConfigMismatchError(RuntimeError):
     """An output file exists but was made with another configuration."""
+
+
+class DamagedFileError(OSError):
+    """An HDF5 file exists but cannot be read (truncated by a full disk, a copy cut short, ...)."""
+
+
+def open_h5(path: Path | str) -> h5py.File:
+    """``path`` opened read-only; a damaged file raises :class:`DamagedFileError` naming it."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if not Path(path).exists():
+            raise
+        raise damaged(path, err) from err
+
+
+def damaged(path: Path | str, err: BaseException) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged and cannot be read ({err}); delete it or re-run with "
+                            "--overwrite to recompute it")
+
+
+@contextmanager
+def read_h5(path: Path | str) -> Iterator[h5py.File]:
+    """``with read_h5(path) as h5``: like ``open_h5``, and a read error inside the block (a
+    truncated dataset) also raises :class:`DamagedFileError` naming the file."""
+    with open_h5(path) as h5:
+        try:
+            yield h5
+        except DamagedFileError:
+            raise
+        except OSError as err:
+            raise damaged(path, err) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,6 +106,56 @@ def canonical_pair(name0: str, name1: str) -> tuple[str, str]:
 
 def config_to_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# what an item was made from
+
+
+def source_record(path: Path | str) -> dict:
+    """Size, mtime and SHA-1 of an input file: the attributes of its ``features.h5`` group."""
+    path = Path(path)
+    st = path.stat()
+    return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns),
+            "source_sha1": _sha1(path)}
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def attr_text(value: object) -> str:
+    """An HDF5 string attribute as str (h5py may give bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def source_changed(record: dict, path: Path | str) -> bool:
+    """Whether ``path`` is no longer the file ``record`` (a group's attributes) was made from.
+
+    No record (a file from an older version) counts as unchanged; a missing file too (it cannot be
+    re-extracted anyway). Size and mtime equal: unchanged without hashing.
+    """
+    if "source_sha1" not in record:
+        return False
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    same_stat = (st.st_size, st.st_mtime_ns) == (int(record.get("source_size", -1)),
+                                                  int(record.get("source_mtime_ns", -1)))
+    if same_stat:
+        return False
+    return _sha1(path) != attr_text(record["source_sha1"])
+
+
+def source_sha1(record: dict) -> str:
+    """The recorded SHA-1 of a features group ('' when unknown)."""
+    return attr_text(record.get("source_sha1", ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,6 +221,7 @@ class ShardedH5:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._buffer: list[tuple[str, dict, dict | None]] = []
+        self._attrs: dict[str, dict] = {}  # key -> attributes of its newest stored version
         self._last_flush = time.monotonic()
         if overwrite:
             self._remove_all()
@@ -168,14 +261,24 @@ class ShardedH5:
         done: set[str] = set()
         sources = ([self.path] if self.path.exists() else []) + self._shards()
         for src in sources:
-            with h5py.File(src, "r") as h5:
+            with read_h5(src) as h5:
                 self._check_config(h5, src)
-                done.update(_item_paths(h5, self.kind))
+                keys = _item_paths(h5, self.kind)
+                done.update(keys)
+                # sources are in write order (final file, then shards by time): the newest wins
+                self._attrs.update({k: dict(h5[k].attrs) for k in keys})
         return done
 
     # ---- public API
     def __contains__(self, key: str) -> bool:
         return key in self._done or any(k == key for k, _, _ in self._buffer)
+
+    def item_attrs(self, key: str) -> dict:
+        """The attributes of the newest version of ``key`` ({} when absent or without any)."""
+        for k, _, attrs in reversed(self._buffer):
+            if k == key:
+                return dict(attrs or {})
+        return dict(self._attrs.get(key, {}))
 
     @property
     def done(self) -> set[str]:
@@ -203,6 +306,7 @@ class ShardedH5:
         _fsync(tmp)
         os.replace(tmp, final)
         self._done.update(k for k, _, _ in self._buffer)
+        self._attrs.update({k: dict(attrs or {}) for k, _, attrs in self._buffer})
         self._buffer.clear()
         self._last_flush = time.monotonic()
 
@@ -216,7 +320,7 @@ class ShardedH5:
         with h5py.File(tmp, "w") as out:
             out.attrs[CONFIG_ATTR] = self.config_json
             for src_path in ([self.path] if self.path.exists() else []) + shards:
-                with h5py.File(src_path, "r") as src:
+                with read_h5(src_path) as src:
                     _copy_items(src, out, _item_paths(src, self.kind))
         _fsync(tmp)
         os.replace(tmp, self.path)
@@ -251,7 +355,7 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
     """Merge finished files (e.g. match shards from several machines) with equal configs."""
     configs = set()
     for src in sources:
-        with h5py.File(src, "r") as h5:
+        with read_h5(src) as h5:
             configs.add(h5.attrs.get(CONFIG_ATTR))
     if len(configs) != 1:
         raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
@@ -261,7 +365,7 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
     with h5py.File(tmp, "w") as out:
         out.attrs[CONFIG_ATTR] = store.config_json
         for src_path in ([dest] if dest.exists() else []) + list(sources):
-            with h5py.File(src_path, "r") as src:
+            with read_h5(src_path) as src:
                 _copy_items(src, out, _item_paths(src, kind))
     os.replace(tmp, dest)
     return dest
@@ -272,19 +376,19 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
 
 
 def read_config(path: Path | str) -> dict:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         value = h5.attrs[CONFIG_ATTR]
     return json.loads(value.decode() if isinstance(value, bytes) else value)
 
 
 def list_names(path: Path | str, kind: str = "features") -> list[str]:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         return sorted(_item_paths(h5, kind))
 
 
 def read_features(path: Path | str, name: str) -> dict[str, np.ndarray]:
     """All datasets of one image; ``keypoints`` float32 (N,2), ``descriptors`` (D,N), ..."""
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         if name not in h5:
             raise KeyError(f"no features for image {name!r} in {path}")
         group = h5[name]
@@ -292,7 +396,7 @@ def read_features(path: Path | str, name: str) -> dict[str, np.ndarray]:
 
 
 def read_keypoints(path: Path | str, name: str) -> np.ndarray:
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         return h5[name]["keypoints"][()].astype(np.float32)
 
 
@@ -370,7 +474,7 @@ def orient_matches(
 def read_matches(path: Path | str, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """Matches of a pair in the order asked: (K, 2) int indices into (name0, name1), (K,) scores."""
     key = pair_key(name0, name1)
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         if key not in h5:
             raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {path}")
         group = h5[key]

@@ -57,6 +57,15 @@ class LocalizationMap:
     image_ids: dict[str, int]  # registered map image name -> image id in the reconstruction
 
 
+def refuse_colmap_sift(model_dir: Path, preset: dict) -> None:
+    """A map of the COLMAP SIFT pipeline cannot localize (whatever other files its folder holds)."""
+    if preset and presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
+        raise LocalizationError(
+            f"{model_dir} was made with COLMAP's own SIFT (preset {preset.get('name', 'sift')!r}): its "
+            "features live only in database.db, so it cannot be used for localization; reconstruct "
+            "with a learned-feature preset (e.g. omniglue) to localize")
+
+
 def map_preset(model_dir: Path) -> dict:
     """The preset the map was made with; its feature config is taken from features.h5 itself.
 
@@ -67,12 +76,9 @@ def map_preset(model_dir: Path) -> dict:
     model_dir = Path(model_dir)
     stored = (io.read_stats(model_dir) or {}).get("preset")
     preset = presets.resolve(stored) if isinstance(stored, (str, dict)) else {}
+    refuse_colmap_sift(model_dir, preset)
     features_path = model_dir / "features.h5"
     if not features_path.exists():
-        if preset and presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
-            raise LocalizationError(
-                f"{model_dir} was made with COLMAP's own SIFT (preset 'sift'): its features live only "
-                "in database.db, so it cannot be used for localization; use a learned-feature preset")
         raise LocalizationError(f"{features_path} does not exist: MODEL_DIR must be a reconstruct output")
     fconf = io.read_config(features_path)
     preset["features"] = fconf["features"]
@@ -102,6 +108,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
         preset = map_preset(model_dir)
     else:
         preset = presets.resolve(preset)
+        refuse_colmap_sift(model_dir, preset)
         fconf = io.read_config(model_dir / "features.h5")
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "

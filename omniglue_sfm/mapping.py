@@ -30,6 +30,9 @@ MAPPERS = ("incremental", "global")
 VERIFY_MAX_TRIALS = 20000
 VERIFY_MIN_INLIER_RATIO = 0.1
 STATS_VERSION = 1
+# beside database.db: what built it; COLMAP SIFT writes it, every other writer of the database
+# removes it first
+DB_STAMP = "database.json"
 MIN_MODEL_SIZE = 3
 
 

@@ -89,7 +89,7 @@ class FeatureCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.h5 = h5py.File(self.path, "r")
+        self.h5 = io.open_h5(self.path)
         self.items: dict[str, dict[str, torch.Tensor]] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -101,6 +101,10 @@ class FeatureCache:
             raw = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
             self.items[name] = features_to_tensors(raw)
         return self.items[name]
+
+    def source_sha1(self, name: str) -> str:
+        """What the image's features were made from ('' when features.h5 does not record it)."""
+        return io.source_sha1(dict(self.h5[name].attrs))
 
     def num_keypoints(self, name: str) -> int:
         return int(self.h5[name]["keypoints"].shape[0])
@@ -163,12 +167,27 @@ def _order_pairs(pairs: list[tuple[str, str]], cache: FeatureCache) -> list[tupl
     return sorted(pairs, key=size)
 
 
-def _store_result(store: io.ShardedH5, name0: str, name1: str, m0: np.ndarray, s0: np.ndarray,
-                  n1: int) -> int:
+def _sources(cache: FeatureCache, a: str, b: str) -> dict[str, str]:
+    """The features a canonical pair (a, b) is matched from, as its ``matches.h5`` attributes."""
+    return {"source_sha1_0": cache.source_sha1(a), "source_sha1_1": cache.source_sha1(b)}
+
+
+def _matched_old_features(store: io.ShardedH5, cache: FeatureCache, pair: tuple[str, str]) -> bool:
+    """Whether a stored pair was matched from other features than ``features.h5`` now holds
+    (an image re-extracted since); pairs without the record (older files) are kept."""
+    recorded = store.item_attrs(io.pair_key(*pair))
+    if "source_sha1_0" not in recorded:
+        return False
+    now = _sources(cache, *io.canonical_pair(*pair))
+    return any(io.attr_text(recorded.get(k, "")) != v for k, v in now.items())
+
+
+def _store_result(store: io.ShardedH5, cache: FeatureCache, name0: str, name1: str, m0: np.ndarray,
+                  s0: np.ndarray, n1: int) -> int:
     m0c, s0c, (a, b) = io.orient_matches(name0, name1, m0, s0, n1)
     n_other = len(m0) if (a, b) != (name0, name1) else n1
     item, attrs = io.write_match_item(m0c, s0c, n_other)
-    store.add(io.pair_key(a, b), item, attrs)
+    store.add(io.pair_key(a, b), item, {**attrs, **_sources(cache, a, b)})
     return int((m0 >= 0).sum())
 
 
@@ -197,10 +216,15 @@ def main(
         pairs = pairs[shard[0]::shard[1]]
         matches_path = shard_path(matches_path, shard)
     store = io.ShardedH5(matches_path, "matches", config, overwrite=overwrite, flush_every=flush_every)
-    todo = [p for p in pairs if io.pair_key(*p) not in store]
-    summary = MatchSummary(num_skipped_existing=len(pairs) - len(todo))
     cache = FeatureCache(features_path)
     try:
+        stored = [p for p in pairs if io.pair_key(*p) in store]
+        redo = {p for p in stored if all(n in cache for n in p) and _matched_old_features(store, cache, p)}
+        if redo:
+            log.info("%d pair(s) were matched from features since re-extracted; matching them again",
+                     len(redo))
+        todo = [p for p in pairs if io.pair_key(*p) not in store or p in redo]
+        summary = MatchSummary(num_skipped_existing=len(pairs) - len(todo))
         missing = sorted({n for p in todo for n in p if n not in cache})
         if missing:
             raise KeyError(f"{len(missing)} image(s) of {pairs_path} have no features in {features_path}: "
@@ -226,7 +250,7 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
     total = 0
     for a, b in empty:
         n0, n1 = cache.num_keypoints(a), cache.num_keypoints(b)
-        _store_result(store, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
+        _store_result(store, cache, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
     if not work:
         return 0
     matcher = PairMatcher(config["matcher"], config["features"], cache.path, device, batch_size)
@@ -235,7 +259,7 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
             batch = work[i:i + matcher.batch_size]
             results = matcher.match_batch([(cache[a], cache[b]) for a, b in batch])
             for (a, b), (m0, s0) in zip(batch, results, strict=True):
-                total += _store_result(store, a, b, m0, s0, cache.num_keypoints(b))
+                total += _store_result(store, cache, a, b, m0, s0, cache.num_keypoints(b))
             bar.update(len(batch))
     return total
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from . import io
@@ -112,7 +111,7 @@ def sequential(
 
 def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
     """(len(names), D) L2-normalised global descriptors."""
-    with h5py.File(global_path, "r") as h5:
+    with io.read_h5(global_path) as h5:
         missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
         if missing:
             raise KeyError(f"{len(missing)} image(s) have no global descriptor in {global_path}: "

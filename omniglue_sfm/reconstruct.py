@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from . import colmap_sift, extract, io, match, pairs, presets, sfm
 from .images import list_images
-from .mapping import ReconstructionError, SfMOptions, SfMResult, add_arguments
+from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .summary import print_sfm_summary, stage
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,53 @@ def check_weights(preset: Mapping) -> None:
             value = config.get(key)
             if isinstance(value, str) and value in weights.KNOWN:
                 weights.resolve_known(value)
+
+
+LEARNED_FILES = ("features.h5", "matches.h5", "global.h5")
+
+
+def recorded_pipeline(output_dir: Path) -> tuple[presets.Pipeline, str] | None:
+    """The pipeline (and preset name) ``output_dir`` holds outputs of, or None when it is new.
+
+    ``stats.json`` records the preset; without it (a run stopped early) the files tell.
+    """
+    stored = (io.read_stats(output_dir) or {}).get("preset")
+    if isinstance(stored, (str, dict)):
+        try:
+            resolved = presets.resolve(stored)
+            return presets.pipeline(resolved), str(resolved.get("name", "?"))
+        except (KeyError, ValueError):
+            pass  # an unknown preset name: fall back on the files
+    if (output_dir / DB_STAMP).exists():
+        return presets.Pipeline.COLMAP_SIFT, "sift"
+    for name in LEARNED_FILES:
+        if (output_dir / name).exists() or (output_dir / f"{name}.parts").exists():
+            return presets.Pipeline.LEARNED, "?"
+    return None
+
+
+def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
+    """Refuse to run another pipeline into ``output_dir`` (its model would be replaced); with
+    ``overwrite``, remove the other pipeline's files so that nothing of it is left beside the new model.
+    """
+    found = recorded_pipeline(output_dir)
+    wanted = presets.pipeline(preset)
+    if found is None or found[0] is wanted:
+        return
+    if not overwrite:
+        raise io.ConfigMismatchError(
+            f"{output_dir} holds outputs of preset {found[1]!r} ({found[0].value} pipeline); preset "
+            f"{preset.get('name', '?')!r} runs the {wanted.value} pipeline and would replace them. "
+            "Use another output folder or --overwrite.")
+    logger.info("--overwrite: removing the %s pipeline's outputs from %s", found[0].value, output_dir)
+    if wanted is presets.Pipeline.COLMAP_SIFT:
+        for name in LEARNED_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(output_dir / f"{name}.parts", ignore_errors=True)
+        (output_dir / "pairs.txt").unlink(missing_ok=True)
+    else:
+        (output_dir / DB_STAMP).unlink(missing_ok=True)
+        shutil.rmtree(output_dir / "oriented_images", ignore_errors=True)
 
 
 def main(
@@ -67,6 +115,7 @@ def main(
     if pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     check_weights(preset)
+    check_pipeline(output_dir, preset, overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
     if presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:

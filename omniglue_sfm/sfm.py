@@ -23,13 +23,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pycolmap
 
 from . import io
 from .cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .mapping import (
+    DB_STAMP,
     STATS_VERSION,
     ReconstructionError,
     SfMOptions,
@@ -78,7 +78,7 @@ def write_images(
 
 
 def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> None:
-    with h5py.File(features_path, "r") as h5:
+    with io.read_h5(features_path) as h5:
         for name, image_id in image_ids.items():
             kps = h5[name]["keypoints"][()].astype(np.float32)
             db.write_keypoints(image_id, kps + 0.5)  # COLMAP: top-left pixel centre at (0.5, 0.5)
@@ -102,7 +102,7 @@ def write_matches(
     """Raw matches of every pair (canonical order). Returns the number of pairs written."""
     missing = []
     written = 0
-    with h5py.File(matches_path, "r") as h5:
+    with io.read_h5(matches_path) as h5:
         for a, b in pairs:
             key = io.pair_key(a, b)
             if key not in h5:
@@ -199,6 +199,8 @@ def build_database(
         image_ids = write_images(db, infos, cameras, assignment)
         write_keypoints(db, features_path, image_ids)
         write_matches(db, matches_path, pairs, image_ids)
+    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
+    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
     os.replace(tmp, db_path)
     return db_path
 

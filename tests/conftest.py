@@ -42,13 +42,17 @@ def save_resized(src: Path, dst: Path, long_side: int) -> None:
             dst, quality=95)
 
 
+def resized_sample(out: Path, num_images: int, long_side: int) -> Path:
+    """The first ``num_images`` sample images, resized, in ``out``."""
+    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:num_images]:
+        save_resized(src, out / src.name, long_side)
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 3 sample images at 256 px (long side)."""
-    out = tmp_path_factory.mktemp("small_scene")
-    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:3]:
-        save_resized(src, out / src.name, 256)
-    return out
+    return resized_sample(tmp_path_factory.mktemp("small_scene"), 3, 256)
 
 
 @pytest.fixture(scope="session")

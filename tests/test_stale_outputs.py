@@ -1,0 +1,145 @@
+"""Issue #10: an output folder never mixes configurations nor keeps stale features."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pycolmap
+import pytest
+from conftest import SAMPLE_IMAGES, resized_sample, save_resized, small_preset
+
+from omniglue_sfm import cli, colmap_sift, extract, io, localize, reconstruct
+from omniglue_sfm.mapping import SfMOptions
+
+SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
+OPTS = SfMOptions(progress=False)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four consecutive sample images at 400 px: both SIFT and ALIKED reconstruct them."""
+    return resized_sample(tmp_path_factory.mktemp("stale_scene"), 4, 400)
+
+
+def _sift_database_is_consistent(db_path: Path) -> bool:
+    with pycolmap.Database.open(db_path) as db:
+        for image in db.read_all_images():
+            n_kp = db.num_keypoints_for_image(image.image_id)
+            if n_kp == 0 or n_kp != db.num_descriptors_for_image(image.image_id):
+                return False
+    return True
+
+
+def test_sift_after_learned_run_rebuilds_the_database(scene, tmp_path):
+    """sift, then aliked+mnn (--overwrite), then sift: the last database is SIFT's, not a mix."""
+    out = tmp_path / "out"
+    reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, overwrite=True,
+                     device="cpu", print_summary=False)
+    result = colmap_sift.main(scene, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
+    assert not result.skipped
+    assert _sift_database_is_consistent(out / "database.db")
+
+
+def _learned_out(scene: Path, out: Path) -> None:
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+                     print_summary=False)
+
+
+def test_switching_pipeline_in_one_output_is_refused_without_overwrite(scene, tmp_path, capsys):
+    learned, sift = tmp_path / "learned", tmp_path / "sift"
+    _learned_out(scene, learned)
+    before = (learned / "sparse" / "images.bin").read_bytes()
+    assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift"]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err and "sift" in err
+    assert (learned / "sparse" / "images.bin").read_bytes() == before
+    assert io.read_stats(learned)["preset"]["name"] == "test-aliked-mnn"
+
+    reconstruct.main(scene, sift, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    with pytest.raises(io.ConfigMismatchError, match="--overwrite"):
+        _learned_out(scene, sift)
+    assert io.read_stats(sift)["preset"]["name"] == "sift"
+
+    # --overwrite starts afresh: no learned file is left beside the SIFT model
+    assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift", "--overwrite"]) == 0
+    assert io.read_stats(learned)["preset"]["name"] == "sift"
+    assert not any((learned / f).exists() for f in ("features.h5", "matches.h5", "global.h5"))
+
+
+def _h5_items(path: Path, kind: str, dataset: str) -> dict:
+    with h5py.File(path, "r") as h5:
+        return {k: h5[k][dataset][()] for k in io.list_names(path, kind)}
+
+
+def test_replaced_image_is_reextracted_and_its_matches_redone(scene, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(scene.glob("*.jpg")):
+        shutil.copy(src, images / src.name)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    _learned_out(images, out)
+    # another photo under the same name
+    save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[5], images / "0003.jpg", 400)
+    _learned_out(images, out)
+    _learned_out(images, fresh)
+    for name, kps in _h5_items(fresh / "features.h5", "features", "keypoints").items():
+        np.testing.assert_allclose(_h5_items(out / "features.h5", "features", "keypoints")[name], kps,
+                                   err_msg=name)
+    got = _h5_items(out / "matches.h5", "matches", "matches0")
+    for key, m0 in _h5_items(fresh / "matches.h5", "matches", "matches0").items():
+        np.testing.assert_array_equal(got[key], m0, err_msg=key)
+
+
+def test_features_without_source_record_are_kept(scene, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(scene.glob("*.jpg"))[:2]:
+        shutil.copy(src, images / src.name)
+    features = tmp_path / "features.h5"
+    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    with h5py.File(features, "r+") as h5:  # an older features.h5: no record of the source
+        for name in io.list_names(features):
+            for attr in list(h5[name].attrs):
+                del h5[name].attrs[attr]
+    before = _h5_items(features, "features", "keypoints")
+    save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[5], images / "0001.jpg", 400)
+    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    after = _h5_items(features, "features", "keypoints")
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+@pytest.mark.parametrize("damaged", ["features.h5", "matches.h5"])
+def test_truncated_h5_is_a_clean_error_naming_the_file(scene, tmp_path, damaged):
+    out = tmp_path / "out"
+    _learned_out(scene, out)
+    (out / "stats.json").unlink()  # force the stages to read their files again
+    path = out / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(cli.user_errors()) as caught:
+        _learned_out(scene, out)
+    message = cli.error_message(caught.value)
+    assert cli.exit_code(caught.value) == 1
+    assert str(path) in message and "--overwrite" in message
+    # and --overwrite recovers
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+                     overwrite=True, print_summary=False)
+
+
+@pytest.mark.parametrize("preset", [None, "sift"])
+@pytest.mark.parametrize("stale_features", [False, True])
+def test_localize_on_a_sift_map_says_sift_maps_cannot_localize(scene, tmp_path, preset, stale_features):
+    out = tmp_path / "out"
+    reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    if stale_features:  # left by a learned run into the same folder before it was refused
+        with io.ShardedH5(out / "features.h5", "features", {"features": small_preset()["features"]}) as s:
+            s.add("0000.jpg", {"keypoints": np.zeros((1, 2), np.float32)})
+    query = sorted(scene.glob("*.jpg"))[0]
+    with pytest.raises(localize.LocalizationError, match="COLMAP's own SIFT") as caught:
+        localize.main(out, query, tmp_path / "loc", preset=preset, device="cpu")
+    assert "extract" not in str(caught.value)
