@@ -75,7 +75,7 @@ def check_compatible(matcher: torch.nn.Module, features_config: dict, features_p
         raise ValueError(f"matcher expects {wanted!r} features but {features_path} holds {fname!r} features")
     if "guidance" in matcher.required_inputs and "guidance" not in features_config:
         raise ValueError(f"{features_path} has no guidance features, which this matcher needs; "
-                         "extract with a preset that has a [guidance] section (e.g. omniglue)")
+                         "extract with a preset that has a [guidance] section (e.g. omniglue-guided)")
     trained = (getattr(matcher, "metadata", None) or {}).get("guidance") or {}
     used = features_config.get("guidance") or {}
     if "guidance" in matcher.required_inputs and trained.get("name") and used.get("name") != trained["name"]:

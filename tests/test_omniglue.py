@@ -81,6 +81,22 @@ def test_padded_batch_equals_one_pair_at_a_time(lightglue_omniglue, cpu_batching
             assert (batch["matches0"][i, n:] == -1).all()
 
 
+def test_pruning_threshold_is_per_pair_not_per_padded_batch(lightglue_omniglue) -> None:
+    """LightGlue prunes only images with more than ``pruning_min_points`` points (1024 on CUDA):
+    a small pair batched with a large one must not be pruned because of the padded width."""
+    conf = {**lightglue_omniglue.conf, "cpu_batching": True, "pruning_min_points": {"cpu": 250}}
+    model = OmniGlue(conf)
+    model.load_state_dict(lightglue_omniglue.state_dict())
+    model.eval()
+    small, large = _pair(200, 180, 11), _pair(400, 380, 12)
+    with torch.inference_mode():
+        batch = model(collate_pairs([small, large]))
+        alone = model(collate_pairs([small]))
+    assert not alone["pruned0"][0].any()  # below the threshold: never pruned
+    assert torch.equal(batch["pruned0"][0, :200], alone["pruned0"][0])
+    assert torch.equal(batch["matches0"][0, :200], alone["matches0"][0])
+
+
 def test_guidance_scale_zero_equals_guidance_off_and_nonzero_changes_matching(lightglue_omniglue) -> None:
     data = collate_pairs([_pair(200, 200, 4, shared=0.5)])
     off = OmniGlue({**lightglue_omniglue.conf, "guidance": False, "depth_confidence": -1,
@@ -154,6 +170,11 @@ def test_checkpoint_on_a_lightglue_base_stores_only_the_difference(tmp_path, lig
     save_checkpoint(model, full, {}, quantize=True)
     q = load_model(str(full))[0].state_dict()
     assert max((q[k] - v).abs().max().item() for k, v in model.state_dict().items()) < 0.05
+
+
+def test_matcher_config_typos_are_errors() -> None:
+    with pytest.raises(ValueError, match="guidence"):
+        OmniGlueMatcher({"weights": "omniglue", "guidence": False})
 
 
 def test_old_checkpoints_are_refused_with_a_clear_message(tmp_path) -> None:

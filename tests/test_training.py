@@ -173,6 +173,17 @@ def test_nll_loss_prefers_the_right_assignment() -> None:
     assert parts["nll_neg"].item() == pytest.approx(0.0)
 
 
+def test_loss_is_finite_with_padded_pairs() -> None:
+    """Pairs of different sizes in one batch: padded rows of the assignment are -inf, which
+    must not turn the loss into NaN (-inf * 0)."""
+    records = _synthetic_records(1, n=40) + _synthetic_records(1, n=28, seed=1)
+    data = D.collate_records(records)
+    assert not data["mask0"].all()
+    model = T.OmniGlue(dict(TINY_MODEL)).train()
+    loss, parts = T.training_loss(model(data), data, confidence_weight=1.0)
+    assert torch.isfinite(loss) and torch.isfinite(parts["nll_pos"]).all()
+
+
 def test_learning_rate_schedule() -> None:
     t = {**T.DEFAULT_TRAIN, "steps": 100, "lr": 1e-3, "warmup_steps": 10, "decay_start": 0.5,
          "final_lr_factor": 0.1}

@@ -113,7 +113,8 @@ class CrossBlock(nn.Module):
 
         Two fused attention calls instead of one explicit logit matrix and two softmaxes:
         the same numbers (softmax(qk0 qk1^T / sqrt(h)) v1 and its transpose), without
-        materialising the (B, H, N, M) logits; 3-6x faster on the CPU at 2048 points."""
+        materialising the (B, H, N, M) logits; 3-6x faster on the CPU at 2048 points. With
+        guidance on, the masks themselves are (B, H, N, M): that memory is the guidance's cost."""
         qk0, qk1 = self._heads(self.to_qk(x0)), self._heads(self.to_qk(x1))
         v0, v1 = self._heads(self.to_v(x0)), self._heads(self.to_v(x1))
         m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=_like(mask01, qk0))
@@ -325,9 +326,10 @@ class OmniGlue(nn.Module):
                 th = self.confidence_threshold(i)
                 for side, tok in ((0, tok0), (1, tok1)):
                     d, mask = (state.d0, state.mask0) if side == 0 else (state.d1, state.mask1)
-                    if d.shape[1] <= min_points:
+                    small = mask.sum(1) <= min_points  # per pair (its real points), not the padded width
+                    if bool(small.all()):
                         continue
-                    keep = head.matchable(d) > 1 - width
+                    keep = (head.matchable(d) > 1 - width) | small[:, None]
                     if tok is not None:  # points still unsure are never pruned
                         keep |= tok <= th
                     state.keep_points(side, keep & mask)
@@ -342,7 +344,7 @@ class OmniGlue(nn.Module):
         pair at batch 4). Same matches as the batched path (tested)."""
         b, n = mask0.shape
         out = {"matches0": torch.full((b, n), -1, dtype=torch.long), "matching_scores0": torch.zeros(b, n),
-               "stop": torch.zeros(b, dtype=torch.long), "pruned0": ~mask0.clone(),
+               "stop": torch.full((b,), self.conf["n_layers"], dtype=torch.long), "pruned0": ~mask0.clone(),
                "pruned1": ~mask1.clone()}
         for k in range(b):
             n0, n1 = int(mask0[k].sum()), int(mask1[k].sum())
@@ -436,8 +438,8 @@ class _Active:
 
     def keep_points(self, side: int, keep: torch.Tensor) -> None:
         """Compact side 0 or 1 to the points ``keep`` (B', N) of each pair (real ones first)."""
-        if bool(keep.all()):
-            return
+        if bool((keep == (self.mask0 if side == 0 else self.mask1)).all()):
+            return  # nothing pruned: padding alone is no reason to re-compact
         count = keep.sum(1)
         width = max(1, int(count.max()))
         # stable sort puts kept points first, in their original order
@@ -489,6 +491,10 @@ class OmniGlueMatcher(Matcher):
 
     def __init__(self, conf: dict) -> None:
         super().__init__(conf)
+        unknown = set(self.conf) - set(OmniGlue.default_conf) - {"weights"}
+        if unknown:  # a typo such as "guidence" must not silently run the default
+            raise ValueError(f"unknown omniglue matcher keys {sorted(unknown)}; "
+                             f"known: weights, {', '.join(sorted(OmniGlue.default_conf))}")
         self.model, self.metadata = load_model(
             self.conf["weights"], {k: v for k, v in self.conf.items() if k in OmniGlue.default_conf})
         self.model.eval()
@@ -588,8 +594,9 @@ def save_checkpoint(model: OmniGlue, path, metadata: dict, quantize: bool = True
                     base: str | None = None) -> None:
     """Write ``{"conf", "state_dict", "metadata"[, "base"]}`` atomically.
 
-    With ``base`` (a LightGlue checkpoint name) only the tensors that differ from it are stored,
-    exactly; otherwise the whole state dict, int8 when ``quantize``."""
+    With ``base`` (a LightGlue checkpoint name) only the tensors that differ from it are stored;
+    otherwise the whole state dict. With ``quantize``, 2-D weights of 4096+ entries are stored
+    as int8 either way (small tensors such as the guidance scales stay exact)."""
     import os
     from pathlib import Path
 
@@ -602,6 +609,8 @@ def save_checkpoint(model: OmniGlue, path, metadata: dict, quantize: bool = True
         ref_state = ref.state_dict()
         state = {k: v for k, v in state.items() if k not in ref_state or not torch.equal(v, ref_state[k])}
         ckpt["base"] = base
+        if quantize:  # a large difference (a retrained trunk) is stored like a full state dict
+            state = quantize_state_dict(state)
     elif quantize:
         state = quantize_state_dict(state)
     ckpt["state_dict"] = state

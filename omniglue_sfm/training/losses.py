@@ -23,7 +23,8 @@ def nll_loss(
     idx = gt0.clamp(min=0)
     log_pos = log_assignment[:, :n, :m].gather(2, idx[..., None])[..., 0]  # (B, N)
     num_pos = pos.sum(1).clamp(min=1)
-    nll_pos = -(log_pos * pos).sum(1) / num_pos
+    # padded rows hold -inf (masked softmax); -inf * 0 would be NaN, so select instead of multiply
+    nll_pos = -torch.where(pos, log_pos, 0.0).sum(1) / num_pos
 
     neg0, neg1 = gt0 == -1, gt1 == -1
     log_neg0 = log_assignment[:, :n, m]

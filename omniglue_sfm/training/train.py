@@ -278,6 +278,9 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     ckpt_path, log_path = out / "last.pt", out / "log.csv"
     with_guidance = bool(cfg.get("guidance")) and cfg["model"].get("guidance", True)
+    if not with_guidance and any(p.startswith("guidance") for p in t["trainable"]):
+        raise ValueError("[train] trainable names the guidance scales, but the data has no guidance "
+                         "([guidance] section) or [model] guidance is false: they would never learn")
 
     torch.manual_seed(cfg["seed"])
     if init_state is None and t["init_checkpoint"]:
@@ -396,8 +399,12 @@ def export(ckpt_path: Path | str, out_path: Path | str, metadata: dict | None = 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # a model trained on top of a LightGlue warm start with frozen parts ships as the difference
-    base = cfg["train"]["warm_start"] if cfg["train"].get("trainable") and not cfg["train"].get(
-        "init_checkpoint") else None
+    # only a base every user can resolve (a known name, not a local path) makes a portable file
+    from .. import weights
+
+    ws = cfg["train"]["warm_start"]
+    frozen_trunk = cfg["train"].get("trainable") and not cfg["train"].get("init_checkpoint")
+    base = ws if frozen_trunk and ws in weights.KNOWN else None
     save_checkpoint(model, out_path, meta, quantize=quantize, base=base)
     out_path.with_suffix(".json").write_text(json.dumps({"conf": conf, "metadata": meta}, indent=2,
                                                         default=str) + "\n")
