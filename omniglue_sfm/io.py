@@ -30,6 +30,8 @@ rename. A re-run reads the final file plus the surviving shards and skips the ke
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -52,6 +54,47 @@ class ConfigMismatchError(RuntimeError):
 
 class DamagedFileError(OSError):
     """An HDF5 file exists but cannot be read (truncated by a full disk, a copy cut short, ...)."""
+
+
+LOCK_NAME = ".omniglue-sfm.lock"
+
+
+class OutputLockedError(OSError):
+    """Another run holds the lock of this output (one run per output folder or file at a time)."""
+
+
+def lock_path(output: Path | str) -> Path:
+    """The lock file of ``output``: ``OUT/.omniglue-sfm.lock`` for a folder, else a hidden
+    ``.NAME.lock`` beside the file (so that match shards in one folder can run side by side)."""
+    output = Path(output)
+    return output / LOCK_NAME if output.is_dir() else output.with_name(f".{output.name}.lock")
+
+
+@contextmanager
+def output_lock(output: Path | str) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking ``flock`` on ``output``'s lock file while the block runs.
+
+    A second run into the same output stops at once with :class:`OutputLockedError` (before it
+    writes anything); the lock goes with the process, also on ``kill -9``. The (empty) lock file
+    is left in place: deleting it would let two runs lock two different files.
+    """
+    path = lock_path(output)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise OutputLockedError(
+                f"{output} is in use by another omniglue-sfm run (it holds {path}); wait for that run "
+                "to finish, or write to another output") from None
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def open_h5(path: Path | str) -> h5py.File:

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import colmap_sift, extract, io, match, pairs, presets, sfm
 from .images import list_images
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
+from .runtime import check_device
 from .summary import print_sfm_summary, stage
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ def recorded_pipeline(output_dir: Path) -> tuple[presets.Pipeline, str] | None:
         if (output_dir / name).exists() or (output_dir / f"{name}.parts").exists():
             return presets.Pipeline.LEARNED, "?"
     return None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` must be a folder or not exist yet."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output folder {output_dir} exists and is not a folder (a file?); "
+                                 "give a folder path")
 
 
 def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
@@ -114,20 +122,26 @@ def main(
         pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
     if pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
+    learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
+    if learned:
+        check_device(device)
     check_weights(preset)
-    check_pipeline(output_dir, preset, overwrite)
+    check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
-    if presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
-        result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
-                                  overwrite)
-    else:
-        result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite, device)
-    result.stats["failed_images"] = result.failed_images
-    result.stats["stage_seconds"] = dict(result.stage_seconds)
-    result.stats["preset"] = preset
-    result.stats["image_dir"] = str(image_dir.resolve())
-    io.write_stats(output_dir, result.stats)
+    with io.output_lock(output_dir):  # one run per output folder
+        check_pipeline(output_dir, preset, overwrite)
+        logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
+        if not learned:
+            result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
+                                      overwrite)
+        else:
+            result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
+                                 device)
+        result.stats["failed_images"] = result.failed_images
+        result.stats["stage_seconds"] = dict(result.stage_seconds)
+        result.stats["preset"] = preset
+        result.stats["image_dir"] = str(image_dir.resolve())
+        io.write_stats(output_dir, result.stats)
     if print_summary:
         print_sfm_summary(result, result.failed_images, result.stage_seconds)
     return result
