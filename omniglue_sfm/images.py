@@ -11,7 +11,9 @@ expanded and 16-bit samples are scaled down to 8 bit.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +67,33 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image before it is even opened (None: a non-empty regular file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return "no such file"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        return f"{type(err).__name__}: {err.strerror or err}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
+    problem = file_problem(path)
+    if problem:
+        raise ImageReadError(path, problem)
     try:
         with Image.open(path) as img:
             img.load()  # decode now: truncated files fail here, not later
