@@ -26,6 +26,7 @@ from .images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     list_images,
+    none_readable,
     read_image,
     resize_for_extraction,
     scale_keypoints,
@@ -185,4 +186,6 @@ def _run_cli(args: argparse.Namespace) -> int:
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
     for name, reason in summary.failed.items():
         print(f"  failed: {name}: {reason}")
-    return 1 if summary.failed and n == 0 else 0
+    if summary.failed and n == 0:
+        raise none_readable(args.images, summary.failed)
+    return 0

@@ -49,6 +49,13 @@ def list_images(root: Path | str) -> list[str]:
     return sorted(found)
 
 
+def none_readable(image_dir: Path | str, failed: dict[str, str]) -> ValueError:
+    """The error for a folder whose images all failed to read (bad input: exit 1, not 2)."""
+    listed = "; ".join(f"{name}: {reason}" for name, reason in list(failed.items())[:5])
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    return ValueError(f"none of the {len(failed)} image(s) in {image_dir} could be read: {listed}{more}")
+
+
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit (or 32-bit) single channel: scale the full range of the type down to 8 bit

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import colmap_sift, extract, io, match, pairs, presets, sfm
-from .images import list_images
+from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .runtime import check_device
 from .summary import print_sfm_summary, stage
@@ -162,6 +162,8 @@ def run_learned(
                                global_path=output_dir / "global.h5",
                                overwrite=overwrite, device=device)
     names = summary.names
+    if not names and summary.failed:
+        raise none_readable(image_dir, summary.failed)
     if len(names) < 2:
         raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):

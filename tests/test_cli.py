@@ -207,3 +207,38 @@ def test_cuda_device_without_cuda_fails_before_any_work(command, tmp_path, textu
     assert code == 1
     assert "no usable CUDA" in _one_error(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["reconstruct", "a", "b", "--pairs", "bogus"],
+    ["extract", "a"],
+    ["nosuch-command"],
+    ["match", "a", "b", "c", "--no-such-option"],
+])
+def test_usage_errors_exit_1_as_readme_says(argv, capsys):
+    code = _exit_code(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")], err
+
+
+def _exit_code(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize(("command", "preset"), [("extract", "aliked-mnn"), ("reconstruct", "aliked-mnn"),
+                                               ("reconstruct", "sift")])
+def test_no_readable_image_is_bad_input_exit_1(command, preset, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_text("not an image")
+    (images / "b.jpg").write_bytes(b"")
+    target = tmp_path / "out" / ("features.h5" if command == "extract" else "")
+    code = cli.main([command, str(images), str(target), "--preset", preset, "--device", "cpu"])
+    line = _one_error(capsys)
+    assert code == 1
+    assert "none of the 2 image(s)" in line and "empty file (0 bytes)" in line
