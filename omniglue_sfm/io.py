@@ -57,6 +57,7 @@ class DamagedFileError(OSError):
 
 
 LOCK_NAME = ".omniglue-sfm.lock"
+_HELD_LOCKS: set[str] = set()  # lock files this process holds (a nested lock of one is a no-op)
 
 
 class OutputLockedError(OSError):
@@ -74,11 +75,16 @@ def lock_path(output: Path | str) -> Path:
 def output_lock(output: Path | str) -> Iterator[Path]:
     """Hold an exclusive, non-blocking ``flock`` on ``output``'s lock file while the block runs.
 
-    A second run into the same output stops at once with :class:`OutputLockedError` (before it
-    writes anything); the lock goes with the process, also on ``kill -9``. The (empty) lock file
+    A second run (another process) into the same output stops at once with
+    :class:`OutputLockedError` (before it writes anything); taking a lock this process already
+    holds is a no-op. The lock goes with the process, also on ``kill -9``. The (empty) lock file
     is left in place: deleting it would let two runs lock two different files.
     """
     path = lock_path(output)
+    key = str(path.resolve())
+    if key in _HELD_LOCKS:  # held by this process already (reconstruct -> sfm): nothing to do
+        yield path
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -89,12 +95,32 @@ def output_lock(output: Path | str) -> Iterator[Path]:
             raise OutputLockedError(
                 f"{output} is in use by another omniglue-sfm run (it holds {path}); wait for that run "
                 "to finish, or write to another output") from None
+        _HELD_LOCKS.add(key)
         try:
             yield path
         finally:
+            _HELD_LOCKS.discard(key)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def check_output_dir(output_dir: Path | str) -> None:
+    """An output folder must be a folder or not exist yet (checked before any work)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output folder {output_dir} exists and is not a folder (a file?); "
+                                 "give a folder path")
+
+
+@contextmanager
+def locked_output_dir(output_dir: Path | str) -> Iterator[Path]:
+    """Check, create and lock an output folder (see :func:`output_lock`) while the block runs."""
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir):
+        yield output_dir
 
 
 def open_h5(path: Path | str) -> h5py.File:

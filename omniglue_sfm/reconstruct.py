@@ -65,13 +65,6 @@ def recorded_pipeline(output_dir: Path) -> tuple[presets.Pipeline, str] | None:
     return None
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """``output_dir`` must be a folder or not exist yet."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output folder {output_dir} exists and is not a folder (a file?); "
-                                 "give a folder path")
-
-
 def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
     """Refuse to run another pipeline into ``output_dir`` (its model would be replaced); with
     ``overwrite``, remove the other pipeline's files so that nothing of it is left beside the new model.
@@ -126,9 +119,7 @@ def main(
     if learned:
         check_device(device)
     check_weights(preset)
-    check_output_dir(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with io.output_lock(output_dir):  # one run per output folder
+    with io.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, overwrite)
         logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
         if not learned:

@@ -151,10 +151,11 @@ def test_lock_is_released_after_a_run(tmp_path):
     from omniglue_sfm import io
 
     with io.output_lock(tmp_path):
-        with pytest.raises(io.OutputLockedError):
-            with io.output_lock(tmp_path):
-                pass
-    with io.output_lock(tmp_path):  # free again
+        with io.output_lock(tmp_path):  # this process holds it already (reconstruct -> sfm): no-op
+            pass
+        with pytest.raises(BlockingIOError), _held(tmp_path / ".omniglue-sfm.lock"):
+            pass
+    with _held(tmp_path / ".omniglue-sfm.lock"):  # free again, for another process too
         pass
 
 
@@ -189,6 +190,22 @@ def test_output_folder_that_is_a_file_is_a_clear_error(tmp_path, textured, monke
     out.write_text("not a folder")
     _no_work(monkeypatch)
     code = cli.main(["reconstruct", str(images), str(out), "--preset", "aliked-mnn"])
+    assert code == 1
+    assert "exists and is not a folder" in _one_error(capsys)
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["sfm", "localize"])
+def test_sfm_or_localize_output_that_is_a_file_is_a_clear_error(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    if command == "sfm":
+        for name in ("images", "f.h5", "m.h5"):
+            (tmp_path / name).mkdir()
+        argv = ["sfm", str(tmp_path / "images"), str(tmp_path / "f.h5"), str(tmp_path / "m.h5"), str(out)]
+    else:
+        argv = ["localize", str(tmp_path), str(tmp_path), str(out)]
+    code = cli.main(argv)
     assert code == 1
     assert "exists and is not a folder" in _one_error(capsys)
     assert out.read_text() == "not a folder"
