@@ -40,8 +40,38 @@ class CameraOptions:
     params: str | None = None  # known intrinsics, comma separated in the model's order
 
     def __post_init__(self) -> None:
+        # checked here, before any work: a bad model or params would otherwise surface only
+        # after extract and match, as COLMAP's internal check message
         if self.mode not in CAMERA_MODES:
             raise ValueError(f"unknown camera mode {self.mode!r}; choose one of {CAMERA_MODES}")
+        check_camera_model(self.model)
+        if self.params:
+            check_camera_params(self.model, self.params)
+
+
+def camera_model_names() -> list[str]:
+    """COLMAP's camera model names (as ``--camera-model`` takes them)."""
+    return [name for name in pycolmap.CameraModelId.__members__ if name != "INVALID"]
+
+
+def check_camera_model(model: str) -> None:
+    if model not in camera_model_names():
+        raise ValueError(f"unknown camera model {model!r}; choose one of {', '.join(camera_model_names())}")
+
+
+def check_camera_params(model: str, params: str) -> None:
+    """``params`` (comma separated) must be numbers, as many as ``model`` has."""
+    info = pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1).params_info
+    want = len(info.split(","))
+    parts = [p.strip() for p in params.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"camera params {params!r} are not all numbers; model {model} takes "
+                         f"{want} comma-separated numbers ({info})") from None
+    if len(values) != want:
+        raise ValueError(f"camera params {params!r} give {len(values)} number(s); model {model} takes "
+                         f"{want} ({info})")
 
 
 @dataclass(frozen=True)

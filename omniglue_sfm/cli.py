@@ -6,7 +6,8 @@ Each stage module exposes ``add_cli(subparsers)`` which registers its subcommand
 Error policy, the same for every command: a user error (a missing or unreadable input, a bad
 option, missing weights, an output made with another configuration, a scene that does not
 reconstruct) prints one line ``error: ...`` on stderr, no traceback (``-v`` logs it), and exits
-with 1, or 2 when the scene did not reconstruct. Anything else is a bug and keeps its traceback.
+with 1, or 2 when the scene did not reconstruct. Usage errors (an unknown option, a bad value) exit
+1 too, not argparse's 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,18 @@ STAGE_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the error policy: a usage error (unknown option, bad value) is bad input, so
+    it exits 1 with its ``error: ...`` line (argparse itself would exit 2, the code of a scene that
+    did not reconstruct). Sub-command parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="omniglue-sfm",
         description="Photos -> COLMAP model with OmniGlue, LightGlue, SuperGlue or SIFT matching.",
     )

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from . import io, mapping, pairs, presets, sfm
 from .cameras import ImageInfo, make_cameras
-from .images import list_images
+from .images import file_problem, list_images, none_readable
 from .mapping import DB_STAMP
 from .runtime import num_threads
 
@@ -50,6 +50,11 @@ def prepare_images(
     infos, rotated = [], []
     failed: dict[str, str] = {}
     for name in names:
+        problem = file_problem(image_dir / name)  # a broken link, a link loop, an empty file
+        if problem:
+            logger.warning("skipping %s: %s", name, problem)
+            failed[name] = problem
+            continue
         try:
             (w, h), is_rotated = _oriented_size(image_dir / name)
         except OSError as err:  # PIL's UnidentifiedImageError included
@@ -183,6 +188,8 @@ def main(
     t0 = time.perf_counter()
     read_dir, infos, failed = prepare_images(image_dir, names, output_dir / "oriented_images")
     names = [i.name for i in infos]
+    if not names and failed:
+        raise none_readable(image_dir, failed)
     if len(names) < 2:
         raise mapping.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     if not _db_state_matches(db_path, config_key):

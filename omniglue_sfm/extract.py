@@ -22,8 +22,16 @@ from tqdm import tqdm
 from . import io, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
-from .images import ImageReadError, list_images, read_image, resize_for_extraction, scale_keypoints
-from .runtime import default_device
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_images,
+    none_readable,
+    read_image,
+    resize_for_extraction,
+    scale_keypoints,
+)
+from .runtime import check_device, default_device
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,19 @@ def main(
     config = features_config(preset)
     image_dir = Path(image_dir)
     names = list(image_names) if image_names is not None else list_images(image_dir)
+    if not names and image_names is None:
+        raise FileNotFoundError(f"no images found in {image_dir} (searched recursively for "
+                                f"{', '.join(IMAGE_EXTENSIONS)})")
+    check_device(device)
+    features_path = Path(features_path)
+    features_path.parent.mkdir(parents=True, exist_ok=True)
+    with io.output_lock(features_path):  # one run per output file
+        return _extract(image_dir, features_path, config, names, global_path, overwrite, device,
+                        flush_every, start)
+
+
+def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str], global_path: Path | None,
+             overwrite: bool, device: str | None, flush_every: int, start: float) -> ExtractSummary:
     store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
     gstore = None
     if global_path is not None:
@@ -165,4 +186,6 @@ def _run_cli(args: argparse.Namespace) -> int:
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
     for name, reason in summary.failed.items():
         print(f"  failed: {name}: {reason}")
-    return 1 if summary.failed and n == 0 else 0
+    if summary.failed and n == 0:
+        raise none_readable(args.images, summary.failed)
+    return 0

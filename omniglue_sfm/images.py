@@ -11,7 +11,9 @@ expanded and 16-bit samples are scaled down to 8 bit.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,13 @@ def list_images(root: Path | str) -> list[str]:
     return sorted(found)
 
 
+def none_readable(image_dir: Path | str, failed: dict[str, str]) -> ValueError:
+    """The error for a folder whose images all failed to read (bad input: exit 1, not 2)."""
+    listed = "; ".join(f"{name}: {reason}" for name, reason in list(failed.items())[:5])
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    return ValueError(f"none of the {len(failed)} image(s) in {image_dir} could be read: {listed}{more}")
+
+
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit (or 32-bit) single channel: scale the full range of the type down to 8 bit
@@ -65,11 +74,33 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image before it is even opened (None: a non-empty regular file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return "no such file"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        return f"{type(err).__name__}: {err.strerror or err}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
+    problem = file_problem(path)
+    if problem:
+        raise ImageReadError(path, problem)
     try:
         with Image.open(path) as img:
             img.load()  # decode now: truncated files fail here, not later

@@ -305,6 +305,7 @@ def main(
     map_images = Path(map_images) if map_images else None
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
+    io.check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     lmap = load_map(model_dir, preset)
     image_dir, qlist = resolve_queries(queries, image_dir)

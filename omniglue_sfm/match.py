@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import io, presets, registry, weights
 from .matchers.base import collate_pairs, features_to_tensors, to_device
-from .runtime import autocast, default_device
+from .runtime import autocast, check_device, default_device
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +209,24 @@ def main(
     start = time.perf_counter()
     preset = presets.resolve(preset)
     features_path = Path(features_path)
-    config = match_config(preset, features_path)
-    pairs = io.unique_pairs(io.read_pairs(pairs_path))
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    if shard is not None:
-        pairs = pairs[shard[0]::shard[1]]
-        matches_path = shard_path(matches_path, shard)
+    check_device(device)
+    matches_path = Path(matches_path) if shard is None else shard_path(Path(matches_path), shard)
+    matches_path.parent.mkdir(parents=True, exist_ok=True)
+    with io.output_lock(matches_path):  # one run per output file
+        config = match_config(preset, features_path)
+        pairs = io.unique_pairs(io.read_pairs(pairs_path))
+        if shard is not None:
+            pairs = pairs[shard[0]::shard[1]]
+        summary = _match(features_path, pairs_path, matches_path, pairs, config, overwrite, device,
+                         batch_size, flush_every)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: list[tuple[str, str]],
+           config: dict, overwrite: bool, device: str | None, batch_size: int | None,
+           flush_every: int) -> MatchSummary:
     store = io.ShardedH5(matches_path, "matches", config, overwrite=overwrite, flush_every=flush_every)
     cache = FeatureCache(features_path)
     try:
@@ -236,7 +248,6 @@ def main(
                 summary.mean_matches = total / len(todo)
     finally:
         cache.close()
-    summary.seconds = time.perf_counter() - start
     return summary
 
 

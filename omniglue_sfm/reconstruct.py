@@ -16,8 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import colmap_sift, extract, io, match, pairs, presets, sfm
-from .images import list_images
+from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
+from .runtime import check_device
 from .summary import print_sfm_summary, stage
 
 logger = logging.getLogger(__name__)
@@ -114,20 +115,24 @@ def main(
         pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
     if pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
+    learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
+    if learned:
+        check_device(device)
     check_weights(preset)
-    check_pipeline(output_dir, preset, overwrite)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
-    if presets.pipeline(preset) is presets.Pipeline.COLMAP_SIFT:
-        result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
-                                  overwrite)
-    else:
-        result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite, device)
-    result.stats["failed_images"] = result.failed_images
-    result.stats["stage_seconds"] = dict(result.stage_seconds)
-    result.stats["preset"] = preset
-    result.stats["image_dir"] = str(image_dir.resolve())
-    io.write_stats(output_dir, result.stats)
+    with io.locked_output_dir(output_dir):  # one run per output folder
+        check_pipeline(output_dir, preset, overwrite)
+        logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
+        if not learned:
+            result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
+                                      overwrite)
+        else:
+            result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
+                                 device)
+        result.stats["failed_images"] = result.failed_images
+        result.stats["stage_seconds"] = dict(result.stage_seconds)
+        result.stats["preset"] = preset
+        result.stats["image_dir"] = str(image_dir.resolve())
+        io.write_stats(output_dir, result.stats)
     if print_summary:
         print_sfm_summary(result, result.failed_images, result.stage_seconds)
     return result
@@ -148,6 +153,8 @@ def run_learned(
                                global_path=output_dir / "global.h5",
                                overwrite=overwrite, device=device)
     names = summary.names
+    if not names and summary.failed:
+        raise none_readable(image_dir, summary.failed)
     if len(names) < 2:
         raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):

@@ -155,6 +155,7 @@ def main(
     for path in (image_dir, features_path, matches_path) + ((pairs_path,) if pairs_path else ()):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+    io.check_output_dir(output_dir)
     camera = options.camera
     names = sorted(image_names) if image_names is not None else io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)
@@ -163,22 +164,22 @@ def main(
         "camera_model": camera.model, "camera_params": camera.params, "mapper": options.mapper,
         "features": file_signature(features_path), "matches": file_signature(matches_path),
     })
-    output_dir.mkdir(parents=True, exist_ok=True)
-    previous = load_previous(output_dir, key)
-    if previous is not None:
-        logger.info("sfm: reusing the model in %s (same inputs)", output_dir / "sparse")
-        return previous
-    configure_colmap_logging(output_dir, options.verbose)
-    stats: dict = {"fingerprint": key, "mapper": options.mapper, "camera_mode": camera.mode,
-                   "camera_model": camera.model, "seconds": {}}
-    t0 = time.perf_counter()
-    db_path = build_database(output_dir / "database.db", image_dir, features_path, matches_path,
-                             names, pairs, camera)
-    stats["seconds"]["database"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    verify(db_path)
-    stats["seconds"]["verification"] = time.perf_counter() - t0
-    return map_and_write(db_path, image_dir, output_dir, names, options.mapper, stats, options.progress)
+    with io.locked_output_dir(output_dir):  # one run per output folder (a no-op under reconstruct)
+        previous = load_previous(output_dir, key)
+        if previous is not None:
+            logger.info("sfm: reusing the model in %s (same inputs)", output_dir / "sparse")
+            return previous
+        configure_colmap_logging(output_dir, options.verbose)
+        stats: dict = {"fingerprint": key, "mapper": options.mapper, "camera_mode": camera.mode,
+                       "camera_model": camera.model, "seconds": {}}
+        t0 = time.perf_counter()
+        db_path = build_database(output_dir / "database.db", image_dir, features_path, matches_path,
+                                 names, pairs, camera)
+        stats["seconds"]["database"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        verify(db_path)
+        stats["seconds"]["verification"] = time.perf_counter() - t0
+        return map_and_write(db_path, image_dir, output_dir, names, options.mapper, stats, options.progress)
 
 
 def build_database(

@@ -63,7 +63,7 @@ def test_camera_modes(tmp_path):
         make_cameras(tmp_path, infos + [ImageInfo("b/3.jpg", 48, 64)], CameraOptions("single"))
     cams, _ = make_cameras(tmp_path, infos[:1], CameraOptions("auto", "PINHOLE", "500,501,32,24"))
     assert list(cams[0].params) == [500, 501, 32, 24] and cams[0].has_prior_focal_length
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="PINHOLE takes 4"):  # checked when the options are made
         make_cameras(tmp_path, infos[:1], CameraOptions("auto", "PINHOLE", "500,32"))
 
 

@@ -4,6 +4,8 @@ no traceback, and exit code 1 (2: the scene did not reconstruct)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 
 import pytest
 
@@ -67,3 +69,193 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate", broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["evaluate", ".", "--gt", "."])
+
+
+# --------------------------------------------------------------------------------------------
+# issue #10: checks that come before any work
+
+
+def _image_folder(tmp_path, textured, n=2):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(n):
+        Image.fromarray(textured(64, 80, seed=i)).save(images / f"{i}.png")
+    return images
+
+
+def _no_work(monkeypatch):
+    """Any stage that starts work fails the test (the checks must come first)."""
+    from omniglue_sfm import colmap_sift, io, reconstruct
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(reconstruct, "run_learned", work)
+    monkeypatch.setattr(colmap_sift, "main", work)
+    monkeypatch.setattr(reconstruct, "check_weights", lambda preset: None)
+    monkeypatch.setattr(io, "ShardedH5", work)
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@contextlib.contextmanager
+def _held(lock_file):
+    """Hold ``lock_file`` as another run would (flock locks belong to the open file)."""
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def test_reconstruct_into_a_locked_output_folder_stops_at_once(tmp_path, textured, monkeypatch, capsys):
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    out.mkdir()
+    _no_work(monkeypatch)
+    with _held(out / ".omniglue-sfm.lock"):
+        code = cli.main(["reconstruct", str(images), str(out), "--preset", "aliked-mnn"])
+    assert code == 1
+    assert "in use by another omniglue-sfm run" in _one_error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == [".omniglue-sfm.lock"]
+
+
+@pytest.mark.parametrize("command", ["extract", "match"])
+def test_extract_or_match_into_a_locked_file_stops_at_once(command, tmp_path, textured, monkeypatch, capsys):
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "pairs.txt").write_text("0.png 1.png\n")
+    (tmp_path / "features.h5").write_bytes(b"")
+    _no_work(monkeypatch)
+    name = "features.h5" if command == "extract" else "matches.h5"
+    argv = ([command, str(images), str(out / name)] if command == "extract"
+            else [command, str(tmp_path / "features.h5"), str(tmp_path / "pairs.txt"), str(out / name)])
+    with _held(out / f".{name}.lock"):
+        code = cli.main([*argv, "--preset", "aliked-mnn"])
+    assert code == 1
+    assert "in use by another omniglue-sfm run" in _one_error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == [f".{name}.lock"]
+
+
+def test_lock_is_released_after_a_run(tmp_path):
+    from omniglue_sfm import io
+
+    with io.output_lock(tmp_path):
+        with io.output_lock(tmp_path):  # this process holds it already (reconstruct -> sfm): no-op
+            pass
+        with pytest.raises(BlockingIOError), _held(tmp_path / ".omniglue-sfm.lock"):
+            pass
+    with _held(tmp_path / ".omniglue-sfm.lock"):  # free again, for another process too
+        pass
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    (["--camera-model", "NOSUCH"], "unknown camera model 'NOSUCH'"),
+    (["--camera-params", "500,32"], "model SIMPLE_RADIAL takes 4"),
+    (["--camera-model", "PINHOLE", "--camera-params", "500,x,32,24"], "not all numbers"),
+])
+def test_bad_camera_options_fail_before_any_work(option, words, tmp_path, textured, monkeypatch, capsys):
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    _no_work(monkeypatch)
+    code = cli.main(["reconstruct", str(images), str(out), "--preset", "aliked-mnn", *option])
+    assert code == 1
+    assert words in _one_error(capsys)
+    assert not (out / "features.h5").exists()
+
+
+def test_extract_on_a_folder_without_images_is_an_error_and_writes_nothing(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    out = tmp_path / "out" / "features.h5"
+    code = cli.main(["extract", str(images), str(out), "--preset", "aliked-mnn"])
+    assert code == 1
+    assert "no images found" in _one_error(capsys)
+    assert not out.exists()
+
+
+def test_output_folder_that_is_a_file_is_a_clear_error(tmp_path, textured, monkeypatch, capsys):
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    _no_work(monkeypatch)
+    code = cli.main(["reconstruct", str(images), str(out), "--preset", "aliked-mnn"])
+    assert code == 1
+    assert "exists and is not a folder" in _one_error(capsys)
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["sfm", "localize"])
+def test_sfm_or_localize_output_that_is_a_file_is_a_clear_error(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    if command == "sfm":
+        for name in ("images", "f.h5", "m.h5"):
+            (tmp_path / name).mkdir()
+        argv = ["sfm", str(tmp_path / "images"), str(tmp_path / "f.h5"), str(tmp_path / "m.h5"), str(out)]
+    else:
+        argv = ["localize", str(tmp_path), str(tmp_path), str(out)]
+    code = cli.main(argv)
+    assert code == 1
+    assert "exists and is not a folder" in _one_error(capsys)
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "extract"])
+def test_cuda_device_without_cuda_fails_before_any_work(command, tmp_path, textured, monkeypatch, capsys):
+    import torch
+
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    _no_work(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    target = str(out) if command == "reconstruct" else str(out / "features.h5")
+    code = cli.main([command, str(images), target, "--preset", "aliked-mnn", "--device", "cuda"])
+    assert code == 1
+    assert "no usable CUDA" in _one_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["reconstruct", "a", "b", "--pairs", "bogus"],
+    ["extract", "a"],
+    ["nosuch-command"],
+    ["match", "a", "b", "c", "--no-such-option"],
+])
+def test_usage_errors_exit_1_as_readme_says(argv, capsys):
+    code = _exit_code(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")], err
+
+
+def _exit_code(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize(("command", "preset"), [("extract", "aliked-mnn"), ("reconstruct", "aliked-mnn"),
+                                               ("reconstruct", "sift")])
+def test_no_readable_image_is_bad_input_exit_1(command, preset, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_text("not an image")
+    (images / "b.jpg").write_bytes(b"")
+    target = tmp_path / "out" / ("features.h5" if command == "extract" else "")
+    code = cli.main([command, str(images), str(target), "--preset", preset, "--device", "cpu"])
+    line = _one_error(capsys)
+    assert code == 1
+    assert "none of the 2 image(s)" in line and "empty file (0 bytes)" in line

@@ -76,3 +76,34 @@ def test_resize_and_map_back() -> None:
     np.testing.assert_allclose(scale_keypoints(np.array([[799.5, 47.5]]), scale), [[2499.5, 149.5]])
     same, unit = resize_for_extraction(img[:100, :100], 1600)
     assert same.shape == (100, 100, 3) and (unit == 1).all()
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda p: p.symlink_to(p.with_name("gone.jpg")), "broken symbolic link"),
+    (lambda p: p.symlink_to(p), "symbolic link loop"),
+    (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+    (lambda p: None, "no such file"),
+], ids=["broken-link", "link-loop", "empty", "missing"])
+def test_unreadable_files_say_what_is_wrong(tmp_path: Path, make, reason) -> None:
+    path = tmp_path / "photo.jpg"
+    make(path)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.reason.startswith(reason), info.value.reason
+
+
+def test_broken_links_are_listed_and_reported_by_extract(tmp_path: Path) -> None:
+    from conftest import small_preset
+
+    from omniglue_sfm import extract
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "broken.jpg").symlink_to(images / "gone.jpg")
+    (images / "loop.jpg").symlink_to(images / "loop.jpg")
+    (images / "empty.jpg").write_bytes(b"")
+    summary = extract.main(images, tmp_path / "features.h5", small_preset(), device="cpu")
+    assert summary.names == []
+    assert summary.failed["broken.jpg"].startswith("broken symbolic link")
+    assert summary.failed["loop.jpg"].startswith("symbolic link loop")
+    assert summary.failed["empty.jpg"] == "empty file (0 bytes)"
