@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Matcher
+from .base import Matcher, mutual_matches
 
 VERSION = 2
 
@@ -177,20 +177,6 @@ class TokenConfidence(nn.Module):
         return self.token(d.detach())[..., 0]
 
 
-def mutual_filter(log_p: torch.Tensor, threshold: float, mask0: torch.Tensor | None = None,
-                  mask1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mutual best of exp(log_p[:, :-1, :-1]) above ``threshold``: matches0 (B, N), scores0."""
-    scores = log_p[:, :-1, :-1]
-    if mask0 is not None and mask1 is not None:
-        scores = scores.masked_fill(~(mask0[:, :, None] & mask1[:, None, :]), float("-inf"))
-    max0, idx0 = scores.max(2)
-    idx1 = scores.max(1).indices
-    mutual = idx1.gather(1, idx0) == torch.arange(scores.shape[1], device=scores.device)[None]
-    mscores0 = torch.where(mutual, max0.exp(), max0.new_zeros(()))
-    keep = mutual & (mscores0 > threshold)
-    return torch.where(keep, idx0, -1), torch.where(keep, mscores0, 0.0).float()
-
-
 class OmniGlue(nn.Module):
     default_conf: ClassVar[dict] = {
         "version": VERSION,
@@ -281,7 +267,8 @@ class OmniGlue(nn.Module):
             log_ps.append(self.log_assignment[i](d0, d1, mask0, mask1))
             if i < len(self.token_confidence):
                 tokens.append((self.token_confidence[i](d0), self.token_confidence[i](d1)))
-        matches0, scores0 = mutual_filter(log_ps[-1], self.conf["filter_threshold"], mask0, mask1)
+        matches0, scores0 = mutual_matches(log_ps[-1][:, :-1, :-1].exp(), self.conf["filter_threshold"],
+                                           mask0, mask1)
         return {"matches0": matches0, "matching_scores0": scores0, "log_assignment": log_ps[-1],
                 "log_assignments": log_ps, "token_confidences": tokens}
 
@@ -367,7 +354,7 @@ class OmniGlue(nn.Module):
         sel = done.nonzero()[:, 0]
         mk0, mk1 = state.mask0[sel], state.mask1[sel]
         log_p = self.log_assignment[layer](state.d0[sel], state.d1[sel], mk0, mk1)
-        m0, s0 = mutual_filter(log_p, self.conf["filter_threshold"], mk0, mk1)
+        m0, s0 = mutual_matches(log_p[:, :-1, :-1].exp(), self.conf["filter_threshold"], mk0, mk1)
         ids, idx0, idx1 = state.ids[sel], state.idx0[sel], state.idx1[sel]
         valid = (m0 >= 0) & mk0
         m0 = torch.where(valid, idx1.gather(1, m0.clamp(min=0)), -1)
