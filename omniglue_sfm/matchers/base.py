@@ -22,6 +22,7 @@ alone or padded inside a batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -94,6 +95,35 @@ def collate_pairs(
     data = pad_stack([p[0] for p in pairs], "0", multiple)
     data.update(pad_stack([p[1] for p in pairs], "1", multiple))
     return data
+
+
+def unpadded_pairs(data: dict[str, torch.Tensor]) -> Iterator[tuple[int, dict, int, int]]:
+    """Each pair of a padded batch as a batch of one, cut to its real points: (k, pair, n0, n1).
+
+    ``collate_pairs`` puts the real keypoints first; anything else is an error. Pairs with an
+    image without keypoints are skipped (nothing to match). For matchers that run pair by pair.
+    """
+    b, n = data["keypoints0"].shape[:2]
+    m = data["keypoints1"].shape[1]
+    device = data["keypoints0"].device
+    mask0 = data.get("mask0", torch.ones(b, n, dtype=torch.bool, device=device))
+    mask1 = data.get("mask1", torch.ones(b, m, dtype=torch.bool, device=device))
+    counts0, counts1 = mask0.sum(1).tolist(), mask1.sum(1).tolist()
+    for k in range(b):
+        n0, n1 = int(counts0[k]), int(counts1[k])
+        if n0 == 0 or n1 == 0:
+            continue
+        if not (bool(mask0[k, :n0].all()) and bool(mask1[k, :n1].all())):
+            raise ValueError("a padded batch must hold the real keypoints before the padding (collate_pairs)")
+        pair = {key: _pair_slice(key, value, k, n0, n1) for key, value in data.items()
+                if torch.is_tensor(value) and not key.startswith("mask")}
+        yield k, pair, n0, n1
+
+
+def _pair_slice(key: str, value: torch.Tensor, k: int, n0: int, n1: int) -> torch.Tensor:
+    if key.startswith("image_size"):
+        return value[k:k + 1]
+    return value[k:k + 1, : (n0 if key.endswith("0") else n1)]
 
 
 def mutual_matches(

@@ -10,7 +10,7 @@ import kornia.feature as KF
 import torch
 
 from .. import weights
-from .base import Matcher
+from .base import Matcher, unpadded_pairs
 
 # kornia builds this buffer from the config; the official files do not hold it
 _DERIVED = {"confidence_thresholds"}
@@ -73,15 +73,13 @@ class LightGlueMatcher(Matcher):
             )
         self.eval()
 
-    def _run(self, data: dict, sel: slice | int, n0: int | None = None, n1: int | None = None) -> dict:
-        def side(i: str, n: int | None) -> dict:
-            kp, desc = data[f"keypoints{i}"][sel], data[f"descriptors{i}"][sel]
-            if n is not None:
-                kp, desc = kp[None, :n], desc[None, :n]
-            size = data[f"image_size{i}"][sel]
-            return {"keypoints": kp, "descriptors": desc, "image_size": size.reshape(-1, 2)}
+    def _run(self, data: dict) -> dict:
+        """kornia's LightGlue on an unpadded batch."""
+        def side(i: str) -> dict:
+            return {"keypoints": data[f"keypoints{i}"], "descriptors": data[f"descriptors{i}"],
+                    "image_size": data[f"image_size{i}"].reshape(-1, 2)}
 
-        return self.net({"image0": side("0", n0), "image1": side("1", n1)})
+        return self.net({"image0": side("0"), "image1": side("1")})
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         kp0 = data["keypoints0"]
@@ -96,17 +94,10 @@ class LightGlueMatcher(Matcher):
         scores0 = torch.zeros((b, n), dtype=torch.float32, device=device)
         adaptive = self.conf["depth_confidence"] > 0 or self.conf["width_confidence"] > 0
         if bool(mask0.all()) and bool(mask1.all()) and not adaptive and n > 0 and m > 0:
-            out = self._run(data, slice(None))
+            out = self._run(data)
             return {"matches0": out["matches0"], "matching_scores0": out["matching_scores0"].float()}
-        counts0, counts1 = mask0.sum(1).tolist(), mask1.sum(1).tolist()
-        for k in range(b):
-            # collate_pairs puts the real keypoints first, padding after them
-            n0, n1 = int(counts0[k]), int(counts1[k])
-            if n0 == 0 or n1 == 0:
-                continue
-            if not (bool(mask0[k, :n0].all()) and bool(mask1[k, :n1].all())):
-                raise ValueError("LightGlueMatcher expects real keypoints before the padding (collate_pairs)")
-            out = self._run(data, k, n0, n1)
+        for k, pair, n0, _ in unpadded_pairs(data):
+            out = self._run(pair)
             matches0[k, :n0] = out["matches0"][0]
             scores0[k, :n0] = out["matching_scores0"][0].float()
         return {"matches0": matches0, "matching_scores0": scores0}

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Matcher, mutual_matches
+from .base import Matcher, mutual_matches, unpadded_pairs
 
 VERSION = 2
 
@@ -333,14 +333,7 @@ class OmniGlue(nn.Module):
         out = {"matches0": torch.full((b, n), -1, dtype=torch.long), "matching_scores0": torch.zeros(b, n),
                "stop": torch.full((b,), self.conf["n_layers"], dtype=torch.long), "pruned0": ~mask0.clone(),
                "pruned1": ~mask1.clone()}
-        for k in range(b):
-            n0, n1 = int(mask0[k].sum()), int(mask1[k].sum())
-            if n0 == 0 or n1 == 0:  # nothing to match
-                continue
-            if not (bool(mask0[k, :n0].all()) and bool(mask1[k, :n1].all())):
-                raise ValueError("OmniGlue expects real keypoints before the padding (collate_pairs)")
-            pair = {key: _slice_pair(key, value, k, n0, n1) for key, value in data.items()
-                    if not key.startswith("mask")}
+        for k, pair, n0, n1 in unpadded_pairs(data):
             one = self._forward_adaptive(pair)
             out["matches0"][k, :n0] = one["matches0"][0]
             out["matching_scores0"][k, :n0] = one["matching_scores0"][0]
@@ -363,13 +356,6 @@ class OmniGlue(nn.Module):
             matches0[ids[k], idx0[k, real]] = m0[k, real]
             scores0[ids[k], idx0[k, real]] = torch.where(valid[k, real], s0[k, real], 0.0)
         stop[ids] = layer + 1
-
-
-def _slice_pair(key: str, value: torch.Tensor, k: int, n0: int, n1: int) -> torch.Tensor:
-    """Pair ``k`` of a padded batch as a batch of one, cut to its real points."""
-    if not torch.is_tensor(value) or key.startswith("image_size"):
-        return value[k:k + 1] if torch.is_tensor(value) else value
-    return value[k:k + 1, : (n0 if key.endswith("0") else n1)]
 
 
 def _any_or_all(mask: torch.Tensor) -> torch.Tensor:
