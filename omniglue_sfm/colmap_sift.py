@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,19 +122,40 @@ def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None)
         pycolmap.match_sequential(db_path, matching, pairing, verification)
 
 
+def _read_stamp(db_path: Path) -> dict:
+    try:
+        return json.loads(db_path.with_name(DB_STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def image_sources(image_dir: Path, names: Sequence[str], db_path: Path) -> dict[str, dict]:
+    """What each readable image is (size, mtime, SHA-1: ``io.source_record``), so that a photo
+    replaced under the same name changes the configuration and the database is rebuilt.
+
+    Records of the last run (in the database stamp) are reused while size and mtime agree, so
+    only new or touched files are hashed.
+    """
+    previous = _read_stamp(db_path).get("sources", {})
+    records = {}
+    for name in names:
+        path = image_dir / name
+        if file_problem(path):
+            continue
+        old = previous.get(name)
+        records[name] = old if old and not io.source_changed(old, path) else io.source_record(path)
+    return records
+
+
 def _db_state_matches(db_path: Path, config_key: str) -> bool:
     """Whether ``database.db`` was built by COLMAP SIFT with ``config_key`` (its stamp says so).
 
     Every other writer of ``database.db`` (the learned pipelines' sfm stage) removes the stamp
     first, so a stamp left by an older run is never trusted for a database it did not describe.
     """
-    state = db_path.with_name(DB_STAMP)
-    if not db_path.exists() or not state.exists():
+    if not db_path.exists():
         return False
-    try:
-        stamp = json.loads(state.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+    stamp = _read_stamp(db_path)
     return stamp.get("pipeline") == presets.Pipeline.COLMAP_SIFT.value and stamp.get("config") == config_key
 
 
@@ -166,13 +188,15 @@ def main(
     output_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     pairs_list = io.read_pairs(pairs_path) if pairs_path else None
+    db_path = output_dir / "database.db"
+    sources = image_sources(image_dir, names, db_path)
     config_key = mapping.fingerprint({
         "features": preset.get("features"), "names": names, "camera_mode": camera.mode,
         "camera_model": camera.model, "camera_params": camera.params, "pairs_mode": pairs_mode,
         "window": window, "pairs": pairs_list,
+        "sources": {n: r["source_sha1"] for n, r in sources.items()},
     })
     key = mapping.fingerprint({"db": config_key, "mapper": mapper, "version": mapping.STATS_VERSION})
-    db_path = output_dir / "database.db"
     if overwrite:
         db_path.with_name(DB_STAMP).unlink(missing_ok=True)
         db_path.unlink(missing_ok=True)
@@ -186,13 +210,16 @@ def main(
                    "camera_model": camera.model, "preset": preset, "seconds": {}}
 
     t0 = time.perf_counter()
+    rebuild = not _db_state_matches(db_path, config_key)
+    if rebuild:  # upright copies of replaced photos would be stale too
+        shutil.rmtree(output_dir / "oriented_images", ignore_errors=True)
     read_dir, infos, failed = prepare_images(image_dir, names, output_dir / "oriented_images")
     names = [i.name for i in infos]
     if not names and failed:
         raise none_readable(image_dir, failed)
     if len(names) < 2:
         raise mapping.ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
-    if not _db_state_matches(db_path, config_key):
+    if rebuild:
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
         db_path.with_name(DB_STAMP).unlink(missing_ok=True)
@@ -201,7 +228,7 @@ def main(
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
         io.write_json(output_dir / DB_STAMP, {"pipeline": presets.Pipeline.COLMAP_SIFT.value,
-                                              "config": config_key})
+                                              "config": config_key, "sources": sources})
     print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
     pycolmap.extract_features(
         db_path, read_dir, image_names=list(names),

@@ -27,7 +27,7 @@ from .images import (
     ImageReadError,
     list_images,
     none_readable,
-    read_image,
+    read_image_sized,
     resize_for_extraction,
     scale_keypoints,
 )
@@ -56,10 +56,14 @@ def features_config(preset: dict) -> dict:
 
 def extract_image(
     img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
-    resize_max: int | None, device: torch.device,
+    resize_max: int | None, device: torch.device, full_size: tuple[int, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor."""
-    resized, scale = resize_for_extraction(img, resize_max)
+    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor.
+
+    ``full_size`` (W, H): the original's size when ``img`` was decoded reduced (large images).
+    """
+    resized, scale = resize_for_extraction(img, resize_max, full_size)
+    full_w, full_h = full_size or (img.shape[1], img.shape[0])
     tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
     tensor = tensor.to(device=device, dtype=torch.float32) / 255.0
     with torch.inference_mode():
@@ -69,7 +73,7 @@ def extract_image(
             "keypoints": scale_keypoints(kp.cpu().numpy(), scale),
             "scores": pred["scores"].cpu().numpy().astype(np.float32),
             "descriptors": pred["descriptors"].t().cpu().numpy().astype(np.float32),  # (D, N)
-            "image_size": np.array([img.shape[1], img.shape[0]], dtype=np.int64),
+            "image_size": np.array([full_w, full_h], dtype=np.int64),
         }
         if guidance is not None:
             gout = guidance(tensor, pred)
@@ -135,13 +139,13 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
         with store, (gstore if gstore is not None else nullcontext()):
             for name in tqdm(todo, desc="extract", unit="img", dynamic_ncols=True):
                 try:
-                    img = read_image(image_dir / name)
+                    img, full_size = read_image_sized(image_dir / name, resize_max)
                 except ImageReadError as err:
                     log.warning("skipping %s: %s", name, err.reason)
                     summary.failed[name] = err.reason
                     continue
                 source = io.source_record(image_dir / name)
-                item, gvec = extract_image(img, extractor, guidance, resize_max, dev)
+                item, gvec = extract_image(img, extractor, guidance, resize_max, dev, full_size)
                 if name not in store or name in changed:
                     store.add(name, item, source)
                 if gstore is not None and (name not in gstore or name in changed):

@@ -7,19 +7,34 @@ EXIF-oriented frame. A phone photo stored landscape with orientation tag 6 there
 
 Every image becomes (H, W, 3) uint8 RGB: grayscale is repeated, alpha is dropped, palettes are
 expanded and 16-bit samples are scaled down to 8 bit.
+
+Large images: Pillow's decompression-bomb guard (a warning above 89 MP, an error above 179 MP) is
+meant for untrusted uploads; a 200 MP phone photo is a normal input here. We lift it for the files
+we chose to read and apply our own limit, ``MAX_PIXELS``, checked from the header before any
+decoding. A reader that only needs a smaller picture (extraction at ``resize_max``, point colours)
+asks for ``max_side``: an image above ``LARGE_PIXELS`` is then decoded at reduced size (JPEG's DCT
+scaling through Pillow's ``draft``, else an integer-factor ``reduce``), never below ``max_side``,
+so memory stays bounded. Smaller images are decoded in full, so their results do not change.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MAX_PIXELS = 1_000_000_000  # refuse above one gigapixel (3 GB as RGB): not a photo we can use
+LARGE_PIXELS = 50_000_000  # above this, a reader asking for ``max_side`` gets a reduced decode
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(OSError):
@@ -95,15 +110,25 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`."""
+def read_image(path: Path | str, max_side: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`.
+
+    With ``max_side``, a large image may come back reduced (see the module doc); use
+    :func:`read_image_sized` when the full size matters.
+    """
+    return read_image_sized(path, max_side)[0]
+
+
+def read_image_sized(path: Path | str, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels (as :func:`read_image`) and ``(W, H)`` of the full EXIF-oriented image."""
     path = Path(path)
     problem = file_problem(path)
     if problem:
         raise ImageReadError(path, problem)
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncated files fail here, not later
+        with _without_pillow_bomb_guard(), Image.open(path) as img:
+            full_size = _checked_oriented_size(path, img)
+            img = _decode(img, max_side)
             img = ImageOps.exif_transpose(img)
             arr = _to_uint8_rgb(img)
     except ImageReadError:
@@ -112,23 +137,67 @@ def read_image(path: Path | str) -> np.ndarray:
         raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(path, f"unexpected image shape {arr.shape}")
-    return arr
+    return arr, full_size
 
 
-def resize_for_extraction(img: np.ndarray, resize_max: int | None) -> tuple[np.ndarray, np.ndarray]:
+@contextmanager
+def _without_pillow_bomb_guard() -> Iterator[None]:
+    """Pillow's guard is off while we open a file we chose to read (``MAX_PIXELS`` applies)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _checked_oriented_size(path: Path, img: Image.Image) -> tuple[int, int]:
+    """(W, H) after the EXIF orientation, from the header; refuses images above ``MAX_PIXELS``."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(path, f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the limit of "
+                                   f"{MAX_PIXELS / 1e6:.0f} MP; downscale it first")
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _decode(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Decode ``img``; a large one at reduced size (long side still >= ``max_side``) when asked."""
+    w, h = img.size
+    if not max_side or w * h <= LARGE_PIXELS or max(w, h) <= max_side:
+        img.load()  # decode now: truncated files fail here, not later
+        return img
+    factor = max_side / max(w, h)
+    img.draft(img.mode, (math.ceil(w * factor), math.ceil(h * factor)))  # JPEG only, else a no-op
+    img.load()
+    step = max(img.size) // max_side
+    if step >= 2 and img.mode in ("L", "RGB", "RGBA", "LA", "I", "F", "I;16"):
+        img = img.reduce(step)  # box average over step x step blocks: area-preserving
+    return img
+
+
+def resize_for_extraction(
+    img: np.ndarray, resize_max: int | None, full_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Downscale so the long side is at most ``resize_max`` (never upscale).
 
-    Returns the resized image and ``scale_xy`` = original / resized size per axis; keypoints go
-    back to original pixels with ``(kp + 0.5) * scale_xy - 0.5`` (pixel centres at integers).
+    ``full_size`` (W, H) is the size of the original when ``img`` was decoded reduced
+    (:func:`read_image_sized`); the target size and the scale are computed from it, so a reduced
+    decode gives the same frame as a full one. Returns the resized image and ``scale_xy`` =
+    original / resized size per axis; keypoints go back to original pixels with
+    ``(kp + 0.5) * scale_xy - 0.5`` (pixel centres at integers).
     """
     h, w = img.shape[:2]
-    if not resize_max or resize_max <= 0 or max(h, w) <= resize_max:
-        return img, np.ones(2, dtype=np.float64)
-    factor = resize_max / max(h, w)
-    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    full_w, full_h = full_size or (w, h)
+    if not resize_max or resize_max <= 0 or max(full_w, full_h) <= resize_max:
+        return img, np.array([full_w / w, full_h / h], dtype=np.float64)
+    factor = resize_max / max(full_w, full_h)
+    new_w, new_h = max(1, round(full_w * factor)), max(1, round(full_h * factor))
     # BOX is an area average: no aliasing when shrinking a lot (like cv2.INTER_AREA in hloc)
     resized = np.array(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BOX))
-    return resized, np.array([w / new_w, h / new_h], dtype=np.float64)
+    return resized, np.array([full_w / new_w, full_h / new_h], dtype=np.float64)
 
 
 def scale_keypoints(kp: np.ndarray, scale_xy: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -85,6 +86,7 @@ def output_lock(output: Path | str) -> Iterator[Path]:
     if key in _HELD_LOCKS:  # held by this process already (reconstruct -> sfm): nothing to do
         yield path
         return
+    check_writable(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -105,12 +107,31 @@ def output_lock(output: Path | str) -> Iterator[Path]:
         os.close(fd)
 
 
+def check_writable(folder: Path | str) -> None:
+    """Fail now, before any work, when files cannot be created in ``folder`` (read-only folder or
+    file system). A probe file is created and removed: permission bits alone do not tell (root
+    ignores them, a read-only mount does not show in them)."""
+    folder = Path(folder)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(
+                f"cannot write to {folder} ({os.strerror(err.errno)}): make it writable or choose "
+                "another output") from None
+        raise
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_output_dir(output_dir: Path | str) -> None:
-    """An output folder must be a folder or not exist yet (checked before any work)."""
+    """An output folder must be a writable folder or not exist yet (checked before any work)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output folder {output_dir} exists and is not a folder (a file?); "
                                  "give a folder path")
+    if output_dir.is_dir():
+        check_writable(output_dir)
 
 
 @contextmanager
@@ -470,12 +491,14 @@ def read_keypoints(path: Path | str, name: str) -> np.ndarray:
 
 
 def write_pairs(path: Path | str, pairs: Iterable[tuple[str, str]]) -> None:
+    """Atomic; a file that already holds exactly these pairs is left alone (not even its mtime)."""
     path = Path(path)
+    text = "".join(f"{quote_name(a)} {quote_name(b)}\n" for a, b in pairs)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for a, b in pairs:
-            f.write(f"{quote_name(a)} {quote_name(b)}\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -5,7 +5,10 @@ For every query, through the shared stages: features with the map's extractor co
 similar map images (``pairs.retrieve``), matches with the map's matcher (``match.PairMatcher``);
 then here: 2D-3D correspondences through the map's tracks and LO-RANSAC PnP + refinement (``pnp``).
 
-A query is *localized* only when PnP succeeds with at least ``min_inliers`` inliers. Unlike hloc's
+A query is *localized* only when PnP finds a believable pose (``pnp.pose_doubt``): at least
+``min_inliers`` inliers that are at least ``min_inlier_ratio`` of the 2D-3D correspondences (twice
+the inliers and 30% when the focal length is a guess), a refined focal length within 0.25-5x the
+long side, and a camera centre within twice the map's radius of its centre. Unlike hloc's
 ``localize_sfm`` (which, without clustering, silently reports the pose of the top retrieved image
 when PnP fails), a failed query is reported as failed, with the reason, and gets no pose.
 
@@ -34,7 +37,16 @@ import pycolmap
 from . import extract, io, match, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .matchers.base import features_to_tensors
-from .pnp import correspondences, covisibility_clusters, estimate_pose, ransac_threshold, rigid_to_lists
+from .pnp import (
+    MapExtent,
+    PoseRules,
+    correspondences,
+    covisibility_clusters,
+    estimate_pose,
+    pose_doubt,
+    ransac_threshold,
+    rigid_to_lists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,7 @@ class LocalizationMap:
     global_path: Path
     preset: dict
     image_ids: dict[str, int]  # registered map image name -> image id in the reconstruction
+    extent: MapExtent  # where the map is: a localized camera must be near it
 
 
 def refuse_colmap_sift(model_dir: Path, preset: dict) -> None:
@@ -117,7 +130,7 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
     if not image_ids:
         raise LocalizationError(f"the model in {sparse} has no registered image")
     return LocalizationMap(model_dir, rec, model_dir / "features.h5", model_dir / "global.h5", preset,
-                           image_ids)
+                           image_ids, MapExtent.of(rec))
 
 
 def map_image_dir(model_dir: Path) -> Path | None:
@@ -177,14 +190,20 @@ class QueryResult:
 @dataclass
 class LocalizeOptions:
     num_retrieved: int = 10  # map images retrieved per query
-    min_inliers: int = 12  # PnP inliers needed to call a query localized
+    min_inliers: int = 12  # PnP inliers needed to call a query localized (x2 with a guessed focal)
+    min_inlier_ratio: float = 0.2  # PnP inliers / 2D-3D correspondences (at least 0.3, guessed focal)
     ransac_thresh: float = 12.0  # PnP RANSAC threshold in px for a 1600 px image
     covisibility_clustering: bool = False  # PnP per group of covisible retrieved images, keep the best
     intrinsics_mode: str = "auto"  # "auto" (list, EXIF, guess) or "map" (see module doc)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LocalizeOptions:
-        return cls(args.num_retrieved, args.min_inliers, args.ransac_thresh, args.covisibility_clustering)
+        return cls(args.num_retrieved, args.min_inliers, args.min_inlier_ratio, args.ransac_thresh,
+                   args.covisibility_clustering)
+
+    @property
+    def pose_rules(self) -> PoseRules:
+        return PoseRules(self.min_inliers, self.min_inlier_ratio)
 
 
 def pose_from_correspondences(
@@ -237,9 +256,9 @@ def localize_query(
         result.reason = (f"too few 2D-3D correspondences ({result.num_correspondences}, "
                          f"need {max(4, opts.min_inliers)})" if result.num_correspondences
                          < max(4, opts.min_inliers) else "PnP RANSAC found no pose")
-    elif ret["num_inliers"] < opts.min_inliers:
+    elif doubt := pose_doubt(ret, result.num_correspondences, estimate_focal, lmap.extent, opts.pose_rules):
         result.num_inliers = int(ret["num_inliers"])
-        result.reason = f"too few PnP inliers ({ret['num_inliers']} < {opts.min_inliers})"
+        result.reason = f"pose rejected: {doubt}"
     else:
         result.localized = True
         result.num_inliers = int(ret["num_inliers"])
@@ -305,59 +324,58 @@ def main(
     map_images = Path(map_images) if map_images else None
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
-    io.check_output_dir(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lmap = load_map(model_dir, preset)
-    image_dir, qlist = resolve_queries(queries, image_dir)
-    if not qlist:
-        raise LocalizationError(f"no query image in {queries}")
-    opts = options or LocalizeOptions()
-    if intrinsics == "map":
-        opts = replace(opts, intrinsics_mode="map")
-    elif intrinsics is not None:
-        given = read_intrinsics(intrinsics)
-        for q in qlist:
-            q.camera = q.camera or given.get(q.name)
+    with io.locked_output_dir(output_dir):  # one run per output folder
+        lmap = load_map(model_dir, preset)
+        image_dir, qlist = resolve_queries(queries, image_dir)
+        if not qlist:
+            raise LocalizationError(f"no query image in {queries}")
+        opts = options or LocalizeOptions()
+        if intrinsics == "map":
+            opts = replace(opts, intrinsics_mode="map")
+        elif intrinsics is not None:
+            given = read_intrinsics(intrinsics)
+            for q in qlist:
+                q.camera = q.camera or given.get(q.name)
 
-    qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
-    summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
-                           global_path=qglobal_path, overwrite=overwrite, device=device)
-    results: dict[str, QueryResult] = {
-        name: QueryResult(name, reason=f"image could not be read: {why}")
-        for name, why in summary.failed.items()
-    }
-    ok = [q for q in qlist if q.name not in summary.failed]
-    db_names = sorted(lmap.image_ids)
-    if ok:
-        db_global = ensure_map_global(lmap, output_dir, opts.num_retrieved, map_images, device)
-        if db_global is None:  # small map without global descriptors: all of it, for every query
-            ranked = [list(db_names) for _ in ok]
-        else:
-            ranked = pairs.retrieve(qglobal_path, db_global, [q.name for q in ok], db_names,
-                                    opts.num_retrieved)
-        matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, device)
-        map_features = match.FeatureCache(lmap.features_path)
-        try:
-            for q, retrieved in zip(ok, ranked, strict=True):
-                r = results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher,
-                                                     map_features, opts)
-                log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
-                         else f"NOT localized ({r.reason})")
-        finally:
-            map_features.close()
-    ordered = [results[q.name] for q in qlist]
-    io.write_poses(output_dir / "poses.txt", [(r.name, r.qvec, r.tvec) for r in ordered if r.localized])
-    report = {
-        "model_dir": str(Path(model_dir)),
-        "preset": lmap.preset.get("name"),
-        "options": asdict(opts),
-        "num_queries": len(ordered),
-        "num_localized": sum(r.localized for r in ordered),
-        "seconds": time.perf_counter() - t_start,
-        "queries": {r.name: asdict(r) for r in ordered},
-    }
-    io.write_json(output_dir / "localize.json", report)
-    return report
+        qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
+        summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
+                               global_path=qglobal_path, overwrite=overwrite, device=device)
+        results: dict[str, QueryResult] = {
+            name: QueryResult(name, reason=f"image could not be read: {why}")
+            for name, why in summary.failed.items()
+        }
+        ok = [q for q in qlist if q.name not in summary.failed]
+        db_names = sorted(lmap.image_ids)
+        if ok:
+            db_global = ensure_map_global(lmap, output_dir, opts.num_retrieved, map_images, device)
+            if db_global is None:  # small map without global descriptors: all of it, for every query
+                ranked = [list(db_names) for _ in ok]
+            else:
+                ranked = pairs.retrieve(qglobal_path, db_global, [q.name for q in ok], db_names,
+                                        opts.num_retrieved)
+            matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, device)
+            map_features = match.FeatureCache(lmap.features_path)
+            try:
+                for q, retrieved in zip(ok, ranked, strict=True):
+                    r = results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher,
+                                                         map_features, opts)
+                    log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
+                             else f"NOT localized ({r.reason})")
+            finally:
+                map_features.close()
+        ordered = [results[q.name] for q in qlist]
+        io.write_poses(output_dir / "poses.txt", [(r.name, r.qvec, r.tvec) for r in ordered if r.localized])
+        report = {
+            "model_dir": str(Path(model_dir)),
+            "preset": lmap.preset.get("name"),
+            "options": asdict(opts),
+            "num_queries": len(ordered),
+            "num_localized": sum(r.localized for r in ordered),
+            "seconds": time.perf_counter() - t_start,
+            "queries": {r.name: asdict(r) for r in ordered},
+        }
+        io.write_json(output_dir / "localize.json", report)
+        return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,7 +398,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         "of the best retrieved image (same image size); default: EXIF, else a guess "
                         "refined by PnP")
     p.add_argument("--num-retrieved", type=int, default=10, help="map images retrieved per query")
-    p.add_argument("--min-inliers", type=int, default=12, help="PnP inliers needed to call a query localized")
+    p.add_argument("--min-inliers", type=int, default=12,
+                   help="PnP inliers needed to call a query localized (twice as many when the focal "
+                        "length is a guess)")
+    p.add_argument("--min-inlier-ratio", type=float, default=0.2,
+                   help="share of the 2D-3D correspondences that must be PnP inliers (at least 0.3 "
+                        "when the focal length is a guess)")
     p.add_argument("--ransac-thresh", type=float, default=12.0,
                    help="PnP RANSAC threshold in px for a 1600 px image (scaled with the query size)")
     p.add_argument("--covisibility-clustering", action="store_true",

@@ -176,22 +176,27 @@ def run_mapping(
     return sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
 
 
+COLOR_MAX_SIDE = 4000
+
+
 def extract_colors(rec: pycolmap.Reconstruction, image_dir: Path) -> None:
     """Mean RGB of every 3D point over its observations, sampled in the EXIF-oriented images."""
-    from .images import read_image
+    from .images import read_image_sized
 
     sums = {pid: np.zeros(3) for pid in rec.point3D_ids()}
     counts = dict.fromkeys(sums, 0)
     for image in rec.images.values():
         if not image.has_pose:
             continue
-        pixels = read_image(image_dir / image.name)
+        # a colour needs no more than a few thousand pixels: huge images are decoded reduced
+        pixels, (full_w, full_h) = read_image_sized(image_dir / image.name, max_side=COLOR_MAX_SIDE)
         h, w = pixels.shape[:2]
+        sx, sy = w / full_w, h / full_h
         for p2d in image.points2D:
             if p2d.point3D_id in sums:
                 # COLMAP coordinates: pixel (i, j) covers [j, j+1) x [i, i+1)
-                x = min(max(int(p2d.xy[0]), 0), w - 1)
-                y = min(max(int(p2d.xy[1]), 0), h - 1)
+                x = min(max(int(p2d.xy[0] * sx), 0), w - 1)
+                y = min(max(int(p2d.xy[1] * sy), 0), h - 1)
                 sums[p2d.point3D_id] += pixels[y, x]
                 counts[p2d.point3D_id] += 1
     for pid, total in sums.items():

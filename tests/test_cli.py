@@ -259,3 +259,54 @@ def test_no_readable_image_is_bad_input_exit_1(command, preset, tmp_path, capsys
     line = _one_error(capsys)
     assert code == 1
     assert "none of the 2 image(s)" in line and "empty file (0 bytes)" in line
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """``folder`` unwritable for this process: chmod for a normal user; root ignores permission
+    bits, so there the immutable attribute (chattr +i); skip where neither is possible."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = lambda: folder.chmod(0o755)  # noqa: E731
+    else:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
+    try:
+        yield
+    finally:
+        undo()
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "extract", "sfm", "localize"])
+def test_read_only_output_fails_before_any_work(command, tmp_path, textured, monkeypatch, capsys):
+    images = _image_folder(tmp_path, textured)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("f.h5", "m.h5"):  # sfm's inputs (only their existence is checked first)
+        (tmp_path / name).mkdir()
+    _no_work(monkeypatch)
+    argv = {
+        "reconstruct": ["reconstruct", str(images), str(out), "--preset", "aliked-mnn"],
+        "extract": ["extract", str(images), str(out / "features.h5"), "--preset", "aliked-mnn"],
+        "sfm": ["sfm", str(images), str(tmp_path / "f.h5"), str(tmp_path / "m.h5"), str(out)],
+        "localize": ["localize", str(tmp_path), str(images), str(out)],
+    }[command]
+    with _read_only(out):
+        code = cli.main(argv)
+    assert code == 1
+    assert f"cannot write to {out}" in _one_error(capsys)
+    assert list(out.iterdir()) == []
+
+
+def test_localize_into_a_locked_output_folder_stops_at_once(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with _held(out / ".omniglue-sfm.lock"):
+        code = cli.main(["localize", str(tmp_path), str(tmp_path), str(out)])
+    assert code == 1
+    assert "in use by another omniglue-sfm run" in _one_error(capsys)

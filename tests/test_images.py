@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +110,73 @@ def test_broken_links_are_listed_and_reported_by_extract(tmp_path: Path) -> None
     assert summary.failed["broken.jpg"].startswith("broken symbolic link")
     assert summary.failed["loop.jpg"].startswith("symbolic link loop")
     assert summary.failed["empty.jpg"] == "empty file (0 bytes)"
+
+
+# --------------------------------------------------------------------------------------------
+# large images (issue #10, case 12)
+
+
+def test_pillow_bomb_guard_is_lifted_for_our_reads_and_our_limit_applies(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from omniglue_sfm import images
+
+    Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as if a.png were a 200 MP photo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+        assert read_image(tmp_path / "a.png").shape == (100, 120, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored for everyone else
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
+    with pytest.raises(ImageReadError, match="12000 pixels|above the limit"):
+        read_image(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_large_image_is_decoded_reduced_in_the_same_frame(tmp_path: Path, monkeypatch, suffix) -> None:
+    from omniglue_sfm import images
+
+    rng = np.random.default_rng(0)
+    arr = np.repeat(np.repeat(rng.integers(0, 255, (20, 25, 3), dtype=np.uint8), 32, 0), 32, 1)  # 800x640
+    Image.fromarray(arr).save(tmp_path / f"a{suffix}", quality=95)
+    full, size = images.read_image_sized(tmp_path / f"a{suffix}", 200)
+    assert full.shape == (640, 800, 3) and size == (800, 640)  # small images: decoded in full
+    monkeypatch.setattr(images, "LARGE_PIXELS", 10_000)  # now it counts as large
+    reduced, size = images.read_image_sized(tmp_path / f"a{suffix}", 200)
+    assert size == (800, 640)
+    assert 200 <= max(reduced.shape[:2]) < 800  # reduced, never below what was asked
+    a, scale_a = resize_for_extraction(full, 200)
+    b, scale_b = resize_for_extraction(reduced, 200, size)
+    assert a.shape == b.shape == (160, 200, 3)
+    np.testing.assert_allclose(scale_a, scale_b)
+    a, b = a.astype(int), b.astype(int)
+    assert np.abs(a - b).mean() < 4  # the same picture (JPEG's DCT scaling differs a little at edges)
+    shifted = [np.abs(np.roll(a, (dy, dx), (0, 1)) - b)[2:-2, 2:-2].mean() for dy, dx in [(0, 1), (1, 0)]]
+    assert np.abs(a - b)[2:-2, 2:-2].mean() < min(shifted)  # and not moved by a pixel
+
+
+def test_large_exif_rotated_image_reports_its_upright_size(tmp_path: Path, monkeypatch) -> None:
+    from omniglue_sfm import images
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    monkeypatch.setattr(images, "LARGE_PIXELS", 10_000)
+    pixels, size = images.read_image_sized(tmp_path / "r.jpg", 100)
+    assert size == (300, 400) and pixels.shape[0] > pixels.shape[1]
+
+
+def test_a_100_megapixel_jpeg_is_read_for_extraction_in_bounded_memory(tmp_path: Path) -> None:
+    """In a fresh process, whose peak RSS (VmHWM: ru_maxrss would keep the parent's across exec)
+    is this read's; a full decode alone needs 108 MP x 3 bytes = 324 MB."""
+    Image.linear_gradient("L").resize((12000, 9000)).convert("RGB").save(tmp_path / "big.jpg", quality=70)
+    code = ("import sys; from omniglue_sfm.images import read_image_sized; "
+            "arr, size = read_image_sized(sys.argv[1], 1600); "
+            "peak = next(int(line.split()[1]) for line in open('/proc/self/status') "
+            "if line.startswith('VmHWM')); "
+            "print(arr.shape[0], arr.shape[1], size[0], size[1], peak // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.jpg")], check=True,
+                         capture_output=True, text=True)
+    h, w, full_w, full_h, peak_mb = (int(v) for v in out.stdout.split())
+    assert (full_w, full_h) == (12000, 9000) and 1600 <= max(h, w) < 12000
+    assert peak_mb < 250, f"peak RSS {peak_mb} MB"

@@ -52,7 +52,7 @@ def synthetic_map(tmp_path: Path, num_images: int = 4, num_points: int = 400, sp
     preset = {"name": "synthetic", "features": config["features"], "matcher": {"name": "mnn"}}
     image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
     lmap = localize.LocalizationMap(tmp_path, rec, tmp_path / "features.h5", tmp_path / "global.h5", preset,
-                                    image_ids)
+                                    image_ids, pnp.MapExtent.of(rec))
     return lmap, xyz, desc
 
 
@@ -143,6 +143,81 @@ def test_random_matches_fail_pnp_with_a_reason(tmp_path):
                                              localize.LocalizeOptions(), result)
     assert result.num_correspondences > 100
     assert ret is None or ret["num_inliers"] < 0.2 * result.num_correspondences
+
+
+# --------------------------------------------------------------------------------------------
+# believable poses only (issue #10, case 4)
+
+
+def _partly_wrong_query(tmp_path: Path, xyz: np.ndarray, desc: np.ndarray, true_share: float) -> None:
+    """A query whose matches are right for ``true_share`` of its keypoints and wrong (a random other
+    3D point's descriptor at a random place) for the rest, as with a mirrored copy of a map photo."""
+    rng = np.random.default_rng(11)
+    uv, vis = project(QUERY_POSE, 500.0, (640, 480), xyz)
+    idx = np.flatnonzero(vis)
+    num_true = int(true_share * len(idx))
+    wrong = rng.permutation(len(xyz))[: len(idx) - num_true]
+    kps = np.concatenate([uv[idx[:num_true]] - 0.5, rng.uniform([0, 0], [640, 480], (len(wrong), 2))])
+    write_query(tmp_path / "q.h5", "query.jpg", kps, np.concatenate([desc[idx[:num_true]], desc[wrong]]))
+
+
+@pytest.mark.parametrize(("focal", "localized"), [("given", True), ("guessed", False)])
+def test_a_fifth_of_right_matches_needs_a_known_focal_length(tmp_path, focal, localized):
+    """The mirrored map photo of issue #10 had 17% inliers and a guessed focal: such a pose is
+    rejected with the reason; the same evidence with a known focal length is enough."""
+    lmap, xyz, desc = synthetic_map(tmp_path)
+    _partly_wrong_query(tmp_path, xyz, desc, true_share=0.2)
+    camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480, params=[500.0, 320, 240])
+    query = cameras.Query("query.jpg", camera if focal == "given" else None)
+    matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, "cpu")
+    cache = match.FeatureCache(lmap.features_path)
+    result = localize.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
+                                     matcher, cache, localize.LocalizeOptions())
+    assert result.localized == localized, (result.reason, result.num_inliers, result.num_correspondences)
+    if not localized:
+        assert "share of PnP inliers" in result.reason and "focal length guessed" in result.reason
+        assert result.qvec is None and result.num_inliers > 0
+
+
+def _pnp_result(inliers: int, focal: float, centre: np.ndarray) -> dict:
+    camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=640, height=480, params=[focal, 320, 240, 0.0])
+    world_from_cam = pycolmap.Rigid3d(pycolmap.Rotation3d(), centre)
+    return {"num_inliers": inliers, "camera": camera, "cam_from_world": world_from_cam.inverse()}
+
+
+def test_pose_doubt_names_each_rule():
+    extent = pnp.MapExtent(centre=np.zeros(3), radius=10.0)
+    rules = pnp.PoseRules(min_inliers=12, min_inlier_ratio=0.2)
+    near = np.array([1.0, 2.0, 3.0])
+    assert pnp.pose_doubt(_pnp_result(100, 500, near), 200, False, extent, rules) is None
+    assert pnp.pose_doubt(_pnp_result(100, 500, near), 200, True, extent, rules) is None
+    few = pnp.pose_doubt(_pnp_result(20, 500, near), 30, True, extent, rules)
+    assert "too few PnP inliers (20 < 24" in few
+    assert "share" in pnp.pose_doubt(_pnp_result(30, 500, near), 200, False, extent, rules)
+    assert pnp.pose_doubt(_pnp_result(50, 500, near), 200, False, extent, rules) is None  # 25%
+    assert "share" in pnp.pose_doubt(_pnp_result(50, 500, near), 200, True, extent, rules)  # < 30%
+    assert "focal length 100 px" in pnp.pose_doubt(_pnp_result(100, 100, near), 200, True, extent, rules)
+    assert "focal length 4000 px" in pnp.pose_doubt(_pnp_result(100, 4000, near), 200, True, extent, rules)
+    assert pnp.pose_doubt(_pnp_result(100, 4000, near), 200, False, extent, rules) is None  # given focal
+    far = np.array([0.0, 0.0, 25.0])
+    assert "far outside the map" in pnp.pose_doubt(_pnp_result(100, 500, far), 200, False, extent, rules)
+
+
+def test_map_extent_is_robust_to_a_few_far_points():
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="SIMPLE_PINHOLE", width=64, height=48,
+                                                    params=[50.0, 32, 24], camera_id=1))
+    for i in range(3):
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{i}.jpg", camera_id=1, image_id=i + 1),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(), np.array([i - 1.0, 0, 0])))
+    rng = np.random.default_rng(0)
+    for p in rng.uniform(-2, 2, (97, 3)):
+        rec.add_point3D(p, pycolmap.Track(), np.zeros(3, np.uint8))
+    for p in [[1e6, 0, 0], [0, 1e6, 0]]:  # a couple of points at infinity
+        rec.add_point3D(np.array(p, float), pycolmap.Track(), np.zeros(3, np.uint8))
+    extent = pnp.MapExtent.of(rec)
+    np.testing.assert_allclose(extent.centre, 0, atol=1e-9)
+    assert 1.5 < extent.radius < 4
 
 
 def test_correspondences_deduplicate_and_follow_tracks(tmp_path):

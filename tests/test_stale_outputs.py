@@ -143,3 +143,26 @@ def test_localize_on_a_sift_map_says_sift_maps_cannot_localize(scene, tmp_path, 
     with pytest.raises(localize.LocalizationError, match="COLMAP's own SIFT") as caught:
         localize.main(out, query, tmp_path / "loc", preset=preset, device="cpu")
     assert "extract" not in str(caught.value)
+
+
+def test_replaced_image_rebuilds_the_sift_database(scene, tmp_path):
+    """The sift pipeline too: a photo replaced under the same name is not matched with the SIFT
+    keypoints of the old one (issue #10, case 3)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(scene.glob("*.jpg")):
+        shutil.copy(src, images / src.name)
+    out = tmp_path / "out"
+    first = colmap_sift.main(images, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
+    assert colmap_sift.main(images, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS).skipped
+    save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[6], images / "0003.jpg", 400)
+    again = colmap_sift.main(images, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
+    assert not again.skipped and first.stats["fingerprint"] != again.stats["fingerprint"]
+    fresh = colmap_sift.main(images, tmp_path / "fresh", reconstruct.presets.resolve("sift", SIFT),
+                             options=OPTS)
+    with pycolmap.Database.open(out / "database.db") as db, \
+            pycolmap.Database.open(tmp_path / "fresh" / "database.db") as ref:
+        for name in ("0000.jpg", "0003.jpg"):
+            np.testing.assert_array_equal(db.read_keypoints(db.read_image_with_name(name).image_id),
+                                          ref.read_keypoints(ref.read_image_with_name(name).image_id))
+    assert again.stats["fingerprint"] == fresh.stats["fingerprint"]
