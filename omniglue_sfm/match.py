@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import io, presets, registry, weights
+from . import hloc, io, presets, registry, weights
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 from .runtime import autocast, check_device, default_device
 
@@ -61,7 +61,8 @@ def match_config(preset: dict, features_path: Path) -> dict:
     """What ``matches.h5`` depends on: the matcher and the features file's own configuration."""
     if "matcher" not in preset:
         raise ValueError(f"preset {preset.get('name', '?')!r} has no [matcher] section")
-    config = {"matcher": preset["matcher"], "features": io.read_config(features_path)}
+    # an hloc features.h5 has no configuration: it is identified by its SHA-256 (hloc.py)
+    config = {"matcher": preset["matcher"], "features": hloc.features_config(features_path)}
     checkpoint = weights.fingerprint(preset["matcher"])
     if checkpoint:  # another checkpoint under the same name must not resume into old matches
         config["matcher_checkpoint_sha256"] = checkpoint
@@ -69,6 +70,8 @@ def match_config(preset: dict, features_path: Path) -> dict:
 
 
 def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:
+    if hloc.is_external(features_config):
+        hloc.check_matcher_fits(matcher, features_config, features_path)
     fname = features_config.get("features", {}).get("name")
     wanted = getattr(matcher, "conf", {}).get("features")
     if wanted and fname and wanted != fname:
