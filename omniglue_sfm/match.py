@@ -288,9 +288,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("features_h5", type=Path)
     p.add_argument("pairs_txt", type=Path)
     p.add_argument("out_h5", type=Path, help="matches.h5 to write (resumed if it exists)")
-    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
-                   help=f"pipeline preset (its [matcher]): {', '.join(presets.names())}")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch (default 16 GPU, 4 CPU)")
+    presets.add_arguments(p, knobs=False)  # its [matcher]; the features are features.h5's
+    p.add_argument("--batch-size", type=presets.positive_int, default=None,
+                   help="pairs per batch (default 16 GPU, 4 CPU); the matches do not depend on it")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--shard", default=None, metavar="i/n",
@@ -308,7 +308,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    s = main(args.features_h5, args.pairs_txt, args.out_h5, args.preset, overwrite=args.overwrite,
+    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
+    s = main(args.features_h5, args.pairs_txt, args.out_h5, preset, overwrite=args.overwrite,
              device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every)
     out = shard_path(args.out_h5, parse_shard(args.shard)) if args.shard else args.out_h5
     print(f"matched {s.num_pairs} pair(s) ({s.num_skipped_existing} already done), "
