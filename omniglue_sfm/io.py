@@ -9,8 +9,10 @@ Contract (docs/design.md §1):
   float16 (C, N). Keypoints are never stored in float16.
 * ``matches.h5``: one entry per unordered pair, stored once under the canonical (sorted) order
   and found whichever order is asked for. Pair keys percent-encode each name, so they are
-  collision-free (hloc's ``/`` -> ``-`` is not). ``matches0`` int32 (N0,) index into image 1
-  or -1; ``matching_scores0`` float32 (N0,).
+  collision-free (hloc's ``/`` -> ``-`` is not); a soft link at hloc's key of each pair lets
+  hloc's readers find it (:func:`write_hloc_aliases`). ``matches0`` int32 (N0,) index into
+  image 1 or -1; ``matching_scores0`` float32 (N0,). Readers also take hloc's own files
+  (:func:`locate_pair`).
 * Each ``features.h5`` image group records what its features were made from in its attributes
   ``source_size``, ``source_mtime_ns`` and ``source_sha1`` (the image file's); each
   ``matches.h5`` pair records ``source_sha1_0`` / ``source_sha1_1`` of the features it matched.
@@ -605,12 +607,13 @@ def write_pairs(path: Path | str, pairs: Iterable[tuple[str, str]]) -> None:
     os.replace(tmp, path)
 
 
-_UNSAFE_IN_LINE = re.compile(r"[%\s\x00-\x1f\x7f]")
+_UNSAFE_IN_LINE = re.compile(r"^#|[%\s\x00-\x1f\x7f]")
 
 
 def quote_name(name: str) -> str:
-    """Names in pairs.txt are whitespace separated: whitespace, control characters and ``%`` are
-    percent-encoded, nothing else (so a name without them is written as is, as hloc writes it)."""
+    """Names in pairs.txt are whitespace separated: whitespace, control characters, ``%`` and a
+    leading ``#`` (a comment line) are percent-encoded, nothing else, so a name without them is
+    written as is, as hloc writes it."""
     return _UNSAFE_IN_LINE.sub(lambda m: quote(m.group(0), safe=""), name)
 
 

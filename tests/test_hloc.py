@@ -161,8 +161,9 @@ def test_our_pairs_file_is_hloc_readable_and_theirs_is_ours(tmp_path: Path) -> N
     pairs = [("a/b.jpg", "日本/写真.jpg"), ("plain.jpg", "a/b.jpg")]
     io.write_pairs(tmp_path / "ours.txt", pairs)
     assert [tuple(line.split()) for line in (tmp_path / "ours.txt").read_text().splitlines()] == pairs
-    io.write_pairs(tmp_path / "spaces.txt", [("sub dir/é 1.jpg", "100%.jpg")])
-    assert io.read_pairs(tmp_path / "spaces.txt") == [("sub dir/é 1.jpg", "100%.jpg")]
+    odd = [("sub dir/é 1.jpg", "100%.jpg"), ("#1.jpg", "tab\there.jpg")]
+    io.write_pairs(tmp_path / "odd.txt", odd)
+    assert io.read_pairs(tmp_path / "odd.txt") == odd
     # hloc's pairs file: both orders, as pairs_from_retrieval writes them
     (tmp_path / "hloc.txt").write_text("db/1.jpg q/2.jpg\nq/2.jpg db/1.jpg\ndb/1.jpg db/3.jpg\n")
     assert io.unique_pairs(io.read_pairs(tmp_path / "hloc.txt")) == [("db/1.jpg", "q/2.jpg"),
