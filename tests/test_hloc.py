@@ -207,9 +207,13 @@ def test_match_reads_hloc_features_and_records_their_hash(small_features: Path, 
     for a, b in [(new[0], new[1]), (new[2], new[0]), (new[1], new[2])]:
         got = io.read_matches(tmp_path / "m_hloc.h5", a, b)[0]
         assert len(got) > 20 and _same_rows(got, io.read_matches(tmp_path / "m_ours.h5", a, b)[0])
-    # the hloc file changes: the old matches are not resumed into
+    # sfm takes these matches with that features file, identified by its hash
+    assert hloc.check_matches_fit(tmp_path / "hloc_features.h5", tmp_path / "m_hloc.h5")["features"] == config
+    # the hloc file changes: the old matches are neither resumed into nor mapped with it
     with h5py.File(tmp_path / "hloc_features.h5", "a") as f:
         f[new[0]]["scores"][0] = 0.5
+    with pytest.raises(io.ConfigMismatchError, match="other features"):
+        hloc.check_matches_fit(tmp_path / "hloc_features.h5", tmp_path / "m_hloc.h5")
     with pytest.raises(io.ConfigMismatchError, match="another configuration"):
         match.main(tmp_path / "hloc_features.h5", tmp_path / "pairs.txt", tmp_path / "m_hloc.h5", preset,
                    device="cpu")
