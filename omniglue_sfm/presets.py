@@ -258,7 +258,7 @@ def add_arguments(parser: argparse.ArgumentParser, knobs: bool = True, default: 
 
 def add_knobs(parser: argparse.ArgumentParser) -> None:
     """``--max-keypoints`` / ``--resize-max``: override the preset's [features]."""
-    parser.add_argument("--max-keypoints", type=positive_int, default=None,
+    parser.add_argument("--max-keypoints", type=positive_int, default=None, metavar="N",
                         help="keypoints per image (overrides the preset's max_keypoints)")
-    parser.add_argument("--resize-max", type=positive_int, default=None,
+    parser.add_argument("--resize-max", type=positive_int, default=None, metavar="PX",
                         help="long side of the image features are extracted from (overrides resize_max)")

@@ -180,7 +180,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("images", type=Path, help="image folder (searched recursively)")
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
     presets.add_arguments(parser)  # --preset, --preset-file, --max-keypoints, --resize-max
-    parser.add_argument("--batch-size", type=presets.positive_int, default=None,
+    parser.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
                         help="pairs per matching batch (default 16 GPU, 4 CPU); matches do not depend on it")
     parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
                         help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
