@@ -90,10 +90,10 @@ def check_matcher_fits(matcher: object, features_config: dict, features_path: Pa
     have = features_config["features"].get("descriptor_dim")
     if wanted and have and int(wanted) != int(have):
         raise ValueError(f"{features_path} holds {have}-d descriptors; the matcher expects {wanted}-d ones")
-    if conf.get("features") or model_conf:
-        log.warning("%s was not written by omniglue-sfm (configuration unknown): the matcher was trained "
-                    "on %s features and cannot check that these are", features_path,
-                    conf.get("features") or "specific")
+    if conf.get("features") or model_conf:  # a learned matcher: trained on one kind of features
+        log.warning("%s was not written by omniglue-sfm: which extractor made its features is unknown, "
+                    "so the matcher cannot check that they are the %s features it was trained on",
+                    features_path, conf.get("features") or "kind of")
 
 
 def check_matches_fit(features_path: Path, matches_path: Path) -> dict:
