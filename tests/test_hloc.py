@@ -332,3 +332,18 @@ def test_localize_writes_hloc_results_with_names_as_given(tmp_path: Path) -> Non
     assert saved["failed"] == {"日本/q2.jpg": "too few PnP inliers (3 < 12)"} == report["failed"]
     assert saved["hloc_results"] == localize.HLOC_RESULTS
     assert list(io.read_poses(tmp_path / "poses.txt")) == ["dir/q 1.jpg"]
+
+
+def test_a_file_without_links_gets_them_from_merge(tmp_path: Path) -> None:
+    """A matches.h5 written before the links: `merge FILE FILE` adds them (as docs/design.md says)."""
+    a, b = "sub dir/é 1.jpg", "x y/z.PNG"
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs[io.CONFIG_ATTR] = io.config_to_json({"m": 1})
+        group = f.create_group(io.pair_key(a, b))
+        group["matches0"] = np.array([1, -1, 0], np.int32)
+        group["matching_scores0"] = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="not found"):
+        hloc_get_matches(path, a, b)
+    assert cli.main(["merge", str(path), str(path)]) == 0
+    assert _same_rows(hloc_get_matches(path, b, a)[0], np.array([[1, 0], [0, 2]]))
