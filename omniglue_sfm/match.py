@@ -290,7 +290,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out_h5", type=Path, help="matches.h5 to write (resumed if it exists)")
     presets.add_arguments(p, knobs=False)  # its [matcher]; the features are features.h5's
     p.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
-                   help="pairs per batch (default 16 GPU, 4 CPU); the matches do not depend on it")
+                   help="pairs per batch (default 16 GPU, 4 CPU); a speed setting, not recorded")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--shard", default=None, metavar="i/n",

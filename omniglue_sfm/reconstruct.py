@@ -181,7 +181,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
     presets.add_arguments(parser)  # --preset, --preset-file, --max-keypoints, --resize-max
     parser.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
-                        help="pairs per matching batch (default 16 GPU, 4 CPU); matches do not depend on it")
+                        help="pairs per matching batch (default 16 GPU, 4 CPU); speed only, not recorded")
     parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
                         help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
                              f"else retrieval)")
