@@ -109,7 +109,7 @@ def two_view_metrics(out_dir: Path, gt_dir: Path) -> dict:
 def main(
     image_dir: Path | str,
     output_dir: Path | str,
-    preset_names: Sequence[str] = DEFAULT_PRESETS,
+    preset_names: Sequence[str | Mapping] = DEFAULT_PRESETS,  # names or resolved presets
     gt_dir: Path | str | None = None,
     preset_overrides: Mapping | None = None,
     device: str | None = None,
@@ -256,8 +256,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
                    help=f"comma-separated preset names (default: {','.join(DEFAULT_PRESETS)})")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth folder (Strecha .camera files)")
-    p.add_argument("--max-keypoints", type=int, default=None, help="override every preset's keypoint budget")
-    p.add_argument("--resize-max", type=int, default=None, help="override every preset's image size")
+    p.add_argument("--preset-file", type=Path, default=None, metavar="TOML",
+                   help="your own presets (names usable in --presets), validated before any work")
+    presets.add_knobs(p)  # --max-keypoints, --resize-max: for every preset
     p.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None, help="pair selection")
     p.add_argument("--no-render", action="store_true", help="skip the 3D renders")
     p.add_argument("--device", default=None)
@@ -265,11 +266,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from .evaluate_localization import feature_overrides
-
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
-    report = main(args.images, args.output, names, args.gt,
-                  feature_overrides(args.max_keypoints, args.resize_max), args.device, args.pairs,
+    # every preset resolved (user file validated, overrides merged) before any work
+    chosen = [presets.PresetChoice.from_args(args, name).resolve() for name in names]
+    report = main(args.images, args.output, chosen, args.gt, None, args.device, args.pairs,
                   render=not args.no_render, verbose=args.verbose)
     print(report["table"])
     if report.get("picture"):

@@ -218,8 +218,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--leave-out", type=int, default=2, help="images left out of the map and localized")
     p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: ./evaluate_localization)")
-    p.add_argument("--max-keypoints", type=int, default=None, help="override the preset's keypoint budget")
-    p.add_argument("--resize-max", type=int, default=None, help="override the preset's image size")
+    presets.add_knobs(p)  # --max-keypoints, --resize-max
     p.add_argument("--num-retrieved", type=int, default=10)
     p.add_argument("--intrinsics", default=None, help="as for `localize` (default: EXIF, else estimated)")
     p.add_argument("--device", default=None)
@@ -227,14 +226,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_cli)
 
 
-def feature_overrides(max_keypoints: int | None, resize_max: int | None) -> dict | None:
-    feats = {k: v for k, v in (("max_keypoints", max_keypoints), ("resize_max", resize_max)) if v}
-    return {"features": feats} if feats else None
-
-
 def _run_cli(args: argparse.Namespace) -> int:
     out = main(args.images, args.gt, args.leave_out, args.out or Path("evaluate_localization"),
-               args.preset, feature_overrides(args.max_keypoints, args.resize_max), args.num_retrieved,
-               args.intrinsics, args.device, progress=not args.json)
+               args.preset, presets.feature_overrides(args.max_keypoints, args.resize_max),
+               args.num_retrieved, args.intrinsics, args.device, progress=not args.json)
     print(to_json(out) if args.json else format_report(out))
     return 0

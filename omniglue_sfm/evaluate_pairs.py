@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import hloc, io
 from .evaluate import pose_auc, relative_pose, rotation_angle_deg, vector_angle_deg
 from .scenes import CameraPose, read_strecha_dir
 
@@ -160,7 +160,9 @@ def evaluate_pairs(features_path: Path | str, matches_path: Path | str, gt_dir: 
     to_feature = _gt_to_feature_names(gt, io.list_names(features_path))
     if not to_feature:
         raise ValueError(f"no ground-truth image of {gt_dir} is in {features_path}")
-    stored = {io.canonical_pair(a, b) for a, b in io.iter_match_keys(matches_path)}
+    # our layout or hloc's (whose keys are decoded against the image names)
+    names = io.list_names(features_path)
+    stored = {io.canonical_pair(a, b) for a, b in hloc.stored_pairs(matches_path, names)}
 
     keypoints: dict[str, np.ndarray] = {}
     intrinsics: dict[str, np.ndarray] = {}

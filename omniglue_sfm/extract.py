@@ -173,8 +173,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("out_h5", type=Path, help="features.h5 to write (resumed if it exists)")
-    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
-                   help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
+    presets.add_arguments(p)  # --preset, --preset-file, --max-keypoints, --resize-max
     p.add_argument("--global", dest="global_h5", type=Path, default=None,
                    help="also write global descriptors (for `pairs --mode retrieval`) here")
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
@@ -184,7 +183,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    summary = main(args.images, args.out_h5, args.preset, global_path=args.global_h5,
+    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
+    summary = main(args.images, args.out_h5, preset, global_path=args.global_h5,
                    overwrite=args.overwrite, device=args.device, flush_every=args.flush_every)
     n = len(summary.names)
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")

@@ -9,8 +9,10 @@ Contract (docs/design.md §1):
   float16 (C, N). Keypoints are never stored in float16.
 * ``matches.h5``: one entry per unordered pair, stored once under the canonical (sorted) order
   and found whichever order is asked for. Pair keys percent-encode each name, so they are
-  collision-free (hloc's ``/`` -> ``-`` is not). ``matches0`` int32 (N0,) index into image 1
-  or -1; ``matching_scores0`` float32 (N0,).
+  collision-free (hloc's ``/`` -> ``-`` is not); a soft link at hloc's key of each pair lets
+  hloc's readers find it (:func:`write_hloc_aliases`). ``matches0`` int32 (N0,) index into
+  image 1 or -1; ``matching_scores0`` float32 (N0,). Readers also take hloc's own files
+  (:func:`locate_pair`).
 * Each ``features.h5`` image group records what its features were made from in its attributes
   ``source_size``, ``source_mtime_ns`` and ``source_sha1`` (the image file's); each
   ``matches.h5`` pair records ``source_sha1_0`` / ``source_sha1_1`` of the features it matched.
@@ -34,7 +36,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -47,6 +51,7 @@ import h5py
 import numpy as np
 
 CONFIG_ATTR = "config"
+log = logging.getLogger(__name__)
 
 
 class ConfigMismatchError(RuntimeError):
@@ -192,6 +197,109 @@ def split_pair_key(key: str) -> tuple[str, str]:
 def canonical_pair(name0: str, name1: str) -> tuple[str, str]:
     a, b = sorted((name0, name1))
     return a, b
+
+
+def hloc_pair_key(name0: str, name1: str, separator: str = "/") -> str:
+    """hloc's key of the ordered pair (name0, name1): each ``/`` of a name becomes ``-`` and the
+    two names are joined by ``separator`` (``/``; old hloc files used ``_``). Lossy: ``a/b.jpg``
+    and ``a-b.jpg`` get the same key (docs/design.md §1, "hloc interoperability")."""
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def is_ours(h5: h5py.File) -> bool:
+    """Whether an open file was written by omniglue-sfm (it records its configuration)."""
+    return CONFIG_ATTR in h5.attrs
+
+
+def locate_pair(h5: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
+    """Where the matches of (name0, name1) are in an open matches file, and whether they are
+    stored the other way round (as (name1, name0)); None when the pair is absent.
+
+    Our files: :func:`pair_key`, canonical order. Files without our configuration (hloc's):
+    hloc's own lookup, in its order: ``hloc_pair_key(name0, name1)``, then the reverse, then the
+    same two with the old ``_`` separator.
+    """
+    if is_ours(h5):
+        key = pair_key(name0, name1)
+        return (key, canonical_pair(name0, name1) != (name0, name1)) if key in h5 else None
+    for separator in ("/", "_"):
+        for key, swapped in ((hloc_pair_key(name0, name1, separator), False),
+                             (hloc_pair_key(name1, name0, separator), True)):
+            if isinstance(h5.get(key), h5py.Group) and "matches0" in h5[key]:
+                return key, swapped
+    return None
+
+
+def read_pair(h5: h5py.File, name0: str, name1: str, where: Path | str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Matches of a pair in the order asked, from an open file in our or hloc's layout:
+    (K, 2) int64 indices into (name0, name1) and (K,) float32 scores (1 where the file has none).
+
+    ``matches0`` may be any integer type (hloc writes int16): a value below -1 (an int16
+    overflow) is an error, never read as "no match".
+    """
+    found = locate_pair(h5, name0, name1)
+    if found is None:
+        raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {where or h5.filename}")
+    key, swapped = found
+    group = h5[key]
+    m0 = np.asarray(group["matches0"][()]).astype(np.int64)
+    if m0.ndim != 1 or (m0.size and m0.min() < -1):
+        raise ValueError(f"{where or h5.filename}: matches0 of pair ({name0!r}, {name1!r}) is not a list of "
+                         "indices >= -1 (an int16 overflow in an old hloc file?); re-match this pair")
+    idx0 = np.flatnonzero(m0 >= 0)
+    scores = (np.asarray(group["matching_scores0"][()], np.float32)[idx0] if "matching_scores0" in group
+              else np.ones(len(idx0), np.float32))
+    pairs = np.stack([idx0, m0[idx0]], axis=1)
+    if swapped:
+        pairs = pairs[:, ::-1].copy()
+    return pairs, scores
+
+
+HLOC_ALIASES_ATTR = "hloc_aliases"  # root attribute of matches.h5: how many hloc keys were linked
+HLOC_UNREADABLE_ATTR = "hloc_unreadable_pairs"  # JSON list of pairs hloc's lookup cannot tell apart
+
+
+def write_hloc_aliases(h5: h5py.File) -> list[tuple[str, str]]:
+    """Soft links at hloc's key of every stored pair, so hloc's readers find our matches.
+
+    A pair is stored once, canonical order (a, b), under :func:`pair_key`; the link
+    ``hloc_pair_key(a, b)`` points at it (none is needed when both keys are equal). hloc's lookup
+    then finds (a, b) directly and (b, a) reversed. hloc's encoding is lossy, so names that encode
+    alike (``a/b.jpg``, ``a-b.jpg``) get no link; every pair whose hloc lookup (either order)
+    would not land on its own entry is returned and recorded in the root attribute
+    ``hloc_unreadable_pairs`` (JSON), never silently left pointing at another pair.
+    """
+    keys = _item_paths(h5, "matches")
+    pairs = [split_pair_key(k) for k in keys]
+    encodings: dict[str, set[str]] = {}
+    for name in {n for p in pairs for n in p}:
+        encodings.setdefault(name.replace("/", "-"), set()).add(name)
+    ambiguous = {n for names in encodings.values() if len(names) > 1 for n in names}
+    linked = 0
+    for key, (a, b) in zip(keys, pairs, strict=True):
+        alias = hloc_pair_key(a, b)
+        if alias == key or a in ambiguous or b in ambiguous or alias in h5:
+            continue
+        parent, child = alias.split("/")
+        h5.require_group(parent)[child] = h5py.SoftLink(f"/{key}")
+        linked += 1
+    unreadable = [(a, b) for key, (a, b) in zip(keys, pairs, strict=True)
+                  if not (_hloc_finds(h5, a, b, key) and _hloc_finds(h5, b, a, key))]
+    h5.attrs[HLOC_ALIASES_ATTR] = linked
+    h5.attrs[HLOC_UNREADABLE_ATTR] = json.dumps(unreadable)
+    return unreadable
+
+
+def _hloc_finds(h5: h5py.File, name0: str, name1: str, key: str) -> bool:
+    """Whether hloc's lookup of (name0, name1) lands on the entry stored under ``key``."""
+    for candidate in (hloc_pair_key(name0, name1), hloc_pair_key(name1, name0)):
+        link = h5.get(candidate, getlink=True)
+        if link is None:
+            continue
+        if isinstance(link, h5py.SoftLink):
+            return link.path == f"/{key}"
+        return candidate == key
+    return False
 
 
 def config_to_json(config: dict) -> str:
@@ -412,6 +520,7 @@ class ShardedH5:
             for src_path in ([self.path] if self.path.exists() else []) + shards:
                 with read_h5(src_path) as src:
                     _copy_items(src, out, _item_paths(src, self.kind))
+            _finish(out, self.kind, self.path)
         _fsync(tmp)
         os.replace(tmp, self.path)
         for shard in shards:
@@ -441,12 +550,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _finish(h5: h5py.File, kind: str, final: Path) -> None:
+    """Last step of writing a final file: a matches file gets its hloc aliases."""
+    if kind != "matches":
+        return
+    unreadable = write_hloc_aliases(h5)
+    if unreadable:
+        log.warning(
+            "%d pair(s) of %s cannot be found by hloc's readers (names that hloc's '/' -> '-' "
+            "encoding cannot tell apart), e.g. %s; omniglue-sfm reads them all", len(unreadable), final,
+            unreadable[0])
+
+
 def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
     """Merge finished files (e.g. match shards from several machines) with equal configs."""
     configs = set()
     for src in sources:
         with read_h5(src) as h5:
             configs.add(h5.attrs.get(CONFIG_ATTR))
+    if None in configs:
+        raise ConfigMismatchError(f"cannot merge files without a configuration (not written by omniglue-sfm, "
+                                  f"e.g. hloc's): {sources}")
     if len(configs) != 1:
         raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
     config = json.loads(configs.pop())
@@ -457,6 +581,7 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
         for src_path in ([dest] if dest.exists() else []) + list(sources):
             with read_h5(src_path) as src:
                 _copy_items(src, out, _item_paths(src, kind))
+        _finish(out, kind, dest)
     os.replace(tmp, dest)
     return dest
 
@@ -467,7 +592,10 @@ def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
 
 def read_config(path: Path | str) -> dict:
     with read_h5(path) as h5:
-        value = h5.attrs[CONFIG_ATTR]
+        value = h5.attrs.get(CONFIG_ATTR)
+    if value is None:
+        raise ConfigMismatchError(f"{path} was not written by omniglue-sfm (no '{CONFIG_ATTR}' attribute, "
+                                  "e.g. an hloc file): its configuration is unknown")
     return json.loads(value.decode() if isinstance(value, bytes) else value)
 
 
@@ -502,9 +630,14 @@ def write_pairs(path: Path | str, pairs: Iterable[tuple[str, str]]) -> None:
     os.replace(tmp, path)
 
 
+_UNSAFE_IN_LINE = re.compile(r"^#|[%\s\x00-\x1f\x7f]")
+
+
 def quote_name(name: str) -> str:
-    """Names in pairs.txt are space separated; spaces (and only unsafe characters) are escaped."""
-    return quote(name, safe="/()[]{}!@#$^&*+=,;:'~`<>?|")
+    """Names in pairs.txt are whitespace separated: whitespace, control characters, ``%`` and a
+    leading ``#`` (a comment line) are percent-encoded, nothing else, so a name without them is
+    written as is, as hloc writes it."""
+    return _UNSAFE_IN_LINE.sub(lambda m: quote(m.group(0), safe=""), name)
 
 
 def read_pairs(path: Path | str) -> list[tuple[str, str]]:
@@ -564,20 +697,10 @@ def orient_matches(
 
 
 def read_matches(path: Path | str, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """Matches of a pair in the order asked: (K, 2) int indices into (name0, name1), (K,) scores."""
-    key = pair_key(name0, name1)
+    """Matches of a pair in the order asked: (K, 2) int indices into (name0, name1), (K,) scores.
+    Reads our layout and hloc's (see :func:`locate_pair`)."""
     with read_h5(path) as h5:
-        if key not in h5:
-            raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {path}")
-        group = h5[key]
-        m0 = group["matches0"][()]
-        s0 = group["matching_scores0"][()]
-    idx0 = np.flatnonzero(m0 >= 0)
-    pairs = np.stack([idx0, m0[idx0]], axis=1).astype(np.int64)
-    scores = s0[idx0].astype(np.float32)
-    if canonical_pair(name0, name1) != (name0, name1):
-        pairs = pairs[:, ::-1].copy()
-    return pairs, scores
+        return read_pair(h5, name0, name1, path)
 
 
 def iter_match_keys(path: Path | str) -> Iterator[tuple[str, str]]:

@@ -17,9 +17,10 @@ EXIF focal length; else a guess of ``1.2 * max(W, H)`` that PnP re-estimates and
 focal source is recorded in ``localize.json``). ``intrinsics="map"`` reuses the camera of the best
 retrieved map image when the query has its size (a query taken with the map's camera).
 
-Outputs: ``OUT/poses.txt`` (``name qw qx qy qz tx ty tz``, cam_from_world, localized queries only)
-and ``OUT/localize.json`` (per query: localized, inliers, correspondences, retrieved images,
-reason when failed).
+Outputs: ``OUT/poses.txt`` (``name qw qx qy qz tx ty tz``, cam_from_world, localized queries only,
+names escaped as in pairs.txt), ``OUT/hloc_results.txt`` (the same lines in hloc's results format:
+names as given, unescaped) and ``OUT/localize.json`` (per query: localized, inliers,
+correspondences, retrieved images, reason when failed; ``failed`` lists the queries without a pose).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from . import extract, io, match, pairs, presets
+from . import extract, hloc, io, match, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .matchers.base import features_to_tensors
 from .pnp import (
@@ -49,6 +50,9 @@ from .pnp import (
 )
 
 log = logging.getLogger(__name__)
+
+
+HLOC_RESULTS = "hloc_results.txt"  # hloc's results format, beside our poses.txt
 
 
 class LocalizationError(RuntimeError):
@@ -364,18 +368,27 @@ def main(
             finally:
                 map_features.close()
         ordered = [results[q.name] for q in qlist]
-        io.write_poses(output_dir / "poses.txt", [(r.name, r.qvec, r.tvec) for r in ordered if r.localized])
-        report = {
-            "model_dir": str(Path(model_dir)),
-            "preset": lmap.preset.get("name"),
-            "options": asdict(opts),
-            "num_queries": len(ordered),
-            "num_localized": sum(r.localized for r in ordered),
-            "seconds": time.perf_counter() - t_start,
-            "queries": {r.name: asdict(r) for r in ordered},
-        }
-        io.write_json(output_dir / "localize.json", report)
-        return report
+        header = {"model_dir": str(Path(model_dir)), "preset": lmap.preset.get("name"),
+                  "options": asdict(opts), "seconds": time.perf_counter() - t_start}
+        return write_outputs(output_dir, ordered, header)
+
+
+def write_outputs(output_dir: Path, ordered: Sequence[QueryResult], header: dict) -> dict:
+    """``poses.txt``, hloc's ``hloc_results.txt`` (localized queries, names as given) and
+    ``localize.json`` (``header`` + every query; ``failed``: name -> reason). Returns the report."""
+    localized = [(r.name, r.qvec, r.tvec) for r in ordered if r.localized]
+    io.write_poses(output_dir / "poses.txt", localized)
+    hloc.write_results(output_dir / HLOC_RESULTS, localized)
+    report = {
+        **header,
+        "num_queries": len(ordered),
+        "num_localized": len(localized),
+        "failed": {r.name: r.reason for r in ordered if not r.localized},  # no line in either poses file
+        "hloc_results": HLOC_RESULTS,
+        "queries": {r.name: asdict(r) for r in ordered},
+    }
+    io.write_json(output_dir / "localize.json", report)
+    return report
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import io, presets, registry, weights
+from . import hloc, io, presets, registry, weights
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 from .runtime import autocast, check_device, default_device
 
@@ -61,7 +61,8 @@ def match_config(preset: dict, features_path: Path) -> dict:
     """What ``matches.h5`` depends on: the matcher and the features file's own configuration."""
     if "matcher" not in preset:
         raise ValueError(f"preset {preset.get('name', '?')!r} has no [matcher] section")
-    config = {"matcher": preset["matcher"], "features": io.read_config(features_path)}
+    # an hloc features.h5 has no configuration: it is identified by its SHA-256 (hloc.py)
+    config = {"matcher": preset["matcher"], "features": hloc.features_config(features_path)}
     checkpoint = weights.fingerprint(preset["matcher"])
     if checkpoint:  # another checkpoint under the same name must not resume into old matches
         config["matcher_checkpoint_sha256"] = checkpoint
@@ -69,6 +70,8 @@ def match_config(preset: dict, features_path: Path) -> dict:
 
 
 def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:
+    if hloc.is_external(features_config):
+        hloc.check_matcher_fits(matcher, features_config, features_path)
     fname = features_config.get("features", {}).get("name")
     wanted = getattr(matcher, "conf", {}).get("features")
     if wanted and fname and wanted != fname:
@@ -285,9 +288,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("features_h5", type=Path)
     p.add_argument("pairs_txt", type=Path)
     p.add_argument("out_h5", type=Path, help="matches.h5 to write (resumed if it exists)")
-    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
-                   help=f"pipeline preset (its [matcher]): {', '.join(presets.names())}")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch (default 16 GPU, 4 CPU)")
+    presets.add_arguments(p, knobs=False)  # its [matcher]; the features are features.h5's
+    p.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
+                   help="pairs per batch (default 16 GPU, 4 CPU); a speed setting, not recorded")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--shard", default=None, metavar="i/n",
@@ -305,7 +308,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    s = main(args.features_h5, args.pairs_txt, args.out_h5, args.preset, overwrite=args.overwrite,
+    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
+    s = main(args.features_h5, args.pairs_txt, args.out_h5, preset, overwrite=args.overwrite,
              device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every)
     out = shard_path(args.out_h5, parse_shard(args.shard)) if args.shard else args.out_h5
     print(f"matched {s.num_pairs} pair(s) ({s.num_skipped_existing} already done), "

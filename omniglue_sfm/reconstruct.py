@@ -99,8 +99,10 @@ def main(
     device: str | None = None,
     preset_overrides: Mapping | None = None,
     print_summary: bool = True,
+    batch_size: int | None = None,
 ) -> SfMResult:
-    """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints).
+    """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
+    ``batch_size``: pairs per matching batch (learned presets; default 16 GPU, 4 CPU).
 
     ``pair_options.mode`` None: exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images, else retrieval.
     """
@@ -118,6 +120,9 @@ def main(
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
     if learned:
         check_device(device)
+    elif batch_size is not None:
+        raise ValueError(f"--batch-size is for learned matchers; preset {preset.get('name')!r} matches "
+                         "inside COLMAP")
     check_weights(preset)
     with io.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, overwrite)
@@ -127,7 +132,7 @@ def main(
                                       overwrite)
         else:
             result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 device)
+                                 device, batch_size)
         result.stats["failed_images"] = result.failed_images
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
@@ -140,7 +145,7 @@ def main(
 
 def run_learned(
     image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
-    options: SfMOptions, overwrite: bool, device: str | None,
+    options: SfMOptions, overwrite: bool, device: str | None, batch_size: int | None = None,
 ) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
@@ -160,7 +165,8 @@ def run_learned(
     with stage("pairs", timings):
         pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names)
     with stage("match", timings):
-        match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device)
+        match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device,
+                   batch_size=batch_size)
     with stage("sfm", timings):
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
                           image_names=names)
@@ -173,8 +179,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("images", type=Path, help="image folder (searched recursively)")
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
-    parser.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
-                        help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
+    presets.add_arguments(parser)  # --preset, --preset-file, --max-keypoints, --resize-max
+    parser.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
+                        help="pairs per matching batch (default 16 GPU, 4 CPU); speed only, not recorded")
     parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
                         help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
                              f"else retrieval)")
@@ -187,6 +194,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     # main() prints the summary table itself
-    main(args.images, args.output, args.preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, args.device)
+    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
+    main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
+         SfMOptions.from_args(args), args.overwrite, args.device, batch_size=args.batch_size)
     return 0

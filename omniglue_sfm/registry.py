@@ -44,3 +44,14 @@ def guidance(conf: dict):
 
 def matcher(conf: dict):
     return _load(MATCHERS, conf["name"], "matcher")(conf)
+
+
+TABLES = {"extractor": EXTRACTORS, "guidance": GUIDANCE, "matcher": MATCHERS}
+
+
+def config_keys(kind: str, name: str) -> frozenset[str]:
+    """The config keys a plugin reads (its ``config_keys()``, else its ``default_conf``), for
+    validating presets; ``KeyError`` for an unregistered name."""
+    cls = _load(TABLES[kind], name, kind)
+    keys = cls.config_keys() if hasattr(cls, "config_keys") else getattr(cls, "default_conf", {})
+    return frozenset(keys)

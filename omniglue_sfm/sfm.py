@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from . import io
+from . import hloc, io
 from .cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .mapping import (
     DB_STAMP,
@@ -77,11 +77,15 @@ def write_images(
     return image_ids
 
 
-def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> None:
+def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> dict[str, int]:
+    """Every image's keypoints; returns name -> number of keypoints."""
+    counts = {}
     with io.read_h5(features_path) as h5:
         for name, image_id in image_ids.items():
-            kps = h5[name]["keypoints"][()].astype(np.float32)
+            kps = h5[name]["keypoints"][()].astype(np.float32)  # hloc may store float16
             db.write_keypoints(image_id, kps + 0.5)  # COLMAP: top-left pixel centre at (0.5, 0.5)
+            counts[name] = len(kps)
+    return counts
 
 
 def select_pairs(
@@ -92,28 +96,35 @@ def select_pairs(
     if pairs_path is not None:
         pairs = io.unique_pairs(io.read_pairs(pairs_path))
     else:
-        pairs = list(io.iter_match_keys(matches_path))
+        pairs = io.unique_pairs(hloc.stored_pairs(matches_path, names))  # our layout or hloc's
     return [io.canonical_pair(a, b) for a, b in pairs if a in allowed and b in allowed]
 
 
 def write_matches(
-    db: pycolmap.Database, matches_path: Path, pairs: Sequence[tuple[str, str]], image_ids: dict[str, int]
+    db: pycolmap.Database, matches_path: Path, pairs: Sequence[tuple[str, str]], image_ids: dict[str, int],
+    num_keypoints: dict[str, int] | None = None,
 ) -> int:
-    """Raw matches of every pair (canonical order). Returns the number of pairs written."""
+    """Raw matches of every pair (canonical order; our layout or hloc's). Returns the number of pairs
+    written. An index beyond an image's keypoints is an error (COLMAP would not check it)."""
     missing = []
     written = 0
     with io.read_h5(matches_path) as h5:
         for a, b in pairs:
-            key = io.pair_key(a, b)
-            if key not in h5:
+            try:
+                matches, _ = io.read_pair(h5, a, b, matches_path)
+            except KeyError:
                 missing.append((a, b))
                 continue
-            m0 = h5[key]["matches0"][()]
-            idx0 = np.flatnonzero(m0 >= 0)
-            if len(idx0) == 0:
+            if len(matches) == 0:
                 continue
-            matches = np.stack([idx0, m0[idx0]], axis=1).astype(np.uint32)
-            db.write_matches(image_ids[a], image_ids[b], matches)
+            for column, name in enumerate((a, b)):
+                count = (num_keypoints or {}).get(name)
+                if count is None:
+                    count = db.read_keypoints(image_ids[name]).shape[0]
+                if matches[:, column].max() >= count:
+                    raise ValueError(f"{matches_path}: pair ({a!r}, {b!r}) refers to keypoints that {name!r} "
+                                     "does not have: these matches were not made from this features.h5")
+            db.write_matches(image_ids[a], image_ids[b], matches.astype(np.uint32))
             written += 1
     if missing:
         raise ReconstructionError(
@@ -156,6 +167,7 @@ def main(
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
     io.check_output_dir(output_dir)
+    inputs = hloc.check_matches_fit(features_path, matches_path)  # never matches of other features
     camera = options.camera
     names = sorted(image_names) if image_names is not None else io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)
@@ -171,7 +183,7 @@ def main(
             return previous
         configure_colmap_logging(output_dir, options.verbose)
         stats: dict = {"fingerprint": key, "mapper": options.mapper, "camera_mode": camera.mode,
-                       "camera_model": camera.model, "seconds": {}}
+                       "camera_model": camera.model, "inputs": inputs, "seconds": {}}
         t0 = time.perf_counter()
         db_path = build_database(output_dir / "database.db", image_dir, features_path, matches_path,
                                  names, pairs, camera)
@@ -198,8 +210,8 @@ def build_database(
     tmp.unlink(missing_ok=True)
     with pycolmap.Database.open(tmp) as db:
         image_ids = write_images(db, infos, cameras, assignment)
-        write_keypoints(db, features_path, image_ids)
-        write_matches(db, matches_path, pairs, image_ids)
+        counts = write_keypoints(db, features_path, image_ids)
+        write_matches(db, matches_path, pairs, image_ids, counts)
     # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
     db_path.with_name(DB_STAMP).unlink(missing_ok=True)
     os.replace(tmp, db_path)

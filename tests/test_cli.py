@@ -310,3 +310,25 @@ def test_localize_into_a_locked_output_folder_stops_at_once(tmp_path, capsys):
         code = cli.main(["localize", str(tmp_path), str(tmp_path), str(out)])
     assert code == 1
     assert "in use by another omniglue-sfm run" in _one_error(capsys)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["match", "{tmp}/f.h5", "{tmp}/pairs.txt", "{tmp}/m.h5", "--shard", "5/2"], "shard"),
+    (["match", "{tmp}/f.h5", "{tmp}/missing.txt", "{tmp}/m.h5"], "missing.txt"),
+    (["match", "{tmp}/f.h5", "{tmp}/pairs.txt", "{tmp}/m.h5", "--preset", "nosuch"], "nosuch"),
+    (["extract", "{tmp}/no-such-folder", "{tmp}/f.h5"], "no-such-folder"),
+    (["extract", "{tmp}", "{tmp}/f.h5", "--preset", "nosuch"], "nosuch"),
+], ids=["bad-shard", "missing-pairs", "match-unknown-preset", "missing-images", "extract-unknown-preset"])
+def test_extract_and_match_user_errors_are_one_line(argv, words, tmp_path, capsys):
+    """Issue #10, case 6: extract and match go through the one error policy too."""
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\n")
+    from omniglue_sfm import io
+
+    with io.ShardedH5(tmp_path / "f.h5", "features", {"features": {"name": "aliked"}}) as store:
+        store.add("a.jpg", {"keypoints": [[0.0, 0.0]]})
+    try:
+        code = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    except SystemExit as stop:  # usage errors stop in argparse, with the same policy
+        code = stop.code
+    assert code == 1
+    assert words in _one_error(capsys)

@@ -11,8 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
-    ("io", "images", "presets", "runtime", "weights", "scenes"),  # files, data, where work runs
-    ("registry", "features", "guidance", "matchers", "cameras", "pnp"),  # plugins, cameras, geometry
+    ("io", "hloc", "images", "runtime", "weights", "scenes"),  # files, data, where work runs
+    # plugins, presets (validated against the plugins), cameras, geometry
+    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
     ("extract", "pairs", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
     ("reconstruct", "localize"),  # stages put together

@@ -462,6 +462,11 @@ class OmniGlueMatcher(Matcher):
     default_conf: ClassVar[dict] = {"weights": "omniglue"}
     required_inputs: ClassVar[tuple[str, ...]] = ("keypoints", "descriptors", "guidance")
 
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        """What a preset's [matcher] may set: the checkpoint and any model conf key."""
+        return set(cls.default_conf) | set(OmniGlue.default_conf)
+
     def __init__(self, conf: dict) -> None:
         super().__init__(conf)
         unknown = set(self.conf) - set(OmniGlue.default_conf) - {"weights"}
