@@ -83,3 +83,20 @@ def need_shared_scenes(*names: str) -> None:
     missing = [n for n in names if not (SHARED_SCENES / n / "images").is_dir()]
     if missing:
         pytest.skip(f"shared data absent: {', '.join(missing)} under {SHARED_SCENES}")
+
+
+def assert_same_h5(a: Path, b: Path, kind: str) -> None:
+    """Two features/matches/global files hold the same configuration, items and arrays."""
+    import h5py
+
+    from omniglue_sfm import io
+
+    keys = io.list_names(a, kind)
+    assert keys == io.list_names(b, kind) and keys
+    with h5py.File(a) as ha, h5py.File(b) as hb:
+        assert ha.attrs["config"] == hb.attrs["config"]
+        for key in keys:
+            assert sorted(ha[key]) == sorted(hb[key])
+            for dname in ha[key]:
+                np.testing.assert_array_equal(ha[key][dname][()], hb[key][dname][()],
+                                              err_msg=f"{key}/{dname}")

@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
-from conftest import SAMPLE_IMAGES, save_resized
+from conftest import SAMPLE_IMAGES, assert_same_h5, save_resized
 
 from omniglue_sfm import io
 
@@ -40,18 +38,6 @@ def _run_and_kill(cmd: list[str], parts: Path, min_shards: int, timeout: float =
     assert proc.returncode == -signal.SIGKILL
 
 
-def _assert_same_h5(a: Path, b: Path, kind: str) -> None:
-    keys = io.list_names(a, kind)
-    assert keys == io.list_names(b, kind) and keys
-    with h5py.File(a) as ha, h5py.File(b) as hb:
-        assert ha.attrs["config"] == hb.attrs["config"]
-        for key in keys:
-            assert sorted(ha[key]) == sorted(hb[key])
-            for dname in ha[key]:
-                np.testing.assert_array_equal(ha[key][dname][()], hb[key][dname][()],
-                                              err_msg=f"{key}/{dname}")
-
-
 @pytest.mark.slow
 def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
     images = tmp_path / "images"
@@ -68,7 +54,7 @@ def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
                    capture_output=True)
     subprocess.run(_cli(*extract, str(clean), "--preset", "aliked+lightglue"), env=ENV, check=True,
                    capture_output=True)
-    _assert_same_h5(killed, clean, "features")
+    assert_same_h5(killed, clean, "features")
 
     names = io.list_names(clean)
     pairs = tmp_path / "pairs.txt"
@@ -81,7 +67,7 @@ def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
                    capture_output=True)
     subprocess.run(_cli(*match, str(mc), "--preset", "aliked+lightglue"), env=ENV, check=True,
                    capture_output=True)
-    _assert_same_h5(mk, mc, "matches")
+    assert_same_h5(mk, mc, "matches")
 
 
 def _cfg(path: Path) -> dict:
