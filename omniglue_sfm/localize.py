@@ -439,4 +439,4 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(f"{name}: {state}")
     print(f"localized {report['num_localized']} / {report['num_queries']} queries "
           f"({report['seconds']:.1f} s); poses in {args.output / 'poses.txt'}")
-    return 0 if report["num_localized"] else 3
+    return 0 if report["num_localized"] else 2  # like a scene that did not reconstruct (README)

@@ -332,3 +332,16 @@ def test_extract_and_match_user_errors_are_one_line(argv, words, tmp_path, capsy
         code = stop.code
     assert code == 1
     assert words in _one_error(capsys)
+
+
+@pytest.mark.parametrize(("num_localized", "code"), [(0, 2), (1, 0)])
+def test_localize_exit_code_as_readme_says(num_localized, code, tmp_path, monkeypatch, capsys):
+    """README: 2 when no query was localized (each reason is printed), 0 otherwise."""
+    from omniglue_sfm import localize
+
+    query = {"localized": bool(num_localized), "num_inliers": 40, "num_correspondences": 50,
+             "reason": None if num_localized else "pose rejected: too few PnP inliers"}
+    report = {"queries": {"q.jpg": query}, "num_localized": num_localized, "num_queries": 1, "seconds": 0.1}
+    monkeypatch.setattr(localize, "main", lambda *args, **kwargs: report)
+    assert cli.main(["localize", str(tmp_path), str(tmp_path), str(tmp_path / "out")]) == code
+    assert ("FAILED     pose rejected" in capsys.readouterr().out) == (not num_localized)
