@@ -30,6 +30,7 @@ import pycolmap
 from PIL import Image
 
 from . import io
+from .cameras import ImageInfo
 from .colmap_sift import prepare_images
 from .mapping import configure_colmap_logging
 from .masks import MaskSet, mask_name
@@ -113,12 +114,25 @@ def check_dest(dest: Path, overwrite: bool) -> None:
 # undistortion
 
 
-def undistort(model_dir: Path, image_dir: Path, names: list[str], work: Path) -> Path:
+def check_image_sizes(rec: pycolmap.Reconstruction, infos: list[ImageInfo]) -> None:
+    """Every image has its camera's size (COLMAP's undistorter would abort the process otherwise)."""
+    by_name = {img.name: img for img in rec.images.values()}
+    for info in infos:
+        cam = rec.cameras[by_name[info.name].camera_id]
+        if (info.width, info.height) != (cam.width, cam.height):
+            raise ValueError(f"image {info.name} is {info.width}x{info.height} (EXIF orientation applied) "
+                             f"but its camera is {cam.width}x{cam.height}: is the image folder the one the "
+                             "model was made from? (--images)")
+
+
+def undistort(original: pycolmap.Reconstruction, model_dir: Path, image_dir: Path, names: list[str],
+              work: Path) -> Path:
     """Undistorted images + PINHOLE model in ``work/undistorted`` ({images, sparse})."""
-    upright, _, failed = prepare_images(image_dir, names, work / "upright")
+    upright, infos, failed = prepare_images(image_dir, names, work / "upright")
     if failed:
         raise FileNotFoundError(f"cannot read {len(failed)} image(s) of the model in {image_dir}: "
                                 + "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:5]))
+    check_image_sizes(original, infos)
     out = work / "undistorted"
     pycolmap.undistort_images(out, model_dir, upright, image_names=names, output_type="COLMAP",
                               jpeg_quality=JPEG_QUALITY, num_threads=num_threads())
@@ -223,7 +237,7 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
     configure_colmap_logging(work, verbose=False)  # COLMAP's chatter stays off the terminal
     try:
         staged = work / "dest"
-        undistorted = undistort(model_dir, image_dir, names, work)
+        undistorted = undistort(original, model_dir, image_dir, names, work)
         (staged / "sparse").mkdir(parents=True)
         shutil.move(undistorted / "images", staged / "images")
         shutil.move(undistorted / "sparse", staged / "sparse" / "0")
