@@ -73,6 +73,8 @@ class ExportResult:
 def find_model(source: Path) -> Path:
     """The model of a ``reconstruct`` / ``sfm`` / ``triangulate`` folder (``sparse/``), or ``source``
     itself when it is a COLMAP model folder."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"model folder {source} does not exist")
     for candidate in (source / "sparse", source):
         if any((candidate / f"images{ext}").is_file() for ext in (".bin", ".txt")):
             return candidate

@@ -156,7 +156,7 @@ def test_export_refuses_a_non_empty_destination_and_missing_images(sample_run: P
     assert "but its camera is" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "y")]) == 1
-    assert "no COLMAP model" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_transforms_json_axes_follow_nerfstudio() -> None:
