@@ -145,8 +145,12 @@ def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Recon
     work = output_dir / "triangulation.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    rec = pycolmap.triangulate_points(pycolmap.Reconstruction(model_dir), db_path, image_dir, work,
-                                      clear_points=True, refine_intrinsics=False)
+    posed = pycolmap.Reconstruction(model_dir)
+    # the reference's own 2D points (an earlier model's keypoints) would not be ours: the images
+    # take their keypoints from the database instead
+    posed.delete_all_points2D_and_points3D()
+    rec = pycolmap.triangulate_points(posed, db_path, image_dir, work, clear_points=True,
+                                      refine_intrinsics=False)
     shutil.rmtree(work, ignore_errors=True)
     stats["seconds"]["triangulation"] = time.perf_counter() - t0
     if rec.num_points3D() == 0:

@@ -100,6 +100,10 @@ def test_extract_drops_masked_keypoints_and_records_the_masks(small_scene: Path,
     assert cli.main(["extract", str(small_scene), str(tmp_path / "f2.h5"), "--masks", str(masks)]) == 1
     assert f"missing {mask_name(names[1])}" in capsys.readouterr().err
     assert not (tmp_path / "f2.h5").exists()
+    # COLMAP's SIFT pipeline takes no masks: said before any work
+    assert cli.main(["reconstruct", str(small_scene), str(tmp_path / "sift"), "--preset", "sift",
+                     "--masks", str(masks)]) == 1
+    assert "learned-feature presets" in capsys.readouterr().err
 
 
 def test_masked_reconstruction_and_export(tmp_path: Path) -> None:

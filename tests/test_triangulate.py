@@ -12,7 +12,7 @@ import pytest
 from conftest import resized_sample, small_preset
 from PIL import Image
 
-from omniglue_sfm import cli, scenes, triangulate
+from omniglue_sfm import cli, io, scenes, triangulate
 from omniglue_sfm.images import list_images
 
 SAMPLE_GT = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small" / "gt"
@@ -90,9 +90,7 @@ def test_wrong_poses_triangulate_less(gt_scene: tuple[Path, Path], gt_run: tuple
     wrong.mkdir()
     rec.write(wrong)
     out = tmp_path / "out"
-    out.mkdir()
-    for name in ("features.h5", "global.h5", "matches.h5", "pairs.txt"):
-        shutil.copy(gt_run[0] / name, out / name)
+    _reuse_matches(gt_run, out)
     triangulate.main(images, out, wrong, PRESET)
     got = pycolmap.Reconstruction(out / "sparse")
     good = pycolmap.Reconstruction(gt_run[0] / "sparse")
@@ -102,6 +100,40 @@ def test_wrong_poses_triangulate_less(gt_scene: tuple[Path, Path], gt_run: tuple
         seen = got.find_image_with_name(name).num_points3D
         seen_good = good.find_image_with_name(name).num_points3D
         assert seen < 0.2 * seen_good, (name, seen, seen_good)
+
+
+def _reuse_matches(gt_run: tuple[Path, dict], out: Path) -> None:
+    out.mkdir()
+    for name in ("features.h5", "global.h5", "matches.h5", "pairs.txt"):
+        shutil.copy(gt_run[0] / name, out / name)
+
+
+def test_reference_with_its_own_keypoints(gt_scene: tuple[Path, Path], gt_run: tuple[Path, dict],
+                                          tmp_path: Path) -> None:
+    """An earlier model as reference: its images' 2D points (other keypoints) are replaced by ours."""
+    images, gt_model = gt_scene
+    rec = pycolmap.Reconstruction(gt_model)
+    with_points = pycolmap.Reconstruction()
+    for camera in rec.cameras.values():
+        with_points.add_camera_with_trivial_rig(camera)
+    rng = np.random.default_rng(0)
+    for image in rec.images.values():
+        cam = rec.cameras[image.camera_id]
+        keypoints = rng.uniform(0, [cam.width, cam.height], size=(17, 2))
+        with_points.add_image_with_trivial_frame(
+            pycolmap.Image(name=image.name, keypoints=keypoints, camera_id=image.camera_id,
+                           image_id=image.image_id), image.cam_from_world())
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    with_points.write(reference)
+    out = tmp_path / "out"
+    _reuse_matches(gt_run, out)
+    stats = triangulate.main(images, out, reference, PRESET).stats
+    assert abs(stats["num_points3D"] - gt_run[1]["num_points3D"]) < 0.05 * gt_run[1]["num_points3D"]
+    got = pycolmap.Reconstruction(out / "sparse")
+    for image in got.images.values():
+        kps = io.read_keypoints(out / "features.h5", image.name)
+        np.testing.assert_allclose(np.array([p.xy for p in image.points2D]), kps + 0.5, atol=1e-4)
 
 
 def test_reference_errors(gt_scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
