@@ -32,7 +32,7 @@ def _gt_model(image_dir: Path, model_dir: Path) -> pycolmap.Reconstruction:
     return rec
 
 
-PRESET = small_preset("lightglue", max_keypoints=512, resize_max=480)
+PRESET = small_preset("mnn", max_keypoints=512, resize_max=480)
 
 
 @pytest.fixture(scope="module")
