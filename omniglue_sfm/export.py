@@ -105,7 +105,11 @@ def find_masks(source: Path, given: Path | None) -> MaskSet | None:
     return MaskSet(Path(recorded))
 
 
-def check_dest(dest: Path, overwrite: bool) -> None:
+def check_dest(dest: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
+    """``dest`` is new or empty (or ``overwrite``), and holds none of the inputs (it is replaced)."""
+    for path in inputs:
+        if path.resolve() == dest or dest in path.resolve().parents:
+            raise ValueError(f"export destination {dest} holds the input {path}; choose another folder")
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"export destination {dest} is a file")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
@@ -222,11 +226,11 @@ def write_points_ply(rec: pycolmap.Reconstruction, path: Path) -> None:
 def main(source: Path | str, dest: Path | str, options: ExportOptions | None = None) -> ExportResult:
     """Export the model of ``source`` (a reconstruct folder or a model folder) into ``dest``."""
     options = options or ExportOptions()
-    source, dest = Path(source), Path(dest)
+    source, dest = Path(source), Path(dest).resolve()
     model_dir = find_model(source)
     image_dir = find_image_dir(source, options.image_dir)
     masks = find_masks(source, options.masks)
-    check_dest(dest, options.overwrite)
+    check_dest(dest, options.overwrite, (source, image_dir) + ((masks.root,) if masks else ()))
     original = pycolmap.Reconstruction(model_dir)
     names = sorted(original.images[i].name for i in original.reg_image_ids())
     if not names:

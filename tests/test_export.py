@@ -147,6 +147,9 @@ def test_export_refuses_a_non_empty_destination_and_missing_images(sample_run: P
     assert cli.main(["export", str(sample_run), str(dest)]) == 1
     assert "not empty" in capsys.readouterr().err
     assert (dest / "keep.txt").read_text() == "mine"  # nothing lost
+    assert cli.main(["export", str(sample_run), str(sample_run.parent), "--overwrite"]) == 1
+    assert "holds the input" in capsys.readouterr().err
+    assert (sample_run / "sparse" / "images.bin").is_file()
     model_only = tmp_path / "model"
     pycolmap.Reconstruction(sample_run / "sparse").write(model_only.mkdir() or model_only)
     assert cli.main(["export", str(model_only), str(tmp_path / "x")]) == 1
