@@ -34,6 +34,8 @@ STAGE_MODULES = [
     "compare",
     "evaluate_localization",
     "training.train",
+    "export",
+    "triangulate",
 ]
 
 

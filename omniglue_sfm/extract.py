@@ -31,6 +31,7 @@ from .images import (
     resize_for_extraction,
     scale_keypoints,
 )
+from .masks import MaskSet, add_masks_argument
 from .runtime import check_device, default_device
 
 log = logging.getLogger(__name__)
@@ -98,26 +99,34 @@ def main(
     overwrite: bool = False,
     device: str | None = None,
     flush_every: int = 64,
+    masks: Path | None = None,
 ) -> ExtractSummary:
-    """Extract features (and global descriptors when ``global_path`` is given) for a folder."""
+    """Extract features (and global descriptors when ``global_path`` is given) for a folder;
+    with ``masks`` (a folder, see :mod:`omniglue_sfm.masks`) keypoints in masked-out pixels are dropped."""
     start = time.perf_counter()
     preset = presets.resolve(preset)
     config = features_config(preset)
+    mask_set = MaskSet(masks) if masks is not None else None
+    if mask_set is not None:
+        config["masks"] = mask_set.config_value()
     image_dir = Path(image_dir)
     names = list(image_names) if image_names is not None else list_images(image_dir)
     if not names and image_names is None:
         raise FileNotFoundError(f"no images found in {image_dir} (searched recursively for "
                                 f"{', '.join(IMAGE_EXTENSIONS)})")
+    if mask_set is not None:
+        mask_set.check(names)
     check_device(device)
     features_path = Path(features_path)
     features_path.parent.mkdir(parents=True, exist_ok=True)
     with io.output_lock(features_path):  # one run per output file
         return _extract(image_dir, features_path, config, names, global_path, overwrite, device,
-                        flush_every, start)
+                        flush_every, start, mask_set)
 
 
 def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str], global_path: Path | None,
-             overwrite: bool, device: str | None, flush_every: int, start: float) -> ExtractSummary:
+             overwrite: bool, device: str | None, flush_every: int, start: float,
+             mask_set: MaskSet | None = None) -> ExtractSummary:
     store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
     gstore = None
     if global_path is not None:
@@ -125,6 +134,8 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
         gstore = io.ShardedH5(global_path, "global", gconfig, overwrite=overwrite, flush_every=flush_every)
     # an image replaced under the same name: its features (and global descriptor) are redone
     changed = {n for n in names if n in store and io.source_changed(store.item_attrs(n), image_dir / n)}
+    if mask_set is not None:  # a changed mask: the features are redone too
+        changed |= {n for n in names if n in store and mask_set.changed(store.item_attrs(n), n)}
     if changed:
         log.info("%d image(s) changed since their features were extracted; re-extracting: %s",
                  len(changed), ", ".join(sorted(changed)[:10]))
@@ -146,6 +157,9 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
                     continue
                 source = io.source_record(image_dir / name)
                 item, gvec = extract_image(img, extractor, guidance, resize_max, dev, full_size)
+                if mask_set is not None:
+                    item = mask_set.apply(name, item)
+                    source = {**source, **mask_set.record(name)}
                 if name not in store or name in changed:
                     store.add(name, item, source)
                 if gstore is not None and (name not in gstore or name in changed):
@@ -176,6 +190,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     presets.add_arguments(p)  # --preset, --preset-file, --max-keypoints, --resize-max
     p.add_argument("--global", dest="global_h5", type=Path, default=None,
                    help="also write global descriptors (for `pairs --mode retrieval`) here")
+    add_masks_argument(p)
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
@@ -185,7 +200,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     summary = main(args.images, args.out_h5, preset, global_path=args.global_h5,
-                   overwrite=args.overwrite, device=args.device, flush_every=args.flush_every)
+                   overwrite=args.overwrite, device=args.device, flush_every=args.flush_every,
+                   masks=args.masks)
     n = len(summary.names)
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
     for name, reason in summary.failed.items():

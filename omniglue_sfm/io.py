@@ -352,8 +352,10 @@ def source_changed(record: dict, path: Path | str) -> bool:
 
 
 def source_sha1(record: dict) -> str:
-    """The recorded SHA-1 of a features group ('' when unknown)."""
-    return attr_text(record.get("source_sha1", ""))
+    """What a features group was made from: the image's SHA-1 ('' when unknown), and its mask's
+    when masked (so a changed mask, like a changed image, makes its pairs be matched again)."""
+    image = attr_text(record.get("source_sha1", ""))
+    return f"{image}+mask:{attr_text(record['mask_sha1'])}" if "mask_sha1" in record else image
 
 
 # --------------------------------------------------------------------------------------------

@@ -164,8 +164,9 @@ def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: in
     log.info("map has no global.h5: computing global descriptors of %d map images into %s",
              len(lmap.image_ids), path)
     # the map's features.h5 already holds every item, so extract only adds the global descriptors
+    masks = io.read_config(lmap.features_path).get("masks")  # the map's features config, masks included
     extract.main(image_dir, lmap.features_path, lmap.preset, image_names=sorted(lmap.image_ids),
-                 global_path=path, device=device)
+                 global_path=path, device=device, masks=Path(masks) if masks else None)
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import colmap_sift, extract, io, match, pairs, presets, sfm
 from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
+from .masks import add_masks_argument
 from .runtime import check_device
 from .summary import print_sfm_summary, stage
 
@@ -100,6 +101,7 @@ def main(
     preset_overrides: Mapping | None = None,
     print_summary: bool = True,
     batch_size: int | None = None,
+    masks: Path | None = None,
 ) -> SfMResult:
     """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
     ``batch_size``: pairs per matching batch (learned presets; default 16 GPU, 4 CPU).
@@ -118,6 +120,8 @@ def main(
     if pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
+    if masks is not None and not learned:
+        raise ValueError(f"--masks works with learned-feature presets, not {preset.get('name')!r}")
     if learned:
         check_device(device)
     elif batch_size is not None:
@@ -132,7 +136,7 @@ def main(
                                       overwrite)
         else:
             result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 device, batch_size)
+                                 device, batch_size, masks)
         result.stats["failed_images"] = result.failed_images
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
@@ -146,6 +150,7 @@ def main(
 def run_learned(
     image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
     options: SfMOptions, overwrite: bool, device: str | None, batch_size: int | None = None,
+    masks: Path | None = None,
 ) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
@@ -156,7 +161,7 @@ def run_learned(
         # global descriptors come from the same forward pass; localize retrieves with them later
         summary = extract.main(image_dir, features_path, preset, image_names=names,
                                global_path=output_dir / "global.h5",
-                               overwrite=overwrite, device=device)
+                               overwrite=overwrite, device=device, masks=masks)
     names = summary.names
     if not names and summary.failed:
         raise none_readable(image_dir, summary.failed)
@@ -187,6 +192,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                              f"else retrieval)")
     pairs.add_arguments(parser)
     add_arguments(parser)
+    add_masks_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.set_defaults(func=_run_cli)
@@ -196,5 +202,6 @@ def _run_cli(args: argparse.Namespace) -> int:
     # main() prints the summary table itself
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, args.device, batch_size=args.batch_size)
+         SfMOptions.from_args(args), args.overwrite, args.device, batch_size=args.batch_size,
+         masks=args.masks)
     return 0

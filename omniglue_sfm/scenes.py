@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pycolmap
 
 CAMERA_SUFFIX = ".camera"
 
@@ -82,3 +86,22 @@ def model_poses(model_dir: Path | str) -> dict[str, CameraPose]:
         poses[image.name] = CameraPose(R=np.asarray(pose.rotation.matrix()),
                                        t=np.asarray(pose.translation))
     return poses
+
+
+def poses_to_reconstruction(poses: dict[str, CameraPose]) -> pycolmap.Reconstruction:
+    """A COLMAP model (no points) of known poses: one PINHOLE camera per image from its ``K`` and
+    ``size`` (e.g. a Strecha scene, as a ``triangulate --reference``)."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction()
+    for image_id, (name, pose) in enumerate(sorted(poses.items()), 1):
+        if pose.K is None or pose.size is None:
+            raise ValueError(f"pose of {name} has no intrinsics (K and size)")
+        K = pose.K
+        cam = pycolmap.Camera(model="PINHOLE", width=pose.size[0], height=pose.size[1],
+                              params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=image_id)
+        rec.add_camera_with_trivial_rig(cam)
+        cam_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(pose.R), pose.t)
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=image_id, image_id=image_id),
+                                         cam_from_world)
+    return rec

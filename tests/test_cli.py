@@ -27,6 +27,8 @@ USER_ERRORS = {
     "evaluate-localization": (["evaluate-localization", "{tmp}", "--gt", "{tmp}/missing"], "missing"),
     "train": (["train", "{tmp}/missing.toml"], "missing.toml"),
     "finetune": (["finetune", "{tmp}/missing", "--out", "{tmp}/out.pt"], "missing"),
+    "export": (["export", "{tmp}", "{tmp}/dest"], "no COLMAP model"),
+    "triangulate": (["triangulate", "{tmp}", "{tmp}/out", "--reference", "{tmp}/missing"], "does not exist"),
 }
 
 
