@@ -238,28 +238,31 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
     if masks is not None:
         masks.check(names)
     work = dest.with_name(dest.name + ".export.tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    configure_colmap_logging(work, verbose=False)  # COLMAP's chatter stays off the terminal
-    try:
-        staged = work / "dest"
-        undistorted = undistort(original, model_dir, image_dir, names, work)
-        (staged / "sparse").mkdir(parents=True)
-        shutil.move(undistorted / "images", staged / "images")
-        shutil.move(undistorted / "sparse", staged / "sparse" / "0")
-        if masks is not None:
-            undistort_masks(masks, original, names, staged / "masks")
-        rec = pycolmap.Reconstruction(staged / "sparse" / "0")
-        if options.format == "nerfstudio":
-            io.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
-            write_points_ply(rec, staged / "sparse_pc.ply")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged.rename(dest)
-    finally:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # one export into DEST at a time; the lock sits beside DEST, which is replaced as a whole
+    with io.output_lock(work):
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(dest, len(names), rec.num_points3D(), masks is not None)
+        work.mkdir(parents=True)
+        configure_colmap_logging(work, verbose=False)  # COLMAP's chatter stays off the terminal
+        try:
+            staged = work / "dest"
+            undistorted = undistort(original, model_dir, image_dir, names, work)
+            (staged / "sparse").mkdir(parents=True)
+            shutil.move(undistorted / "images", staged / "images")
+            shutil.move(undistorted / "sparse", staged / "sparse" / "0")
+            if masks is not None:
+                undistort_masks(masks, original, names, staged / "masks")
+            rec = pycolmap.Reconstruction(staged / "sparse" / "0")
+            if options.format == "nerfstudio":
+                io.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
+                write_points_ply(rec, staged / "sparse_pc.ply")
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staged.rename(dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return ExportResult(dest, len(names), rec.num_points3D(), masks is not None)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

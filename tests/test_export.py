@@ -182,3 +182,17 @@ def test_transforms_json_axes_follow_nerfstudio() -> None:
     data = export.transforms_json(rec, with_masks=True)
     assert data["fl_x"] == 50 and data["w"] == 100 and data["h"] == 80
     assert data["frames"][0]["mask_path"] == "masks/a.jpg.png"
+
+
+def test_a_second_export_into_the_same_destination_stops_at_once(sample_run: Path, tmp_path: Path) -> None:
+    """One run per output (issue #10): the lock sits beside DEST, since DEST is replaced whole."""
+    import fcntl
+
+    from omniglue_sfm import io
+
+    dest = tmp_path / "dest"
+    with open(tmp_path / ".dest.export.tmp.lock", "a") as held:  # as another export would hold it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(io.OutputLockedError, match="in use by another omniglue-sfm run"):
+            export.main(sample_run, dest, export.ExportOptions(format="gsplat"))
+    assert not dest.exists() and not (tmp_path / "dest.export.tmp").exists()
