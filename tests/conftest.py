@@ -43,7 +43,8 @@ def save_resized(src: Path, dst: Path, long_side: int) -> None:
 
 
 def resized_sample(out: Path, num_images: int, long_side: int) -> Path:
-    """The first ``num_images`` sample images, resized, in ``out``."""
+    """The first ``num_images`` sample images, resized, in ``out`` (created when missing)."""
+    out.mkdir(parents=True, exist_ok=True)
     for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:num_images]:
         save_resized(src, out / src.name, long_side)
     return out

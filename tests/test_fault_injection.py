@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_IMAGES, assert_same_h5, save_resized
+from conftest import assert_same_h5, resized_sample
 
 STAGES = ("extract", "match", "sfm")
 NUM_KILLS = 10
@@ -80,10 +80,7 @@ def _leftovers(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_kill_reconstruct_at_random_moments_and_resume(tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:5]:
-        save_resized(src, images / src.name, 320)
+    images = resized_sample(tmp_path / "images", 5, 320)
     reference = tmp_path / "reference"
     durations = _timed_run(images, reference)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_IMAGES, assert_same_h5, save_resized
+from conftest import assert_same_h5, resized_sample
 
 from omniglue_sfm import io
 
@@ -40,10 +40,7 @@ def _run_and_kill(cmd: list[str], parts: Path, min_shards: int, timeout: float =
 
 @pytest.mark.slow
 def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    for src in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:6]:
-        save_resized(src, images / src.name, 256)
+    images = resized_sample(tmp_path / "images", 6, 256)
 
     killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
     extract = ["extract", str(images)]
