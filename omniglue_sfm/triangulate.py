@@ -169,8 +169,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", type=Path, help="output folder (re-run to resume)")
     p.add_argument("--reference", type=Path, required=True,
                    help="COLMAP model with the known cameras and poses (a folder with images.bin/.txt)")
-    p.add_argument("--preset", default="omniglue", choices=presets.names(), metavar="NAME",
-                   help="pipeline preset (learned features only; default: omniglue)")
+    presets.add_arguments(p)  # --preset (learned features only), --preset-file, --max-keypoints, --resize-max
     p.add_argument("--pairs", choices=pairs.MODES, default=None,
                    help="pair selection (default: exhaustive up to 40 images, else retrieval; "
                         "covisibility uses the reference's points)")
@@ -184,7 +183,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     options = TriangulateOptions(pairs.PairsOptions.from_args(args, args.pairs), args.masks, args.overwrite,
                                  args.device)
-    result = main(args.images, args.output, args.reference, args.preset, options)
+    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
+    result = main(args.images, args.output, args.reference, preset, options)
     s = result.stats
     print(f"{s['num_points3D']} points triangulated in {s['registered']} posed images "
           f"(mean reprojection error {s['mean_reprojection_error']:.2f} px, mean track length "
