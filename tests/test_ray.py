@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,3 +94,45 @@ def test_without_ray_executor_ray_says_how_to_install(tmp_path: Path, monkeypatc
 def test_ray_address_needs_executor_ray(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = cli.main(["extract", str(tmp_path), str(tmp_path / "f.h5"), "--ray-address", "127.0.0.1:1"])
     assert code == 1 and "--executor ray" in capsys.readouterr().err
+
+
+def load_ray_check():
+    """pipelines/ray_check.py (the loopback cluster and the worker killer) as a module."""
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "ray_check.py"
+    spec = importlib.util.spec_from_file_location("ray_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_two_node_cluster_survives_a_killed_worker(tmp_path: Path) -> None:
+    """Two Ray nodes on 127.0.0.1; one worker process is killed -9 mid-match; the run completes with
+    the local executor's arrays."""
+    rc = load_ray_check()
+    (tmp_path / "images").mkdir()
+    images = resized_sample(tmp_path / "images", 6, 256)
+    py, preset = sys.executable, "aliked+lightglue"
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    cli_prefix = [py, "-m", "omniglue_sfm"]
+    env = {**rc.loopback_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([*cli_prefix, "extract", str(images), str(local / "features.h5"), "--preset", preset],
+                   check=True, env=env)
+    subprocess.run([*cli_prefix, "pairs", str(images), str(local / "pairs.txt")], check=True, env=env)
+    remote.mkdir()
+    for name in ("features.h5", "pairs.txt"):
+        shutil.copy(local / name, remote / name)
+    # as many torch threads in each actor as in the local run (results depend on the thread count)
+    threads = subprocess.run([py, "-c", "import torch; print(torch.get_num_threads())"], check=True,
+                             capture_output=True, text=True).stdout.strip()  # (this process has 1)
+    match_args = ["--preset", preset, "--batch-size", "1", "--flush-every", "1"]
+    subprocess.run([*cli_prefix, "match", str(local / "features.h5"), str(local / "pairs.txt"),
+                    str(local / "matches.h5"), *match_args], check=True, env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", env["PYTHONPATH"])
+        code = rc.run_on_loopback(
+            [*cli_prefix, "match", str(remote / "features.h5"), str(remote / "pairs.txt"),
+             str(remote / "matches.h5"), *match_args, "--executor", "ray", "--ray-cpus-per-worker", threads],
+            cpus=int(threads), out=remote, kill_after=0.0)
+    assert code == 0  # also 1 when the run ended before a worker could be killed
+    assert rc.compare_runs(local, remote) == 0
