@@ -3,8 +3,8 @@
 Ground truth: every pair of the scene matched exhaustively (``--preset``'s matcher, on the features
 of ``OUT/features.h5``) and verified by COLMAP's two-view geometry (pycolmap); a pair counts as
 "true" when it keeps at least ``--min-inliers`` inliers. Then, for each k, the share of true pairs
-that retrieval (``pairs --mode retrieval --num-matched k`` on ``OUT/global.h5``) selects, and how
-many pairs it selects.
+that retrieval (``pairs --mode retrieval --num-matched k``) selects, and how many pairs it selects,
+with ``OUT/global.h5`` and with VLAD descriptors (``omniglue-sfm vlad``) of ``OUT/features.h5``.
 
   python benchmarks/retrieval_recall.py OUT --images IMAGES --preset aliked+mnn --k 5 10 20
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pycolmap
 
-from omniglue_sfm import io, match, pairs, sfm
+from omniglue_sfm import io, match, pairs, sfm, vlad
 from omniglue_sfm.cameras import CameraOptions
 
 
@@ -38,17 +38,18 @@ def verified_pairs(out: Path, images: Path, preset: str, min_inliers: int) -> tu
     true = set()
     with pycolmap.Database.open(db_path) as db:
         ids = {img.image_id: img.name for img in db.read_all_images()}
-        for a, b in itertools.combinations(sorted(ids), 2):
-            if db.read_two_view_geometry_num_inliers(a, b) >= min_inliers:
+        for pair_id, inliers in zip(*db.read_two_view_geometry_num_inliers(), strict=True):
+            if inliers >= min_inliers:
+                a, b = pycolmap.pair_id_to_image_pair(pair_id)
                 true.add(io.canonical_pair(ids[a], ids[b]))
     return true, len(every)
 
 
-def recall_table(out: Path, true: set, ks: list[int]) -> list[tuple[int, int, int, float]]:
-    """(k, pairs selected, true pairs found, recall) for every k."""
+def recall_table(global_path: Path, true: set, ks: list[int]) -> list[tuple[int, int, int, float]]:
+    """(k, pairs selected, true pairs found, recall) for every k, retrieving with ``global_path``."""
     rows = []
     for k in ks:
-        chosen = {io.canonical_pair(a, b) for a, b in pairs.retrieval(out / "global.h5", None, k)}
+        chosen = {io.canonical_pair(a, b) for a, b in pairs.retrieval(global_path, None, k)}
         found = len(true & chosen)
         rows.append((k, len(chosen), found, found / max(1, len(true))))
     return rows
@@ -61,13 +62,18 @@ def main() -> None:
     parser.add_argument("--preset", default="aliked+mnn", help="matcher of the exhaustive ground truth")
     parser.add_argument("--min-inliers", type=int, default=100)
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--vlad-words", type=int, default=vlad.DEFAULT_WORDS)
     args = parser.parse_args()
     true, tried = verified_pairs(args.out, args.images, args.preset, args.min_inliers)
+    vlad.main(args.out / "features.h5", args.out / "recall" / "vlad.h5", args.vlad_words)
     print(f"\nground truth: {len(true)} of {tried} pairs keep >= {args.min_inliers} verified inliers "
           f"({args.preset}, exhaustive)")
-    print("| k | pairs selected | verified pairs found | recall |\n|---|---|---|---|")
-    for k, chosen, found, recall in recall_table(args.out, true, args.k):
-        print(f"| {k} | {chosen} | {found} / {len(true)} | {recall:.0%} |")
+    print("| descriptor | k | pairs selected | verified pairs found | recall |\n|---|---|---|---|---|")
+    methods = {"global.h5 (extract --global)": args.out / "global.h5",
+               f"VLAD, {args.vlad_words} words from the scene (`vlad`)": args.out / "recall" / "vlad.h5"}
+    for label, path in methods.items():
+        for k, chosen, found, recall in recall_table(path, true, args.k):
+            print(f"| {label} | {k} | {chosen} | {found} / {len(true)} | {recall:.0%} |")
 
 
 if __name__ == "__main__":
