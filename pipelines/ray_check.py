@@ -181,19 +181,21 @@ def _flushed(out: Path) -> int:
 
 
 def kill_worker_mid_match(out: Path, after: float, stop: threading.Event, log: list[str]) -> None:
-    """Once the match stage has stored results (a shard file exists) and its actors (made after
-    ``pairs.txt``) have run ``after`` seconds, kill -9 the newest of them; record it in ``log``.
-    Every actor holds chunks in flight while pairs remain, so the victim dies mid-chunk."""
-    pairs_txt = out / "pairs.txt"
+    """``after`` seconds after the match stage stored its first results (a shard file in
+    ``OUT/matches.h5.parts``, which exists only while matching), kill -9 one worker process that is
+    running a chunk; record it in ``log``. (The extract stage's actors are gone by then.)"""
+    first_seen = None
     while not stop.is_set():
         flushed = _flushed(out)
-        if pairs_txt.exists() and flushed:
-            since = pairs_txt.stat().st_mtime
-            actors = [p for p in actor_processes() if p.info["create_time"] > since]
-            if actors and time.time() - min(p.info["create_time"] for p in actors) > after:
-                victim = max(actors, key=lambda p: p.info["create_time"])
+        if flushed and first_seen is None:
+            first_seen = time.monotonic()
+        if first_seen is not None and time.monotonic() - first_seen >= after:
+            running = [p for p in actor_processes()
+                       if f"{ACTOR_TITLE}.run" in " ".join(p.info["cmdline"] or [])]
+            if running:
+                victim = running[-1]
                 _signal(victim, signal.SIGKILL)
-                log.append(f"killed Ray worker pid {victim.pid} ({ACTOR_TITLE}) mid-match, "
+                log.append(f"killed Ray worker pid {victim.pid} ({ACTOR_TITLE}, running a chunk) mid-match, "
                            f"{flushed} match shard file(s) written before")
                 return
         time.sleep(0.5)
