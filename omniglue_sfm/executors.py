@@ -1,8 +1,9 @@
 """Where ``extract`` and ``match`` run their chunks of work: in this process, or on a Ray cluster.
 
 Both stages cut their work into chunks (a few images; a few matcher batches of pairs) and hand
-them to :func:`map_chunks` with a *worker spec*: a small picklable object whose ``build()`` makes
-the worker (the model, loaded once) and whose worker turns ``(chunk, inputs)`` into a result.
+them to ``executor.map`` (``with start(options) as executor``) with a *worker spec*: a small
+picklable object whose ``build()`` makes the worker (the model, loaded once), which turns
+``(chunk, inputs)`` into a result.
 The stage's driver writes every result into its resumable HDF5 file as it arrives, so what ends
 up on disk does not depend on the executor:
 
@@ -11,6 +12,8 @@ up on disk does not depend on the executor:
   cluster has GPUs); each actor builds its worker once and serves many chunks, two in flight per
   actor. Per-chunk inputs (``match``: the features of the chunk's images) are put in Ray's object
   store once per key and fetched by the actor, so only the images need shared storage.
+  Each actor sets torch's threads to its ``num_cpus``: CPU results depend on the thread count, so
+  bit-equal files need as many CPUs per actor as the local run has threads.
 
 Fault tolerance: an actor whose process dies is restarted by Ray (``max_restarts``) and its
 unfinished calls are retried (``max_task_retries``); a chunk whose actor is lost for good is
