@@ -78,8 +78,8 @@ def main() -> int:
         names = io.list_names(work / "features.h5")
         io.write_pairs(work / "pairs.txt", list(itertools.combinations(names, 2)))
         num_pairs = len(names) * (len(names) - 1) // 2
-        ray.init(num_cpus=max(args.workers), include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
         best: dict[tuple[str, int], float] = {}
         for r in range(args.repeats):
             for w in args.workers:

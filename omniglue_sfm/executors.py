@@ -198,8 +198,8 @@ def _connect(options: ExecutorOptions) -> _Session:
         return _Session(ray, started=False)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "configure_logging": False}
-    if options.address:
-        kwargs["address"] = options.address
+    # no address: a new local instance ("local"), never a cluster this machine happened to join last
+    kwargs["address"] = options.address or "local"
     try:
         ray.init(**kwargs)
     except ConnectionError as err:

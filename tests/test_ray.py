@@ -43,7 +43,8 @@ def assert_same_arrays(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance with 2 CPUs for this module (workers inherit PYTHONPATH)."""
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
     yield
     ray.shutdown()
 
