@@ -137,3 +137,13 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path: Path) -> None:
             cpus=int(threads), out=remote, kill_after=0.0)
     assert code == 0  # also 1 when the run ended before a worker could be killed
     assert rc.compare_runs(local, remote) == 0
+
+
+def test_sift_pipeline_refuses_executor_ray(tmp_path: Path) -> None:
+    from omniglue_sfm import reconstruct
+
+    images = resized_sample(tmp_path, 2, 128)
+    with pytest.raises(ValueError, match="leave --executor out"):
+        reconstruct.main(images, tmp_path / "out", "sift", executor=executors.ExecutorOptions("ray"),
+                         print_summary=False)
+    assert not (tmp_path / "out").exists()
