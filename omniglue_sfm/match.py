@@ -287,7 +287,7 @@ class MatchWorker:
 
 
 def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.ShardedH5, config: dict,
-               device: str | None, batch_size: int | None, executor: executors.ExecutorOptions) -> int:
+               device: str | None, batch_size: int | None, executor: executors.ExecutorOptions | None) -> int:
     ordered = _order_pairs(todo, cache)
     # pairs with an empty image need no model: store "no match" directly
     empty = [p for p in ordered if cache.num_keypoints(p[0]) == 0 or cache.num_keypoints(p[1]) == 0]
