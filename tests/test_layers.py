@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
-    ("io", "images", "presets", "runtime", "weights", "scenes"),  # files, data, where work runs
+    ("io", "images", "presets", "runtime", "executors", "weights", "scenes"),  # files, data, where work runs
     ("registry", "features", "guidance", "matchers", "cameras", "pnp"),  # plugins, cameras, geometry
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
-    ("extract", "pairs", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
+    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
     ("reconstruct", "localize"),  # stages put together
     ("evaluate", "evaluate_pairs", "evaluate_localization", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line
