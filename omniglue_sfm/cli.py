@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 STAGE_MODULES = [
     "extract",
     "pairs",
+    "vlad",
     "match",
     "sfm",
     "reconstruct",

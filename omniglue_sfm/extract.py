@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import io, presets, registry
+from . import executors, io, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
 from .images import (
@@ -90,6 +90,88 @@ def extract_image(
     return item, gvec
 
 
+RAY_IMAGES_PER_CHUNK = 4  # images per Ray call: small, so a lost worker loses little
+
+
+def chunked(items: list, size: int) -> list[list]:
+    """``items`` in consecutive runs of ``size`` (the last may be shorter)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+@dataclass
+class ImageResult:
+    """What a worker made of one image: its features, or why it could not be read."""
+
+    name: str
+    item: dict[str, np.ndarray] | None = None
+    global_descriptor: np.ndarray | None = None
+    source: dict | None = None
+    failed: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtractWorkerSpec:
+    """What an extraction worker needs (picklable: it travels to Ray actors)."""
+
+    image_dir: Path
+    config: dict  # features_config()
+    device: str | None
+    masks: MaskSet | None = None
+
+    def build(self, remote: bool) -> ExtractWorker:
+        return ExtractWorker(self, remote)
+
+
+class ExtractWorker:
+    """The extractor (and guidance) loaded once; turns a chunk of image names into ImageResults."""
+
+    def __init__(self, spec: ExtractWorkerSpec, remote: bool) -> None:
+        self.spec, self.remote = spec, remote
+        self.device = default_device(spec.device)
+        config = spec.config
+        self.extractor = registry.extractor(config["features"]).to(self.device).eval()
+        self.guidance = (registry.guidance(config["guidance"]).to(self.device).eval()
+                         if "guidance" in config else None)
+        self.resize_max = config["features"].get("resize_max")
+
+    def __call__(self, names: list[str], inputs: object = None) -> list[ImageResult]:
+        return [self.one(name) for name in names]
+
+    def one(self, name: str) -> ImageResult:
+        path = Path(self.spec.image_dir) / name
+        if self.remote and not path.exists():  # the driver listed it: this node does not see it
+            raise FileNotFoundError(
+                f"Ray worker {executors.here()} cannot find image {path}, which the driver sees: every "
+                "node must see the image folder at the same path (shared storage; see README, Ray)")
+        try:
+            img, full_size = read_image_sized(path, self.resize_max)
+        except ImageReadError as err:
+            return ImageResult(name, failed=err.reason)
+        source = io.source_record(path)
+        item, gvec = extract_image(img, self.extractor, self.guidance, self.resize_max, self.device,
+                                   full_size)
+        if self.spec.masks is not None:
+            item = self.spec.masks.apply(name, item)
+            source = {**source, **self.spec.masks.record(name)}
+        return ImageResult(name, item, gvec, source)
+
+
+def _store_image(result: ImageResult, store: io.ShardedH5, gstore: io.ShardedH5 | None, changed: set[str],
+                 summary: ExtractSummary, config: dict) -> None:
+    name = result.name
+    if result.failed is not None:
+        log.warning("skipping %s: %s", name, result.failed)
+        summary.failed[name] = result.failed
+        return
+    if name not in store or name in changed:
+        store.add(name, result.item, result.source)
+    if gstore is not None and (name not in gstore or name in changed):
+        if result.global_descriptor is None:
+            raise ValueError(f"extractor {config['features']['name']!r} gives no dense map, "
+                             "so no global descriptor; use a preset with guidance")
+        gstore.add(name, {"global_descriptor": result.global_descriptor})
+
+
 def main(
     image_dir: Path,
     features_path: Path,
@@ -100,9 +182,13 @@ def main(
     device: str | None = None,
     flush_every: int = 64,
     masks: Path | None = None,
+    executor: executors.ExecutorOptions | None = None,
 ) -> ExtractSummary:
-    """Extract features (and global descriptors when ``global_path`` is given) for a folder;
-    with ``masks`` (a folder, see :mod:`omniglue_sfm.masks`) keypoints in masked-out pixels are dropped."""
+    """Extract features (and global descriptors when ``global_path`` is given) for a folder.
+
+    ``masks``: a folder (see :mod:`omniglue_sfm.masks`); keypoints in masked-out pixels are dropped.
+    ``executor``: where the images are processed (default: here; see :mod:`omniglue_sfm.executors`).
+    """
     start = time.perf_counter()
     preset = presets.resolve(preset)
     config = features_config(preset)
@@ -121,12 +207,12 @@ def main(
     features_path.parent.mkdir(parents=True, exist_ok=True)
     with io.output_lock(features_path):  # one run per output file
         return _extract(image_dir, features_path, config, names, global_path, overwrite, device,
-                        flush_every, start, mask_set)
+                        flush_every, start, mask_set, executor or executors.ExecutorOptions())
 
 
 def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str], global_path: Path | None,
              overwrite: bool, device: str | None, flush_every: int, start: float,
-             mask_set: MaskSet | None = None) -> ExtractSummary:
+             mask_set: MaskSet | None, executor: executors.ExecutorOptions) -> ExtractSummary:
     store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
     gstore = None
     if global_path is not None:
@@ -143,30 +229,14 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
             if n not in store or n in changed or (gstore is not None and n not in gstore)]
     summary = ExtractSummary()
     if todo:
-        dev = default_device(device)
-        extractor = registry.extractor(config["features"]).to(dev).eval()
-        guidance = registry.guidance(config["guidance"]).to(dev).eval() if "guidance" in config else None
-        resize_max = config["features"].get("resize_max")
-        with store, (gstore if gstore is not None else nullcontext()):
-            for name in tqdm(todo, desc="extract", unit="img", dynamic_ncols=True):
-                try:
-                    img, full_size = read_image_sized(image_dir / name, resize_max)
-                except ImageReadError as err:
-                    log.warning("skipping %s: %s", name, err.reason)
-                    summary.failed[name] = err.reason
-                    continue
-                source = io.source_record(image_dir / name)
-                item, gvec = extract_image(img, extractor, guidance, resize_max, dev, full_size)
-                if mask_set is not None:
-                    item = mask_set.apply(name, item)
-                    source = {**source, **mask_set.record(name)}
-                if name not in store or name in changed:
-                    store.add(name, item, source)
-                if gstore is not None and (name not in gstore or name in changed):
-                    if gvec is None:
-                        raise ValueError(f"extractor {config['features']['name']!r} gives no dense map, "
-                                         "so no global descriptor; use a preset with guidance")
-                    gstore.add(name, {"global_descriptor": gvec})
+        spec = ExtractWorkerSpec(image_dir, config, device, mask_set)
+        chunks = chunked(todo, RAY_IMAGES_PER_CHUNK if executor.is_ray else 1)
+        with executors.start(executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
+                tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True) as bar:
+            for _, results in ex.map(spec, chunks):
+                for result in results:
+                    _store_image(result, store, gstore, changed, summary, config)
+                bar.update(len(results))
     else:
         store.finalize()
         if gstore is not None:
@@ -193,6 +263,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_masks_argument(p)
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    executors.add_arguments(p)
     p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
     p.set_defaults(func=_run_cli)
 
@@ -201,7 +272,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     summary = main(args.images, args.out_h5, preset, global_path=args.global_h5,
                    overwrite=args.overwrite, device=args.device, flush_every=args.flush_every,
-                   masks=args.masks)
+                   masks=args.masks, executor=executors.ExecutorOptions.from_args(args))
     n = len(summary.names)
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
     for name, reason in summary.failed.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import hloc, io, presets, registry, weights
+from . import executors, hloc, io, presets, registry, weights
 from .matchers.base import collate_pairs, features_to_tensors, to_device
 from .runtime import autocast, check_device, default_device
 
@@ -126,7 +126,7 @@ class PairMatcher:
     def __init__(self, matcher_config: dict, features_config: dict, features_path: Path,
                  device: str | torch.device | None = None, batch_size: int | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else default_device(device)
-        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
+        self.batch_size = batch_size or default_batch_size(self.device)
         self.matcher = registry.matcher(matcher_config).to(self.device).eval()
         check_compatible(self.matcher, features_config, features_path)
 
@@ -204,10 +204,12 @@ def main(
     batch_size: int | None = None,
     shard: tuple[int, int] | str | None = None,
     flush_every: int = 64,
+    executor: executors.ExecutorOptions | None = None,
 ) -> MatchSummary:
     """Match every pair of ``pairs_path`` (or one shard of them) into ``matches_path``.
 
-    With ``shard`` the output goes to :func:`shard_path` of ``matches_path``.
+    With ``shard`` the output goes to :func:`shard_path` of ``matches_path``. ``executor``: where
+    the batches are matched (default: here; see :mod:`omniglue_sfm.executors`).
     """
     start = time.perf_counter()
     preset = presets.resolve(preset)
@@ -222,14 +224,14 @@ def main(
         if shard is not None:
             pairs = pairs[shard[0]::shard[1]]
         summary = _match(features_path, pairs_path, matches_path, pairs, config, overwrite, device,
-                         batch_size, flush_every)
+                         batch_size, flush_every, executor)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: list[tuple[str, str]],
            config: dict, overwrite: bool, device: str | None, batch_size: int | None,
-           flush_every: int) -> MatchSummary:
+           flush_every: int, executor: executors.ExecutorOptions | None) -> MatchSummary:
     store = io.ShardedH5(matches_path, "matches", config, overwrite=overwrite, flush_every=flush_every)
     cache = FeatureCache(features_path)
     try:
@@ -246,7 +248,7 @@ def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: lis
                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
         with store:
             if todo:
-                total = _match_all(todo, cache, store, config, device, batch_size)
+                total = _match_all(todo, cache, store, config, device, batch_size, executor)
                 summary.num_pairs = len(todo)
                 summary.mean_matches = total / len(todo)
     finally:
@@ -254,8 +256,41 @@ def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: lis
     return summary
 
 
+RAY_BATCHES_PER_CHUNK = 4  # matcher batches per Ray call: small, so a lost worker loses little
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Pairs per matcher batch when ``--batch-size`` is not given."""
+    return 16 if device.type == "cuda" else 4
+
+
+@dataclass(frozen=True)
+class MatchWorkerSpec:
+    """What a matching worker needs (picklable: it travels to Ray actors)."""
+
+    config: dict  # match_config()
+    features_path: Path  # named in messages only: features reach workers as chunk inputs
+    device: str | None
+    batch_size: int
+
+    def build(self, remote: bool) -> MatchWorker:
+        return MatchWorker(self)
+
+
+class MatchWorker:
+    """The matcher loaded once; matches a chunk of batches, each exactly as the local path batches it."""
+
+    def __init__(self, spec: MatchWorkerSpec) -> None:
+        self.matcher = PairMatcher(spec.config["matcher"], spec.config["features"], spec.features_path,
+                                   spec.device, spec.batch_size)
+
+    def __call__(self, batches: list[list[tuple[str, str]]],
+                 features: Mapping[str, dict[str, torch.Tensor]]) -> list[list[tuple[np.ndarray, ...]]]:
+        return [self.matcher.match_batch([(features[a], features[b]) for a, b in batch]) for batch in batches]
+
+
 def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.ShardedH5, config: dict,
-               device: str | None, batch_size: int | None) -> int:
+               device: str | None, batch_size: int | None, executor: executors.ExecutorOptions | None) -> int:
     ordered = _order_pairs(todo, cache)
     # pairs with an empty image need no model: store "no match" directly
     empty = [p for p in ordered if cache.num_keypoints(p[0]) == 0 or cache.num_keypoints(p[1]) == 0]
@@ -267,14 +302,24 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
         _store_result(store, cache, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
     if not work:
         return 0
-    matcher = PairMatcher(config["matcher"], config["features"], cache.path, device, batch_size)
-    with tqdm(total=len(work), desc="match", unit="pair", dynamic_ncols=True) as bar:
-        for i in range(0, len(work), matcher.batch_size):
-            batch = work[i:i + matcher.batch_size]
-            results = matcher.match_batch([(cache[a], cache[b]) for a, b in batch])
-            for (a, b), (m0, s0) in zip(batch, results, strict=True):
-                total += _store_result(store, cache, a, b, m0, s0, cache.num_keypoints(b))
-            bar.update(len(batch))
+    with executors.start(executor) as ex:
+        size = batch_size or default_batch_size(ex.worker_device(device))
+        # the same batches on every executor (results may depend on a batch's padding); Ray calls
+        # carry a few whole batches each
+        batches = [work[i:i + size] for i in range(0, len(work), size)]
+        per_chunk = RAY_BATCHES_PER_CHUNK if ex.is_ray else 1
+        chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
+        spec = MatchWorkerSpec(config, cache.path, device, size)
+
+        def inputs_of(chunk: list[list[tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
+            return {n: cache[n] for batch in chunk for pair in batch for n in pair}
+
+        with tqdm(total=len(work), desc="match", unit="pair", dynamic_ncols=True) as bar:
+            for chunk, results in ex.map(spec, chunks, inputs_of):
+                for batch, batch_results in zip(chunk, results, strict=True):
+                    for (a, b), (m0, s0) in zip(batch, batch_results, strict=True):
+                        total += _store_result(store, cache, a, b, m0, s0, cache.num_keypoints(b))
+                    bar.update(len(batch))
     return total
 
 
@@ -295,6 +340,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="match only pairs i, i+n, i+2n, ... into OUT.shard-i-of-n.h5 (merge with `merge`)")
+    executors.add_arguments(p)
     p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
     p.set_defaults(func=_run_cli)
 
@@ -310,7 +356,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     s = main(args.features_h5, args.pairs_txt, args.out_h5, preset, overwrite=args.overwrite,
-             device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every)
+             device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every,
+             executor=executors.ExecutorOptions.from_args(args))
     out = shard_path(args.out_h5, parse_shard(args.shard)) if args.shard else args.out_h5
     print(f"matched {s.num_pairs} pair(s) ({s.num_skipped_existing} already done), "
           f"{s.mean_matches:.1f} matches/pair, {s.seconds:.1f} s -> {out}")

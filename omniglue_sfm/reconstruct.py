@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from . import colmap_sift, extract, io, match, pairs, presets, sfm
+from . import colmap_sift, executors, extract, io, match, pairs, presets, sfm
 from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .masks import add_masks_argument
@@ -102,9 +102,12 @@ def main(
     print_summary: bool = True,
     batch_size: int | None = None,
     masks: Path | None = None,
+    executor: executors.ExecutorOptions | None = None,
 ) -> SfMResult:
     """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
     ``batch_size``: pairs per matching batch (learned presets; default 16 GPU, 4 CPU).
+
+    ``executor``: where extract and match run (default: here; e.g. a Ray cluster).
 
     ``pair_options.mode`` None: exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images, else retrieval.
     """
@@ -127,6 +130,9 @@ def main(
     elif batch_size is not None:
         raise ValueError(f"--batch-size is for learned matchers; preset {preset.get('name')!r} matches "
                          "inside COLMAP")
+    elif executor is not None and executor.is_ray:
+        raise ValueError(f"--executor ray runs the learned pipelines' extract and match; preset "
+                         f"{preset.get('name', '?')!r} runs COLMAP's own SIFT here: leave --executor out")
     check_weights(preset)
     with io.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, overwrite)
@@ -136,7 +142,7 @@ def main(
                                       overwrite)
         else:
             result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 device, batch_size, masks)
+                                 device, batch_size, masks, executor)
         result.stats["failed_images"] = result.failed_images
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
@@ -150,7 +156,7 @@ def main(
 def run_learned(
     image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
     options: SfMOptions, overwrite: bool, device: str | None, batch_size: int | None = None,
-    masks: Path | None = None,
+    masks: Path | None = None, executor: executors.ExecutorOptions | None = None,
 ) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
@@ -161,7 +167,7 @@ def run_learned(
         # global descriptors come from the same forward pass; localize retrieves with them later
         summary = extract.main(image_dir, features_path, preset, image_names=names,
                                global_path=output_dir / "global.h5",
-                               overwrite=overwrite, device=device, masks=masks)
+                               overwrite=overwrite, device=device, masks=masks, executor=executor)
     names = summary.names
     if not names and summary.failed:
         raise none_readable(image_dir, summary.failed)
@@ -171,7 +177,7 @@ def run_learned(
         pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names)
     with stage("match", timings):
         match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device,
-                   batch_size=batch_size)
+                   batch_size=batch_size, executor=executor)
     with stage("sfm", timings):
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
                           image_names=names)
@@ -195,6 +201,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_masks_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    executors.add_arguments(parser)
     parser.set_defaults(func=_run_cli)
 
 
@@ -203,5 +210,5 @@ def _run_cli(args: argparse.Namespace) -> int:
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
          SfMOptions.from_args(args), args.overwrite, args.device, batch_size=args.batch_size,
-         masks=args.masks)
+         masks=args.masks, executor=executors.ExecutorOptions.from_args(args))
     return 0

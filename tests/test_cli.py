@@ -16,6 +16,7 @@ USER_ERRORS = {
     "extract": (["extract", "{tmp}", "{tmp}/features.h5", "--preset", "sift"], "COLMAP's own SIFT"),
     "pairs": (["pairs", "{tmp}", "{tmp}/pairs.txt", "--mode", "retrieval"], "global descriptors"),
     "match": (["match", "{tmp}/missing.h5", "{tmp}/pairs.txt", "{tmp}/matches.h5"], "missing.h5"),
+    "vlad": (["vlad", "{tmp}/missing.h5", "{tmp}/vlad.h5"], "missing.h5"),
     "merge": (["merge", "{tmp}/out.h5", "{tmp}/missing.h5"], "missing.h5"),
     "sfm": (["sfm", "{tmp}/missing", "{tmp}/f.h5", "{tmp}/m.h5", "{tmp}/out"], "does not exist"),
     "reconstruct": (["reconstruct", "{tmp}", "{tmp}/out", "--preset", "sift"], "no images"),

@@ -11,11 +11,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
-    ("io", "hloc", "images", "runtime", "weights", "scenes", "masks"),  # files, data, where work runs
+    # files, data, where work runs
+    ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks"),
     # plugins, presets (validated against the plugins), cameras, geometry
     ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
-    ("extract", "pairs", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
+    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
     ("reconstruct", "localize", "export", "triangulate"),  # stages put together
     ("evaluate", "evaluate_pairs", "evaluate_localization", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line
