@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import io, presets, registry
+from . import io, orientation, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
 from .images import (
@@ -31,6 +32,7 @@ from .images import (
     resize_for_extraction,
     scale_keypoints,
 )
+from .matchers.base import features_to_tensors
 from .runtime import check_device, default_device
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class ExtractSummary:
     names: list[str] = field(default_factory=list)  # images with features (new or already there)
     failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
     seconds: float = 0.0
+    turns: dict[str, int] = field(default_factory=dict)  # quarter-turns, when rotation handling is on
+    orientation: dict | None = None  # what the orientation pass did (TurnEstimate.summary), if it ran
 
 
 def features_config(preset: dict) -> dict:
@@ -51,14 +55,23 @@ def features_config(preset: dict) -> dict:
     config = {"features": preset["features"]}
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
+    rotation = orientation.options_from_preset(preset)
+    if rotation is not None:  # absent when off: files made before rotation handling stay valid
+        config["rotation"] = rotation.record()
     return config
 
 
 def extract_image(
     img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
-    resize_max: int | None, device: torch.device,
+    resize_max: int | None, device: torch.device, turn: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor."""
+    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor.
+
+    With ``turn`` the image is extracted upright (turned ``turn`` quarter-turns counter-clockwise)
+    and its keypoints are mapped back to the original pixels; ``image_size`` stays the original's.
+    """
+    original_size = (img.shape[1], img.shape[0])
+    img = orientation.turn_image(img, turn) if turn else img
     resized, scale = resize_for_extraction(img, resize_max)
     tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
     tensor = tensor.to(device=device, dtype=torch.float32) / 255.0
@@ -69,8 +82,11 @@ def extract_image(
             "keypoints": scale_keypoints(kp.cpu().numpy(), scale),
             "scores": pred["scores"].cpu().numpy().astype(np.float32),
             "descriptors": pred["descriptors"].t().cpu().numpy().astype(np.float32),  # (D, N)
-            "image_size": np.array([img.shape[1], img.shape[0]], dtype=np.int64),
+            "image_size": np.array(original_size, dtype=np.int64),
         }
+        if turn:
+            upright = (img.shape[1], img.shape[0])
+            item["keypoints"] = orientation.from_upright(item["keypoints"], upright, turn)[0].astype(np.float32)
         if guidance is not None:
             gout = guidance(tensor, pred)
             size = (resized.shape[1], resized.shape[0])
@@ -94,8 +110,14 @@ def main(
     overwrite: bool = False,
     device: str | None = None,
     flush_every: int = 64,
+    turns: Mapping[str, int] | None = None,
 ) -> ExtractSummary:
-    """Extract features (and global descriptors when ``global_path`` is given) for a folder."""
+    """Extract features (and global descriptors when ``global_path`` is given) for a folder.
+
+    With the preset's rotation handling on, each image is extracted upright: ``turns`` gives its
+    quarter-turn (localization queries), else the orientation pass estimates them over the images
+    when any of them needs new features.
+    """
     start = time.perf_counter()
     preset = presets.resolve(preset)
     config = features_config(preset)
@@ -107,28 +129,84 @@ def main(
     check_device(device)
     features_path = Path(features_path)
     features_path.parent.mkdir(parents=True, exist_ok=True)
+    job = _Job(image_dir, features_path, preset, config, names, global_path, overwrite, device, flush_every,
+               turns)
     with io.output_lock(features_path):  # one run per output file
-        return _extract(image_dir, features_path, config, names, global_path, overwrite, device,
-                        flush_every, start)
+        return _extract(job, start)
 
 
-def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str], global_path: Path | None,
-             overwrite: bool, device: str | None, flush_every: int, start: float) -> ExtractSummary:
-    store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
+@dataclass
+class _Job:
+    image_dir: Path
+    features_path: Path
+    preset: dict
+    config: dict
+    names: list[str]
+    global_path: Path | None
+    overwrite: bool
+    device: str | None
+    flush_every: int
+    turns: Mapping[str, int] | None
+
+
+def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> orientation.TurnEstimate:
+    """Estimate every image's turn with low-resolution features of the preset's own extractor,
+    matched by the preset's own matcher (see :mod:`omniglue_sfm.orientation`)."""
+    from . import match  # match does not import extract; imported here to keep extract light
+
+    dev = default_device(job.device)
+    low = registry.extractor({**job.config["features"], "max_keypoints": rotation.max_keypoints}).to(dev).eval()
+    matcher = match.PairMatcher(job.preset.get("matcher") or {"name": "mnn"}, job.config, job.features_path, dev)
+
+    def features_of(img: np.ndarray) -> dict:
+        return extract_image(img, low, None, None, dev)[0]
+
+    def match_fn(fa: dict, fb: dict) -> np.ndarray:
+        return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
+
+    return orientation.estimate_turns(job.names, orientation.read_or_none(job.image_dir), features_of, match_fn,
+                                      rotation)
+
+
+def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str], summary: ExtractSummary) -> dict[str, int]:
+    """Each image's turn (all 0 with rotation handling off); an image whose turn changed joins ``changed``."""
+    if "rotation" not in job.config:
+        return {}
+    rotation = orientation.OrientationOptions(**job.config["rotation"])
+    if job.turns is not None:
+        turns = {n: int(job.turns.get(n, 0)) % 4 for n in job.names}
+    elif any(n not in store or n in changed for n in job.names):
+        estimate = orientation_pass(job, rotation)
+        turns, summary.orientation = estimate.turns, estimate.summary()
+    else:  # nothing new: the stored turns stand (no pass on a resumed run)
+        turns = {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
+    turned = {n for n in job.names if n in store and n not in changed and io.stored_turn(store.item_attrs(n)) != turns[n]}
+    if turned:
+        log.info("%d image(s) have another turn than their stored features; re-extracting: %s",
+                 len(turned), ", ".join(sorted(turned)[:10]))
+        changed |= turned
+    return turns
+
+
+def _extract(job: _Job, start: float) -> ExtractSummary:
+    config, names, image_dir = job.config, job.names, job.image_dir
+    store = io.ShardedH5(job.features_path, "features", config, overwrite=job.overwrite, flush_every=job.flush_every)
     gstore = None
-    if global_path is not None:
+    if job.global_path is not None:
         gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}
-        gstore = io.ShardedH5(global_path, "global", gconfig, overwrite=overwrite, flush_every=flush_every)
+        gstore = io.ShardedH5(job.global_path, "global", gconfig, overwrite=job.overwrite,
+                              flush_every=job.flush_every)
     # an image replaced under the same name: its features (and global descriptor) are redone
     changed = {n for n in names if n in store and io.source_changed(store.item_attrs(n), image_dir / n)}
     if changed:
         log.info("%d image(s) changed since their features were extracted; re-extracting: %s",
                  len(changed), ", ".join(sorted(changed)[:10]))
+    summary = ExtractSummary()
+    turns = _image_turns(job, store, changed, summary)
     todo = [n for n in names
             if n not in store or n in changed or (gstore is not None and n not in gstore)]
-    summary = ExtractSummary()
     if todo:
-        dev = default_device(device)
+        dev = default_device(job.device)
         extractor = registry.extractor(config["features"]).to(dev).eval()
         guidance = registry.guidance(config["guidance"]).to(dev).eval() if "guidance" in config else None
         resize_max = config["features"].get("resize_max")
@@ -141,7 +219,9 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
                     summary.failed[name] = err.reason
                     continue
                 source = io.source_record(image_dir / name)
-                item, gvec = extract_image(img, extractor, guidance, resize_max, dev)
+                if turns:
+                    source["turn"] = turns[name]
+                item, gvec = extract_image(img, extractor, guidance, resize_max, dev, turns.get(name, 0))
                 if name not in store or name in changed:
                     store.add(name, item, source)
                 if gstore is not None and (name not in gstore or name in changed):
@@ -154,6 +234,7 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
         if gstore is not None:
             gstore.finalize()
     summary.names = [n for n in names if n not in summary.failed]
+    summary.turns = {n: turns[n] for n in summary.names} if turns else {}
     summary.seconds = time.perf_counter() - start
     if summary.failed:
         log.warning("%d image(s) could not be read: %s", len(summary.failed), ", ".join(summary.failed))
@@ -173,6 +254,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help=f"pipeline preset: {', '.join(presets.names())} (default: omniglue)")
     p.add_argument("--global", dest="global_h5", type=Path, default=None,
                    help="also write global descriptors (for `pairs --mode retrieval`) here")
+    orientation.add_argument(p)
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
@@ -180,7 +262,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    summary = main(args.images, args.out_h5, args.preset, global_path=args.global_h5,
+    preset = presets.resolve(args.preset, orientation.overrides_from_args(args))
+    summary = main(args.images, args.out_h5, preset, global_path=args.global_h5,
                    overwrite=args.overwrite, device=args.device, flush_every=args.flush_every)
     n = len(summary.names)
     print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")

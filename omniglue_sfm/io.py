@@ -222,6 +222,17 @@ def source_changed(record: dict, path: Path | str) -> bool:
     return _sha1(path) != attr_text(record["source_sha1"])
 
 
+def stored_turn(record: dict) -> int:
+    """The quarter-turn a features group was extracted at (its ``turn`` attribute; 0 when absent)."""
+    return int(record.get("turn", 0))
+
+
+def read_turn(path: Path | str, name: str) -> int:
+    """:func:`stored_turn` of one image of a ``features.h5``."""
+    with read_h5(path) as h5:
+        return stored_turn(dict(h5[name].attrs))
+
+
 def source_sha1(record: dict) -> str:
     """The recorded SHA-1 of a features group ('' when unknown)."""
     return attr_text(record.get("source_sha1", ""))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from . import colmap_sift, extract, io, match, pairs, presets, sfm
+from . import colmap_sift, extract, io, match, orientation, pairs, presets, sfm
 from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .runtime import check_device
@@ -165,6 +165,10 @@ def run_learned(
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
                           image_names=names)
     result.failed_images, result.stage_seconds = dict(summary.failed), timings
+    if summary.turns:  # rotation handling on: each image's quarter-turn, in degrees
+        result.stats["image_turns_deg"] = {n: 90 * t for n, t in sorted(summary.turns.items())}
+    if summary.orientation is not None:  # the pass ran in this call (inside the extract stage)
+        result.stats["orientation"] = summary.orientation
     return result
 
 
@@ -180,6 +184,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                              f"else retrieval)")
     pairs.add_arguments(parser)
     add_arguments(parser)
+    orientation.add_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.set_defaults(func=_run_cli)
@@ -188,5 +193,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     # main() prints the summary table itself
     main(args.images, args.output, args.preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, args.device)
+         SfMOptions.from_args(args), args.overwrite, args.device,
+         preset_overrides=orientation.overrides_from_args(args))
     return 0
