@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from . import extract, io, match, pairs, presets
+from . import extract, io, match, orientation, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .matchers.base import features_to_tensors
 from .pnp import correspondences, covisibility_clusters, estimate_pose, ransac_threshold, rigid_to_lists
@@ -86,6 +86,7 @@ def map_preset(model_dir: Path) -> dict:
         preset["guidance"] = fconf["guidance"]
     else:
         preset.pop("guidance", None)
+    preset["rotation"] = map_rotation(fconf)
     matches_path = model_dir / "matches.h5"
     if matches_path.exists():  # the matcher that made the map's matches is the truth, if recorded
         mconf = io.read_config(matches_path)
@@ -113,11 +114,69 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "
                                     f"features.h5 ({fconf.get('features')})")
+        preset["rotation"] = map_rotation(fconf)  # queries are turned upright as the map's images were
     image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
     if not image_ids:
         raise LocalizationError(f"the model in {sparse} has no registered image")
     return LocalizationMap(model_dir, rec, model_dir / "features.h5", model_dir / "global.h5", preset,
                            image_ids)
+
+
+def map_rotation(features_config: dict) -> dict | str:
+    """The rotation handling recorded in the map's ``features.h5`` ("off" when it has none)."""
+    return features_config.get("rotation") or "off"
+
+
+QUERY_TURN_REFERENCES = 2  # map images a query is matched against to tell its turn
+
+
+def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence[str],
+                         rotation: orientation.OrientationOptions, device: str | None) -> dict[str, int]:
+    """Each query's quarter-turn relative to the map: the query is extracted (with the map's
+    configuration) at each turn, upright first; each view retrieves its most similar map images
+    and is matched to them (map images upright, as the map matched them). The upright view is
+    accepted at once with ``min_inliers`` verified matches; else the clear winner, else 0."""
+    from . import registry
+    from .images import ImageReadError, read_image
+    from .runtime import default_device
+
+    dev = default_device(device)
+    conf = lmap.preset
+    extractor = registry.extractor(conf["features"]).to(dev).eval()
+    guidance = registry.guidance(conf["guidance"]).to(dev).eval() if conf.get("guidance") else None
+    matcher = match.PairMatcher(conf["matcher"], conf, lmap.features_path, dev)
+    map_features = match.FeatureCache(lmap.features_path)
+    db_names = sorted(lmap.image_ids)
+    db_global = pairs.load_global(lmap.global_path, db_names) if lmap.global_path.exists() else None
+    turns: dict[str, int] = {}
+    try:
+        for name in names:
+            try:
+                img = read_image(image_dir / name)
+            except ImageReadError:
+                turns[name] = 0  # extraction reports it
+                continue
+            max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
+            scores: list[int] = []
+            for k in range(4):
+                item, gvec = extract.extract_image(img, extractor, guidance, conf["features"].get("resize_max"),
+                                                   dev, turn=k)
+                if db_global is None or gvec is None:
+                    refs = db_names[:: max(1, len(db_names) // QUERY_TURN_REFERENCES)][:QUERY_TURN_REFERENCES]
+                else:
+                    sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), db_global)[0]
+                    refs = [db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
+                found = matcher.match_to_references(features_to_tensors(item, k), [map_features[r] for r in refs])
+                scores.append(sum(
+                    orientation.verified_score(item["keypoints"], map_features[r]["keypoints"].numpy(), m,
+                                               max_error, rotation) for r, m in zip(refs, found, strict=True)))
+                if k == 0 and scores[0] >= rotation.min_inliers:
+                    break  # upright, as most photos are
+            turns[name] = 0 if len(scores) == 1 else orientation.query_turn(scores, rotation)
+            log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)
+    finally:
+        map_features.close()
+    return turns
 
 
 def map_image_dir(model_dir: Path) -> Path | None:
@@ -171,6 +230,7 @@ class QueryResult:
     tvec: list[float] | None = None  # cam_from_world translation
     inlier_map_images: dict[str, int] = field(default_factory=dict)
     num_clusters: int | None = None
+    turn_deg: int = 0  # how far the query was turned (counter-clockwise) to extract it upright
     seconds: float = 0.0
 
 
@@ -227,7 +287,9 @@ def localize_query(
     width, height = (int(v) for v in feats["image_size"])
     camera, estimate_focal = choose_camera(lmap, query, image_dir, retrieved, (width, height),
                                            opts.intrinsics_mode, result)
-    qfeat = features_to_tensors(feats)
+    turn = io.read_turn(query_features, query.name)
+    result.turn_deg = 90 * turn
+    qfeat = features_to_tensors(feats, turn)  # upright, as extracted
     db_ids = [lmap.image_ids[n] for n in retrieved]
     matches = matcher.match_to_references(qfeat, [map_features[n] for n in retrieved])
     result.num_matches = int(sum(len(m) for m in matches))
@@ -320,8 +382,11 @@ def main(
             q.camera = q.camera or given.get(q.name)
 
     qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
+    rotation = orientation.options_from_preset(lmap.preset)
+    turns = None if rotation is None else estimate_query_turns(lmap, image_dir, [q.name for q in qlist],
+                                                                rotation, device)
     summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
-                           global_path=qglobal_path, overwrite=overwrite, device=device)
+                           global_path=qglobal_path, overwrite=overwrite, device=device, turns=turns)
     results: dict[str, QueryResult] = {
         name: QueryResult(name, reason=f"image could not be read: {why}")
         for name, why in summary.failed.items()

@@ -3,6 +3,7 @@ solver, and the orientation pass inside ``extract`` on small copies of the sampl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_features_reach_the_matcher_upright():
 # the orientation pass inside extract, on small copies of the sample (lossless PNG turns)
 
 
-def _scene(folder: Path, turned_cw: dict[int, int], long_side: int = 384) -> Path:
+def _scene(folder: Path, turned_cw: dict[int, int], long_side: int = 320) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, src in enumerate(sorted(SAMPLE_IMAGES.glob("*.jpg"))[:3]):
         with Image.open(src) as img:
@@ -139,7 +140,8 @@ def _scene(folder: Path, turned_cw: dict[int, int], long_side: int = 384) -> Pat
 
 
 def _preset(rotation: str = "auto") -> dict:
-    return {**small_preset("lightglue", max_keypoints=384, resize_max=384), "rotation": rotation}
+    # mutual nearest neighbours keep these tests fast; LightGlue runs in the slow end-to-end tests
+    return {**small_preset("mnn", max_keypoints=256, resize_max=320), "rotation": rotation}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,8 @@ def upright_features(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("degrees", [90, 180, 270])
+@pytest.mark.parametrize("degrees", [pytest.param(90, marks=pytest.mark.slow), 180,
+                                     pytest.param(270, marks=pytest.mark.slow)])
 def test_extract_finds_the_turn_and_stores_original_pixels(tmp_path, upright_features, degrees):
     folder = _scene(tmp_path / "images", {1: degrees})
     out = tmp_path / "features.h5"
@@ -219,3 +222,54 @@ def test_turned_scene_writer(tmp_path):
         np.testing.assert_allclose(gt[name].center, src[name].center, atol=1e-4)
     with pytest.raises(ValueError, match="multiples of 90"):
         orientation.write_turned_scene(sample, tmp_path / "bad", {"0001.jpg": 45})
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on a turned variant of the sample scene (slow)
+
+SAMPLE = SAMPLE_IMAGES.parent
+FAST = {"features": {"max_keypoints": 512, "resize_max": 768}}
+TURNED = {"0000.jpg": 90, "0003.jpg": 180, "0006.jpg": 270}
+
+
+@pytest.mark.slow
+def test_turned_sample_reconstructs_like_the_upright_one(tmp_path):
+    from omniglue_sfm import reconstruct
+    from omniglue_sfm.evaluate import evaluate
+    from omniglue_sfm.mapping import SfMOptions
+
+    scene = orientation.write_turned_scene(SAMPLE, tmp_path / "scene", TURNED)
+    out = tmp_path / "out"
+    result = reconstruct.main(scene / "images", out, "omniglue", preset_overrides=FAST,
+                              options=SfMOptions(progress=False), print_summary=False)
+    assert result.stats["image_turns_deg"] == {f"{i:04d}.jpg": TURNED.get(f"{i:04d}.jpg", 0) for i in range(8)}
+    assert result.stats["orientation"]["turned"] == TURNED
+    metrics = evaluate(out / "sparse", scene / "gt")
+    assert metrics["registered"] == 8 and metrics["auc5"] > 0.8, metrics
+    # matches.h5 and the model are in the stored (turned) pixels: the turned image's camera is portrait
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(out / "sparse")
+    cams = {rec.image(i).name: rec.image(i).camera for i in rec.reg_image_ids()}
+    assert cams["0000.jpg"].height > cams["0000.jpg"].width
+    off = reconstruct.main(scene / "images", tmp_path / "off", "omniglue",
+                           preset_overrides={**FAST, "rotation": "off"}, options=SfMOptions(progress=False),
+                           print_summary=False)
+    assert "image_turns_deg" not in off.stats and "orientation" not in off.stats
+
+
+@pytest.mark.slow
+def test_query_turned_by_180_degrees_localizes(tmp_path):
+    """The held-out images of the sample (0003, 0005) are queries, turned by 180 and 270 degrees;
+    the map is built from the upright others (aliked+lightglue, as evaluate-localization does)."""
+    from omniglue_sfm import evaluate_localization
+
+    scene = orientation.write_turned_scene(SAMPLE, tmp_path / "scene", {"0003.jpg": 180, "0005.jpg": 270})
+    report = evaluate_localization.main(scene / "images", scene / "gt", 2, tmp_path / "run", "aliked+lightglue",
+                                        {"features": {"max_keypoints": 1024}}, device="cpu", progress=False)
+    assert report["held_out"] == ["0003.jpg", "0005.jpg"]
+    for name, r in report["per_query"].items():
+        assert r["localized"], (name, r["reason"])
+        assert r["position_error"] < 0.25 and r["rotation_error_deg"] < 2.0, (name, r)
+    queries = json.loads((tmp_path / "run" / "localize" / "localize.json").read_text())["queries"]
+    assert queries["0003.jpg"]["turn_deg"] == 180 and queries["0005.jpg"]["turn_deg"] == 270
