@@ -135,7 +135,7 @@ def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence
     """Each query's quarter-turn relative to the map: the query is extracted (with the map's
     configuration) at each turn, upright first; each view retrieves its most similar map images
     and is matched to them (map images upright, as the map matched them). The upright view is
-    accepted at once with ``min_inliers`` verified matches; else the clear winner, else 0."""
+    accepted at once with ``accept_inliers`` verified matches; else the clear winner, else 0."""
     from . import registry
     from .images import ImageReadError, read_image
     from .runtime import default_device
@@ -170,7 +170,7 @@ def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence
                 scores.append(sum(
                     orientation.verified_score(item["keypoints"], map_features[r]["keypoints"].numpy(), m,
                                                max_error, rotation) for r, m in zip(refs, found, strict=True)))
-                if k == 0 and scores[0] >= rotation.min_inliers:
+                if k == 0 and scores[0] >= rotation.accept_inliers:
                     break  # upright, as most photos are
             turns[name] = 0 if len(scores) == 1 else orientation.query_turn(scores, rotation)
             log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)

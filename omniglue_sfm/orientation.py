@@ -12,10 +12,11 @@ How the turns are found (``estimate_turns``), cheaply:
 1. Every image gets low-resolution features (the preset's own extractor, ``resize_max`` px,
    ``max_keypoints``) as it is stored. Candidate pairs (exhaustive up to 40 images, else a
    sequential window with quadratic links; neighbours in name order first) are matched with the
-   preset's matcher and verified with a fundamental matrix (pycolmap LO-RANSAC). A pair with at
-   least ``min_inliers`` inliers joins its two images with relative turn 0 (union-find); a pair
-   whose images are already joined is skipped. On an upright scene this is all: about one match
-   per image.
+   preset's matcher and verified with a fundamental matrix (pycolmap LO-RANSAC); inliers count
+   only when they are ``min_inlier_ratio`` of the matches. A pair with ``accept_inliers``
+   inliers joins its two images with relative turn 0 (union-find); one with fewer, but
+   ``min_inliers``, only if turn 0 also beats the other three turns. A pair whose images are
+   already joined is skipped. On an upright scene this is all: about one match per image.
 2. The largest joined group is the anchor. Each other group is attached through a candidate pair
    (anchor image ``a``, group image ``b``): ``b``'s three other quarter-turns are extracted (once)
    and matched against ``a``; the turn with the most inliers wins when it has at least
@@ -59,6 +60,10 @@ class OrientationOptions:
     resize_max: int = 512  # long side of the low-resolution images of the orientation pass
     max_keypoints: int = 512  # keypoints per low-resolution image
     min_inliers: int = 30  # fundamental-matrix inliers that accept a relative turn
+    # as stored, accepted at once with this many (else all four turns are compared): a pair 180
+    # degrees apart can give ~30 matches that a fundamental matrix fits; an overlapping upright pair
+    # gives hundreds at 512 keypoints
+    accept_inliers: int = 100
     # ... and the share of the matches they must be: F fits ~30 of ~150 wrong-turn matches
     # (a 1D constraint), while a right turn has most matches inliers (measured: 0.15-0.2 vs 0.9)
     min_inlier_ratio: float = 0.4
@@ -296,7 +301,11 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
     the images that could not be attached to the anchor group."""
     groups = _Groups(names)
     for a, b in pairs:  # step 1: upright links, skipping pairs already joined
-        if groups.find(a) != groups.find(b) and score(a, b, 0) >= options.min_inliers:
+        if groups.find(a) == groups.find(b):
+            continue
+        s0 = score(a, b, 0)
+        if s0 >= options.accept_inliers or (
+                s0 >= options.min_inliers and best_turn([score(a, b, t) for t in range(4)], options) == 0):
             groups.union(a, b)
     members = groups.members()
     anchor = set(members[0])

@@ -82,12 +82,27 @@ def test_solver_keeps_upright_scene_upright_and_cheap():
 
     def score(a: str, b: str, k: int) -> int:
         calls.append(k)
-        return 80 if k == 0 else 2
+        return 150 if k == 0 else 2
 
     turns, unattached = orientation.solve_turns(names, orientation.candidate_pairs(names), score,
                                                 OrientationOptions())
     assert set(turns.values()) == {0} and not unattached
     assert calls == [0] * (len(names) - 1)  # neighbours first: one match per image joins them all
+
+
+def test_a_few_chance_matches_do_not_join_images_180_degrees_apart():
+    """A 180-degree pair whose upright matching gives a few dozen inliers (a fundamental matrix
+    fits them by chance) is compared against all four turns before being joined."""
+    true = {"a": 0, "b": 2, "c": 0}
+
+    def score(a: str, b: str, k: int) -> int:
+        if (true[b] - true[a] - k) % 4 == 0:
+            return 300
+        return 35 if k == 0 else 5
+
+    names = sorted(true)
+    turns, _ = orientation.solve_turns(names, orientation.candidate_pairs(names), score, OrientationOptions())
+    assert turns == true
 
 
 def test_unclear_group_is_left_as_stored():
