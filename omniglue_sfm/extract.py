@@ -86,7 +86,8 @@ def extract_image(
         }
         if turn:
             upright = (img.shape[1], img.shape[0])
-            item["keypoints"] = orientation.from_upright(item["keypoints"], upright, turn)[0].astype(np.float32)
+            back = orientation.from_upright(item["keypoints"], upright, turn)[0]
+            item["keypoints"] = back.astype(np.float32)
         if guidance is not None:
             gout = guidance(tensor, pred)
             size = (resized.shape[1], resized.shape[0])
@@ -155,8 +156,10 @@ def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> ori
     from . import match  # match does not import extract; imported here to keep extract light
 
     dev = default_device(job.device)
-    low = registry.extractor({**job.config["features"], "max_keypoints": rotation.max_keypoints}).to(dev).eval()
-    matcher = match.PairMatcher(job.preset.get("matcher") or {"name": "mnn"}, job.config, job.features_path, dev)
+    low_conf = {**job.config["features"], "max_keypoints": rotation.max_keypoints}
+    low = registry.extractor(low_conf).to(dev).eval()
+    matcher_conf = job.preset.get("matcher") or {"name": "mnn"}
+    matcher = match.PairMatcher(matcher_conf, job.config, job.features_path, dev)
 
     def features_of(img: np.ndarray) -> dict:
         return extract_image(img, low, None, None, dev)[0]
@@ -164,11 +167,12 @@ def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> ori
     def match_fn(fa: dict, fb: dict) -> np.ndarray:
         return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
 
-    return orientation.estimate_turns(job.names, orientation.read_or_none(job.image_dir), features_of, match_fn,
-                                      rotation)
+    read = orientation.read_or_none(job.image_dir)
+    return orientation.estimate_turns(job.names, read, features_of, match_fn, rotation)
 
 
-def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str], summary: ExtractSummary) -> dict[str, int]:
+def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],
+                 summary: ExtractSummary) -> dict[str, int]:
     """Each image's turn (all 0 with rotation handling off); an image whose turn changed joins ``changed``."""
     if "rotation" not in job.config:
         return {}
@@ -180,7 +184,8 @@ def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str], summary: Ext
         turns, summary.orientation = estimate.turns, estimate.summary()
     else:  # nothing new: the stored turns stand (no pass on a resumed run)
         turns = {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
-    turned = {n for n in job.names if n in store and n not in changed and io.stored_turn(store.item_attrs(n)) != turns[n]}
+    turned = {n for n in job.names if n in store and n not in changed
+              and io.stored_turn(store.item_attrs(n)) != turns[n]}
     if turned:
         log.info("%d image(s) have another turn than their stored features; re-extracting: %s",
                  len(turned), ", ".join(sorted(turned)[:10]))
@@ -190,7 +195,8 @@ def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str], summary: Ext
 
 def _extract(job: _Job, start: float) -> ExtractSummary:
     config, names, image_dir = job.config, job.names, job.image_dir
-    store = io.ShardedH5(job.features_path, "features", config, overwrite=job.overwrite, flush_every=job.flush_every)
+    store = io.ShardedH5(job.features_path, "features", config, overwrite=job.overwrite,
+                         flush_every=job.flush_every)
     gstore = None
     if job.global_path is not None:
         gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
+import torch
 
 from . import extract, io, match, orientation, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
@@ -130,6 +131,39 @@ def map_rotation(features_config: dict) -> dict | str:
 QUERY_TURN_REFERENCES = 2  # map images a query is matched against to tell its turn
 
 
+@dataclass
+class _TurnProbe:
+    """What telling a query's turn needs: the map's extractor and matcher, its features and
+    global descriptors (None: no global.h5, a few map images spread over the list instead)."""
+
+    extractor: torch.nn.Module
+    guidance: torch.nn.Module | None
+    resize_max: int | None
+    device: torch.device
+    matcher: match.PairMatcher
+    map_features: match.FeatureCache
+    db_names: list[str]
+    db_global: np.ndarray | None
+
+    def references(self, gvec: np.ndarray | None) -> list[str]:
+        if self.db_global is None or gvec is None:
+            step = max(1, len(self.db_names) // QUERY_TURN_REFERENCES)
+            return self.db_names[::step][:QUERY_TURN_REFERENCES]
+        sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), self.db_global)[0]
+        return [self.db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
+
+    def score(self, img: np.ndarray, k: int, rotation: orientation.OrientationOptions) -> int:
+        """Verified matches of the query turned ``k`` times against its most similar map images."""
+        item, gvec = extract.extract_image(img, self.extractor, self.guidance, self.resize_max, self.device,
+                                           turn=k)
+        refs = self.references(gvec)
+        found = self.matcher.match_to_references(features_to_tensors(item, k),
+                                                 [self.map_features[r] for r in refs])
+        max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
+        return sum(orientation.verified_score(item["keypoints"], self.map_features[r]["keypoints"].numpy(), m,
+                                              max_error, rotation) for r, m in zip(refs, found, strict=True))
+
+
 def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence[str],
                          rotation: orientation.OrientationOptions, device: str | None) -> dict[str, int]:
     """Each query's quarter-turn relative to the map: the query is extracted (with the map's
@@ -142,40 +176,29 @@ def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence
 
     dev = default_device(device)
     conf = lmap.preset
-    extractor = registry.extractor(conf["features"]).to(dev).eval()
-    guidance = registry.guidance(conf["guidance"]).to(dev).eval() if conf.get("guidance") else None
-    matcher = match.PairMatcher(conf["matcher"], conf, lmap.features_path, dev)
-    map_features = match.FeatureCache(lmap.features_path)
     db_names = sorted(lmap.image_ids)
-    db_global = pairs.load_global(lmap.global_path, db_names) if lmap.global_path.exists() else None
+    probe = _TurnProbe(
+        registry.extractor(conf["features"]).to(dev).eval(),
+        registry.guidance(conf["guidance"]).to(dev).eval() if conf.get("guidance") else None,
+        conf["features"].get("resize_max"), dev,
+        match.PairMatcher(conf["matcher"], conf, lmap.features_path, dev),
+        match.FeatureCache(lmap.features_path), db_names,
+        pairs.load_global(lmap.global_path, db_names) if lmap.global_path.exists() else None)
     turns: dict[str, int] = {}
     try:
         for name in names:
             try:
                 img = read_image(image_dir / name)
             except ImageReadError:
-                turns[name] = 0  # extraction reports it
+                turns[name] = 0  # the extraction reports it
                 continue
-            max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
-            scores: list[int] = []
-            for k in range(4):
-                item, gvec = extract.extract_image(img, extractor, guidance, conf["features"].get("resize_max"),
-                                                   dev, turn=k)
-                if db_global is None or gvec is None:
-                    refs = db_names[:: max(1, len(db_names) // QUERY_TURN_REFERENCES)][:QUERY_TURN_REFERENCES]
-                else:
-                    sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), db_global)[0]
-                    refs = [db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
-                found = matcher.match_to_references(features_to_tensors(item, k), [map_features[r] for r in refs])
-                scores.append(sum(
-                    orientation.verified_score(item["keypoints"], map_features[r]["keypoints"].numpy(), m,
-                                               max_error, rotation) for r, m in zip(refs, found, strict=True)))
-                if k == 0 and scores[0] >= rotation.accept_inliers:
-                    break  # upright, as most photos are
+            scores = [probe.score(img, 0, rotation)]
+            if scores[0] < rotation.accept_inliers:  # not clearly upright, as most photos are
+                scores += [probe.score(img, k, rotation) for k in (1, 2, 3)]
             turns[name] = 0 if len(scores) == 1 else orientation.query_turn(scores, rotation)
             log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)
     finally:
-        map_features.close()
+        probe.map_features.close()
     return turns
 
 

@@ -72,7 +72,8 @@ class OrientationOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in ROTATION_MODES:
-            raise ValueError(f"unknown rotation mode {self.mode!r}; choose one of {', '.join(ROTATION_MODES)}")
+            raise ValueError(f"unknown rotation mode {self.mode!r}; choose one of "
+                             f"{', '.join(ROTATION_MODES)}")
 
     @property
     def enabled(self) -> bool:
@@ -134,8 +135,9 @@ def to_upright(points: np.ndarray, size: Sequence[int], turn: int) -> tuple[np.n
     return rotate_points(points, size, turn)
 
 
-def from_upright(points: np.ndarray, upright_size: Sequence[int], turn: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Points of the upright view (of ``upright_size``) -> original pixels; the inverse of :func:`to_upright`."""
+def from_upright(points: np.ndarray, upright_size: Sequence[int],
+                 turn: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Points of the upright view (of ``upright_size``) -> original pixels (inverse of :func:`to_upright`)."""
     return rotate_points(points, upright_size, -turn % 4)
 
 
@@ -223,7 +225,8 @@ class TurnScorer:
     """Verified low-resolution matches of image ``a`` (as stored) against image ``b`` turned ``k``
     times. Images are read, downscaled and extracted once per needed turn."""
 
-    def __init__(self, read: ReadFn, features_of: FeaturesFn, match: MatchFn, options: OrientationOptions) -> None:
+    def __init__(self, read: ReadFn, features_of: FeaturesFn, match: MatchFn,
+                 options: OrientationOptions) -> None:
         self.read, self.features_of, self.match, self.options = read, features_of, match, options
         self.small: dict[str, np.ndarray | None] = {}
         self.features: dict[tuple[str, int], dict] = {}

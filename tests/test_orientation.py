@@ -196,7 +196,8 @@ def test_upright_scene_costs_little_and_resume_skips_the_pass(tmp_path, upright_
     summary = extract.main(folder, out, _preset(), device="cpu")
     assert set(summary.turns.values()) == {0}
     assert summary.orientation["extractions"] == 3 and summary.orientation["matched_pairs"] <= 3
-    np.testing.assert_allclose(io.read_keypoints(out, "0002.png"), io.read_keypoints(upright_features, "0002.png"))
+    np.testing.assert_allclose(io.read_keypoints(out, "0002.png"),
+                               io.read_keypoints(upright_features, "0002.png"))
     again = extract.main(folder, out, _preset(), device="cpu")
     assert again.orientation is None and again.turns == summary.turns
 
@@ -257,7 +258,8 @@ def test_turned_sample_reconstructs_like_the_upright_one(tmp_path):
     out = tmp_path / "out"
     result = reconstruct.main(scene / "images", out, "omniglue", preset_overrides=FAST,
                               options=SfMOptions(progress=False), print_summary=False)
-    assert result.stats["image_turns_deg"] == {f"{i:04d}.jpg": TURNED.get(f"{i:04d}.jpg", 0) for i in range(8)}
+    expected = {f"{i:04d}.jpg": TURNED.get(f"{i:04d}.jpg", 0) for i in range(8)}
+    assert result.stats["image_turns_deg"] == expected
     assert result.stats["orientation"]["turned"] == TURNED
     metrics = evaluate(out / "sparse", scene / "gt")
     assert metrics["registered"] == 8 and metrics["auc5"] > 0.8, metrics
@@ -280,8 +282,9 @@ def test_query_turned_by_180_degrees_localizes(tmp_path):
     from omniglue_sfm import evaluate_localization
 
     scene = orientation.write_turned_scene(SAMPLE, tmp_path / "scene", {"0003.jpg": 180, "0005.jpg": 270})
-    report = evaluate_localization.main(scene / "images", scene / "gt", 2, tmp_path / "run", "aliked+lightglue",
-                                        {"features": {"max_keypoints": 1024}}, device="cpu", progress=False)
+    report = evaluate_localization.main(scene / "images", scene / "gt", 2, tmp_path / "run",
+                                        "aliked+lightglue", {"features": {"max_keypoints": 1024}},
+                                        device="cpu", progress=False)
     assert report["held_out"] == ["0003.jpg", "0005.jpg"]
     for name, r in report["per_query"].items():
         assert r["localized"], (name, r["reason"])
