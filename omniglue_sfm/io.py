@@ -17,6 +17,9 @@ Contract (docs/design.md §1):
   A re-run re-extracts an image whose file changed and re-matches the pairs made from its old
   features (the new item lands in a newer shard, which wins on merge). Items without the record
   (older files) are kept.
+* With rotation handling on, each ``features.h5`` group also records ``turn`` (0-3): the image
+  was extracted turned upright by that many counter-clockwise quarter-turns, keypoints mapped
+  back to original pixels (see :mod:`omniglue_sfm.orientation`).
 * Every file carries the configuration that made it in its root attribute ``config`` (JSON).
   Re-opening with a different configuration raises :class:`ConfigMismatchError`; nothing is
   ever silently mixed.
