@@ -210,6 +210,23 @@ def test_rotation_setting_is_part_of_the_features_config(tmp_path):
         extract.main(folder, out, _preset("auto"), device="cpu")
 
 
+def test_rotation_on_the_command_line(tmp_path, capsys):
+    from omniglue_sfm import cli
+
+    folder = _scene(tmp_path / "images", {})
+    out = tmp_path / "features.h5"
+    assert cli.main(["extract", str(folder), str(out), "--preset", "aliked-mnn", "--rotation", "off"]) == 0
+    assert "rotation" not in io.read_config(out)
+    capsys.readouterr()
+    # the preset's default (auto) is another configuration than the file's: a clear error, exit 1
+    assert cli.main(["extract", str(folder), str(out), "--preset", "aliked-mnn"]) == 1
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit 1, as README says
+        cli.main(["extract", str(folder), str(out), "--rotation", "sideways"])
+    assert usage.value.code == 1 and "--rotation" in capsys.readouterr().err
+
+
 def test_an_image_whose_turn_changed_is_re_extracted(tmp_path):
     folder = _scene(tmp_path / "images", {})
     out = tmp_path / "features.h5"
