@@ -167,7 +167,7 @@ def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> ori
     def match_fn(fa: dict, fb: dict) -> np.ndarray:
         return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
 
-    read = orientation.read_or_none(job.image_dir)
+    read = orientation.read_or_none(job.image_dir, draft_side=rotation.resize_max)
     return orientation.estimate_turns(job.names, read, features_of, match_fn, rotation)
 
 

@@ -16,7 +16,8 @@ How the turns are found (``estimate_turns``), cheaply:
    only when they are ``min_inlier_ratio`` of the matches. A pair with ``accept_inliers``
    inliers joins its two images with relative turn 0 (union-find); one with fewer, but
    ``min_inliers``, only if turn 0 also beats the other three turns. A pair whose images are
-   already joined is skipped. On an upright scene this is all: about one match per image.
+   already joined is skipped, and so is an image that failed ``max_upright_failures`` times
+   (step 2 takes it). On an upright scene this is all: about one match per image.
 2. The largest joined group is the anchor. Each other group is attached through a candidate pair
    (anchor image ``a``, group image ``b``): ``b``'s three other quarter-turns are extracted (once)
    and matched against ``a``; the turn with the most inliers wins when it has at least
@@ -69,6 +70,9 @@ class OrientationOptions:
     min_inlier_ratio: float = 0.4
     margin: float = 2.0  # the winning turn needs this many times the runner-up's inliers
     max_tries: int = 8  # candidate pairs tried to attach a group of images to the anchor
+    # upright matches an image may fail in step 1 before it is left to step 2 (a turned image
+    # fails all of them: without a cap, a turned image in an exhaustive scene costs n - 1 matches)
+    max_upright_failures: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in ROTATION_MODES:
@@ -303,13 +307,17 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
     """One turn per image over the pair graph (steps 1-3 of the module docstring); also returns
     the images that could not be attached to the anchor group."""
     groups = _Groups(names)
+    failures = dict.fromkeys(names, 0)
     for a, b in pairs:  # step 1: upright links, skipping pairs already joined
-        if groups.find(a) == groups.find(b):
+        if groups.find(a) == groups.find(b) or max(failures[a], failures[b]) >= options.max_upright_failures:
             continue
         s0 = score(a, b, 0)
         if s0 >= options.accept_inliers or (
                 s0 >= options.min_inliers and best_turn([score(a, b, t) for t in range(4)], options) == 0):
             groups.union(a, b)
+        else:
+            failures[a] += 1
+            failures[b] += 1
     members = groups.members()
     anchor = set(members[0])
     turns = dict.fromkeys(names, 0)
@@ -361,13 +369,14 @@ def query_turn(scores: Sequence[int], options: OrientationOptions) -> int:
     return 0 if k is None else k
 
 
-def read_or_none(image_dir: Path) -> ReadFn:
-    """A reader for :func:`estimate_turns`: unreadable images are left to the extraction to report."""
+def read_or_none(image_dir: Path, draft_side: int | None = None) -> ReadFn:
+    """A reader for :func:`estimate_turns`: unreadable images are left to the extraction to report.
+    ``draft_side``: JPEGs are decoded at a reduced scale with sides at least this long (faster)."""
     from .images import ImageReadError, read_image
 
     def read(name: str) -> np.ndarray | None:
         try:
-            return read_image(image_dir / name)
+            return read_image(image_dir / name, draft_side)
         except ImageReadError:
             return None
 
