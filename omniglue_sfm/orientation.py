@@ -306,6 +306,8 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
                 options: OrientationOptions) -> tuple[dict[str, int], list[str]]:
     """One turn per image over the pair graph (steps 1-3 of the module docstring); also returns
     the images that could not be attached to the anchor group."""
+    if not names:  # no readable image: nothing to turn (the extraction reports the failures)
+        return {}, []
     groups = _Groups(names)
     failures = dict.fromkeys(names, 0)
     for a, b in pairs:  # step 1: upright links, skipping pairs already joined

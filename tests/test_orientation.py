@@ -105,6 +105,10 @@ def test_a_few_chance_matches_do_not_join_images_180_degrees_apart():
     assert turns == true
 
 
+def test_no_image_no_turn():
+    assert orientation.solve_turns([], [], lambda a, b, k: 0, OrientationOptions()) == ({}, [])
+
+
 def test_unclear_group_is_left_as_stored():
     names = ["a", "b", "c"]
 
