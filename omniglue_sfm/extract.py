@@ -168,7 +168,21 @@ def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> ori
         return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
 
     read = orientation.read_or_none(job.image_dir, draft_side=rotation.resize_max)
-    return orientation.estimate_turns(job.names, read, features_of, match_fn, rotation)
+    return orientation.estimate_turns(job.names, orientation_candidates, read, features_of, match_fn,
+                                      rotation)
+
+
+ORIENTATION_EXHAUSTIVE_MAX = 40  # orientation pass: exhaustive pairs up to this many images
+ORIENTATION_WINDOW = 5  # above: a sequential window (plus quadratic links) in name order
+
+
+def orientation_candidates(names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the orientation pass may match (it stops early; see orientation.solve_turns)."""
+    from . import pairs
+
+    if len(names) <= ORIENTATION_EXHAUSTIVE_MAX:
+        return pairs.exhaustive(names)
+    return pairs.sequential(names, window=ORIENTATION_WINDOW, quadratic=True)
 
 
 def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],

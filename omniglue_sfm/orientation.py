@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROTATION_MODES = ("auto", "off")
-EXHAUSTIVE_MAX_IMAGES = 40  # candidate pairs: exhaustive up to this many images, else sequential
-SEQUENTIAL_WINDOW = 5
 
 
 @dataclass(frozen=True)
@@ -191,17 +189,11 @@ class TurnEstimate:
                 "turned": {n: 90 * t for n, t in sorted(self.turns.items()) if t}}
 
 
-def candidate_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """Pairs the orientation pass may match, neighbours in name order first (they overlap most often)."""
-    from . import pairs
-
-    names = list(names)
-    if len(names) <= EXHAUSTIVE_MAX_IMAGES:
-        found = pairs.exhaustive(names)
-    else:
-        found = pairs.sequential(names, window=SEQUENTIAL_WINDOW, quadratic=True)
+def neighbours_first(names: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Candidate pairs (from ``pairs.exhaustive`` / ``pairs.sequential``) with neighbours in name
+    order first: they overlap most often."""
     index = {n: i for i, n in enumerate(names)}
-    return sorted(found, key=lambda p: (abs(index[p[0]] - index[p[1]]), index[p[0]]))
+    return sorted(pairs, key=lambda p: (abs(index[p[0]] - index[p[1]]), index[p[0]]))
 
 
 def verified_inliers(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray, max_error: float) -> int:
@@ -347,13 +339,16 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
     return {n: ((t + offset) % 4 if n in anchor else 0) for n, t in turns.items()}, unattached
 
 
-def estimate_turns(names: Sequence[str], read: ReadFn, features_of: FeaturesFn, match: MatchFn,
+def estimate_turns(names: Sequence[str], candidates: Callable[[list[str]], list[tuple[str, str]]],
+                   read: ReadFn, features_of: FeaturesFn, match: MatchFn,
                    options: OrientationOptions) -> TurnEstimate:
-    """The quarter-turn of every image of ``names`` (see the module docstring)."""
+    """The quarter-turn of every image of ``names`` (see the module docstring); ``candidates``
+    gives the pairs that may be matched among the readable images."""
     start = time.perf_counter()
     scorer = TurnScorer(read, features_of, match, options)
     readable = [n for n in names if scorer.image(n) is not None]
-    turns, unattached = solve_turns(readable, candidate_pairs(readable), scorer, options)
+    ordered = neighbours_first(readable, candidates(readable))
+    turns, unattached = solve_turns(readable, ordered, scorer, options)
     est = TurnEstimate({**dict.fromkeys(names, 0), **turns}, time.perf_counter() - start,
                        scorer.extractions, scorer.matched, unattached)
     turned = {n: t for n, t in est.turns.items() if t}

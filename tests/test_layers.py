@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
     ("io", "images", "presets", "runtime", "weights", "scenes"),  # files, data, where work runs
-    ("registry", "features", "guidance", "matchers", "cameras", "pnp"),  # plugins, cameras, geometry
+    # plugins, cameras, geometry (orientation: the turn of a photo and its keypoint mapping)
+    ("registry", "features", "guidance", "matchers", "cameras", "pnp", "orientation"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
     ("extract", "pairs", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
     ("reconstruct", "localize"),  # stages put together

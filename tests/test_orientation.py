@@ -14,7 +14,12 @@ from PIL import Image
 from omniglue_sfm import extract, io, orientation
 from omniglue_sfm.matchers.base import features_to_tensors
 from omniglue_sfm.orientation import OrientationOptions
+from omniglue_sfm.pairs import exhaustive
 from omniglue_sfm.scenes import CameraPose
+
+
+def _candidates(names: list[str]) -> list[tuple[str, str]]:
+    return orientation.neighbours_first(names, exhaustive(names))
 
 
 @pytest.mark.parametrize("turn", [0, 1, 2, 3])
@@ -70,7 +75,7 @@ def test_solver_recovers_turns_from_pair_scores():
             return 3
         return 120 if (true[b] - true[a] - k) % 4 == 0 else 6
 
-    pairs = orientation.candidate_pairs(names)
+    pairs = _candidates(names)
     turns, unattached = orientation.solve_turns(names, pairs, score, OrientationOptions())
     assert turns == true and unattached == []
     assert {k for _, _, k in calls} == {0, 1, 2, 3}
@@ -84,7 +89,7 @@ def test_solver_keeps_upright_scene_upright_and_cheap():
         calls.append(k)
         return 150 if k == 0 else 2
 
-    turns, unattached = orientation.solve_turns(names, orientation.candidate_pairs(names), score,
+    turns, unattached = orientation.solve_turns(names, _candidates(names), score,
                                                 OrientationOptions())
     assert set(turns.values()) == {0} and not unattached
     assert calls == [0] * (len(names) - 1)  # neighbours first: one match per image joins them all
@@ -101,7 +106,7 @@ def test_a_few_chance_matches_do_not_join_images_180_degrees_apart():
         return 35 if k == 0 else 5
 
     names = sorted(true)
-    turns, _ = orientation.solve_turns(names, orientation.candidate_pairs(names), score, OrientationOptions())
+    turns, _ = orientation.solve_turns(names, _candidates(names), score, OrientationOptions())
     assert turns == true
 
 
@@ -117,7 +122,7 @@ def test_unclear_group_is_left_as_stored():
             return 20  # too few inliers at every turn: no clear winner
         return 100 if k == 0 else 0
 
-    turns, unattached = orientation.solve_turns(names, orientation.candidate_pairs(names), score,
+    turns, unattached = orientation.solve_turns(names, _candidates(names), score,
                                                 OrientationOptions())
     assert turns == {"a": 0, "b": 0, "c": 0} and unattached == ["c"]
 
