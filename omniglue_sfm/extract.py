@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import executors, io, presets, registry
+from . import executors, io, orientation, presets, registry
 from .guidance.aliked_grid import global_descriptor
 from .guidance.base import sample_dense
 from .images import (
@@ -32,6 +33,7 @@ from .images import (
     scale_keypoints,
 )
 from .masks import MaskSet, add_masks_argument
+from .matchers.base import features_to_tensors
 from .runtime import check_device, default_device
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class ExtractSummary:
     names: list[str] = field(default_factory=list)  # images with features (new or already there)
     failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
     seconds: float = 0.0
+    turns: dict[str, int] = field(default_factory=dict)  # quarter-turns, when rotation handling is on
+    orientation: dict | None = None  # what the orientation pass did (TurnEstimate.summary), if it ran
 
 
 def features_config(preset: dict) -> dict:
@@ -52,19 +56,26 @@ def features_config(preset: dict) -> dict:
     config = {"features": preset["features"]}
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
+    rotation = orientation.options_from_preset(preset)
+    if rotation is not None:  # absent when off: files made before rotation handling stay valid
+        config["rotation"] = rotation.record()
     return config
 
 
 def extract_image(
     img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
-    resize_max: int | None, device: torch.device, full_size: tuple[int, int] | None = None,
+    resize_max: int | None, device: torch.device, full_size: tuple[int, int] | None = None, turn: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor.
 
     ``full_size`` (W, H): the original's size when ``img`` was decoded reduced (large images).
+    With ``turn`` the image is extracted upright (turned ``turn`` quarter-turns counter-clockwise)
+    and its keypoints are mapped back to the original pixels; ``image_size`` stays the original's.
     """
-    resized, scale = resize_for_extraction(img, resize_max, full_size)
     full_w, full_h = full_size or (img.shape[1], img.shape[0])
+    img = orientation.turn_image(img, turn) if turn else img
+    upright_size = (full_h, full_w) if turn % 2 else (full_w, full_h)  # full size, turned upright
+    resized, scale = resize_for_extraction(img, resize_max, upright_size)
     tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
     tensor = tensor.to(device=device, dtype=torch.float32) / 255.0
     with torch.inference_mode():
@@ -76,6 +87,9 @@ def extract_image(
             "descriptors": pred["descriptors"].t().cpu().numpy().astype(np.float32),  # (D, N)
             "image_size": np.array([full_w, full_h], dtype=np.int64),
         }
+        if turn:
+            back = orientation.from_upright(item["keypoints"], upright_size, turn)[0]
+            item["keypoints"] = back.astype(np.float32)
         if guidance is not None:
             gout = guidance(tensor, pred)
             size = (resized.shape[1], resized.shape[0])
@@ -117,6 +131,7 @@ class ExtractWorkerSpec:
     config: dict  # features_config()
     device: str | None
     masks: MaskSet | None = None
+    turns: Mapping[str, int] = field(default_factory=dict)  # name -> quarter-turns (rotation on)
 
     def build(self, remote: bool) -> ExtractWorker:
         return ExtractWorker(self, remote)
@@ -148,8 +163,11 @@ class ExtractWorker:
         except ImageReadError as err:
             return ImageResult(name, failed=err.reason)
         source = io.source_record(path)
+        turn = self.spec.turns.get(name, 0)
+        if self.spec.turns:
+            source["turn"] = turn
         item, gvec = extract_image(img, self.extractor, self.guidance, self.resize_max, self.device,
-                                   full_size)
+                                   full_size, turn)
         if self.spec.masks is not None:
             item = self.spec.masks.apply(name, item)
             source = {**source, **self.spec.masks.record(name)}
@@ -183,11 +201,15 @@ def main(
     flush_every: int = 64,
     masks: Path | None = None,
     executor: executors.ExecutorOptions | None = None,
+    turns: Mapping[str, int] | None = None,
 ) -> ExtractSummary:
     """Extract features (and global descriptors when ``global_path`` is given) for a folder.
 
     ``masks``: a folder (see :mod:`omniglue_sfm.masks`); keypoints in masked-out pixels are dropped.
     ``executor``: where the images are processed (default: here; see :mod:`omniglue_sfm.executors`).
+    With the preset's rotation handling on, each image is extracted upright: ``turns`` gives its
+    quarter-turn (localization queries), else the orientation pass estimates them over the images
+    when any of them needs new features.
     """
     start = time.perf_counter()
     preset = presets.resolve(preset)
@@ -205,33 +227,109 @@ def main(
     check_device(device)
     features_path = Path(features_path)
     features_path.parent.mkdir(parents=True, exist_ok=True)
+    job = _Job(image_dir, features_path, preset, config, names, global_path, overwrite, device, flush_every,
+               turns, mask_set, executor or executors.ExecutorOptions())
     with io.output_lock(features_path):  # one run per output file
-        return _extract(image_dir, features_path, config, names, global_path, overwrite, device,
-                        flush_every, start, mask_set, executor or executors.ExecutorOptions())
+        return _extract(job, start)
 
 
-def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str], global_path: Path | None,
-             overwrite: bool, device: str | None, flush_every: int, start: float,
-             mask_set: MaskSet | None, executor: executors.ExecutorOptions) -> ExtractSummary:
-    store = io.ShardedH5(features_path, "features", config, overwrite=overwrite, flush_every=flush_every)
+@dataclass
+class _Job:
+    image_dir: Path
+    features_path: Path
+    preset: dict
+    config: dict
+    names: list[str]
+    global_path: Path | None
+    overwrite: bool
+    device: str | None
+    flush_every: int
+    turns: Mapping[str, int] | None
+    mask_set: MaskSet | None
+    executor: executors.ExecutorOptions
+
+
+def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> orientation.TurnEstimate:
+    """Estimate every image's turn with low-resolution features of the preset's own extractor,
+    matched by the preset's own matcher (see :mod:`omniglue_sfm.orientation`)."""
+    from . import match  # match does not import extract; imported here to keep extract light
+
+    dev = default_device(job.device)
+    low_conf = {**job.config["features"], "max_keypoints": rotation.max_keypoints}
+    low = registry.extractor(low_conf).to(dev).eval()
+    matcher_conf = job.preset.get("matcher") or {"name": "mnn"}
+    matcher = match.PairMatcher(matcher_conf, job.config, job.features_path, dev)
+
+    def features_of(img: np.ndarray) -> dict:
+        return extract_image(img, low, None, None, dev)[0]
+
+    def match_fn(fa: dict, fb: dict) -> np.ndarray:
+        return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
+
+    read = orientation.read_or_none(job.image_dir, draft_side=rotation.resize_max)
+    return orientation.estimate_turns(job.names, orientation_candidates, read, features_of, match_fn,
+                                      rotation)
+
+
+ORIENTATION_EXHAUSTIVE_MAX = 40  # orientation pass: exhaustive pairs up to this many images
+ORIENTATION_WINDOW = 5  # above: a sequential window (plus quadratic links) in name order
+
+
+def orientation_candidates(names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the orientation pass may match (it stops early; see orientation.solve_turns)."""
+    from . import pairs
+
+    if len(names) <= ORIENTATION_EXHAUSTIVE_MAX:
+        return pairs.exhaustive(names)
+    return pairs.sequential(names, window=ORIENTATION_WINDOW, quadratic=True)
+
+
+def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],
+                 summary: ExtractSummary) -> dict[str, int]:
+    """Each image's turn (all 0 with rotation handling off); an image whose turn changed joins ``changed``."""
+    if "rotation" not in job.config:
+        return {}
+    rotation = orientation.OrientationOptions(**job.config["rotation"])
+    if job.turns is not None:
+        turns = {n: int(job.turns.get(n, 0)) % 4 for n in job.names}
+    elif any(n not in store or n in changed for n in job.names):
+        estimate = orientation_pass(job, rotation)
+        turns, summary.orientation = estimate.turns, estimate.summary()
+    else:  # nothing new: the stored turns stand (no pass on a resumed run)
+        turns = {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
+    turned = {n for n in job.names if n in store and n not in changed
+              and io.stored_turn(store.item_attrs(n)) != turns[n]}
+    if turned:
+        log.info("%d image(s) have another turn than their stored features; re-extracting: %s",
+                 len(turned), ", ".join(sorted(turned)[:10]))
+        changed |= turned
+    return turns
+
+
+def _extract(job: _Job, start: float) -> ExtractSummary:
+    config, names, image_dir = job.config, job.names, job.image_dir
+    store = io.ShardedH5(job.features_path, "features", config, overwrite=job.overwrite,
+                         flush_every=job.flush_every)
     gstore = None
-    if global_path is not None:
+    if job.global_path is not None:
         gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}
-        gstore = io.ShardedH5(global_path, "global", gconfig, overwrite=overwrite, flush_every=flush_every)
+        gstore = io.ShardedH5(job.global_path, "global", gconfig, overwrite=job.overwrite,
+                              flush_every=job.flush_every)
     # an image replaced under the same name: its features (and global descriptor) are redone
     changed = {n for n in names if n in store and io.source_changed(store.item_attrs(n), image_dir / n)}
-    if mask_set is not None:  # a changed mask: the features are redone too
-        changed |= {n for n in names if n in store and mask_set.changed(store.item_attrs(n), n)}
+    if job.mask_set is not None:  # a changed mask: the features are redone too
+        changed |= {n for n in names if n in store and job.mask_set.changed(store.item_attrs(n), n)}
     if changed:
         log.info("%d image(s) changed since their features were extracted; re-extracting: %s",
                  len(changed), ", ".join(sorted(changed)[:10]))
+    summary = ExtractSummary()
+    turns = _image_turns(job, store, changed, summary)
     todo = [n for n in names
             if n not in store or n in changed or (gstore is not None and n not in gstore)]
-    summary = ExtractSummary()
     if todo:
-        spec = ExtractWorkerSpec(image_dir, config, device, mask_set)
-        chunks = chunked(todo, RAY_IMAGES_PER_CHUNK if executor.is_ray else 1)
-        with executors.start(executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
+        spec = ExtractWorkerSpec(image_dir, config, job.device, job.mask_set, turns)
+        chunks = chunked(todo, RAY_IMAGES_PER_CHUNK if job.executor.is_ray else 1)
+        with executors.start(job.executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
                 tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True) as bar:
             for _, results in ex.map(spec, chunks):
                 for result in results:
@@ -242,6 +340,7 @@ def _extract(image_dir: Path, features_path: Path, config: dict, names: list[str
         if gstore is not None:
             gstore.finalize()
     summary.names = [n for n in names if n not in summary.failed]
+    summary.turns = {n: turns[n] for n in summary.names} if turns else {}
     summary.seconds = time.perf_counter() - start
     if summary.failed:
         log.warning("%d image(s) could not be read: %s", len(summary.failed), ", ".join(summary.failed))
@@ -261,6 +360,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--global", dest="global_h5", type=Path, default=None,
                    help="also write global descriptors (for `pairs --mode retrieval`) here")
     add_masks_argument(p)
+    orientation.add_argument(p)
     p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     executors.add_arguments(p)

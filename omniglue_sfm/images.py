@@ -110,16 +110,20 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
-def read_image(path: Path | str, max_side: int | None = None) -> np.ndarray:
+def read_image(path: Path | str, max_side: int | None = None, draft_side: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the EXIF orientation applied; raises :class:`ImageReadError`.
 
     With ``max_side``, a large image may come back reduced (see the module doc); use
-    :func:`read_image_sized` when the full size matters.
+    :func:`read_image_sized` when the full size matters. ``draft_side``: a JPEG of any size may be
+    decoded at a reduced scale (1/2, 1/4, 1/8) whose sides stay at least this long, several times
+    faster, for callers that downscale anyway (the orientation pass).
     """
-    return read_image_sized(path, max_side)[0]
+    return read_image_sized(path, max_side, draft_side)[0]
 
 
-def read_image_sized(path: Path | str, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_sized(
+    path: Path | str, max_side: int | None = None, draft_side: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
     """The pixels (as :func:`read_image`) and ``(W, H)`` of the full EXIF-oriented image."""
     path = Path(path)
     problem = file_problem(path)
@@ -128,6 +132,8 @@ def read_image_sized(path: Path | str, max_side: int | None = None) -> tuple[np.
     try:
         with _without_pillow_bomb_guard(), Image.open(path) as img:
             full_size = _checked_oriented_size(path, img)
+            if draft_side:
+                img.draft(img.mode, (draft_side, draft_side))  # JPEG only, else a no-op
             img = _decode(img, max_side)
             img = ImageOps.exif_transpose(img)
             arr = _to_uint8_rgb(img)

@@ -19,6 +19,9 @@ Contract (docs/design.md §1):
   A re-run re-extracts an image whose file changed and re-matches the pairs made from its old
   features (the new item lands in a newer shard, which wins on merge). Items without the record
   (older files) are kept.
+* With rotation handling on, each ``features.h5`` group also records ``turn`` (0-3): the image
+  was extracted turned upright by that many counter-clockwise quarter-turns, keypoints mapped
+  back to original pixels (see :mod:`omniglue_sfm.orientation`).
 * Every file carries the configuration that made it in its root attribute ``config`` (JSON).
   Re-opening with a different configuration raises :class:`ConfigMismatchError`; nothing is
   ever silently mixed.
@@ -349,6 +352,17 @@ def source_changed(record: dict, path: Path | str) -> bool:
     if same_stat:
         return False
     return _sha1(path) != attr_text(record["source_sha1"])
+
+
+def stored_turn(record: dict) -> int:
+    """The quarter-turn a features group was extracted at (its ``turn`` attribute; 0 when absent)."""
+    return int(record.get("turn", 0))
+
+
+def read_turn(path: Path | str, name: str) -> int:
+    """:func:`stored_turn` of one image of a ``features.h5``."""
+    with read_h5(path) as h5:
+        return stored_turn(dict(h5[name].attrs))
 
 
 def source_sha1(record: dict) -> str:

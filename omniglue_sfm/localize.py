@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
+import torch
 
-from . import extract, hloc, io, match, pairs, presets
+from . import extract, hloc, io, match, orientation, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .matchers.base import features_to_tensors
 from .pnp import (
@@ -103,6 +104,7 @@ def map_preset(model_dir: Path) -> dict:
         preset["guidance"] = fconf["guidance"]
     else:
         preset.pop("guidance", None)
+    preset["rotation"] = map_rotation(fconf)
     matches_path = model_dir / "matches.h5"
     if matches_path.exists():  # the matcher that made the map's matches is the truth, if recorded
         mconf = io.read_config(matches_path)
@@ -130,11 +132,91 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "
                                     f"features.h5 ({fconf.get('features')})")
+        preset["rotation"] = map_rotation(fconf)  # queries are turned upright as the map's images were
     image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
     if not image_ids:
         raise LocalizationError(f"the model in {sparse} has no registered image")
     return LocalizationMap(model_dir, rec, model_dir / "features.h5", model_dir / "global.h5", preset,
                            image_ids, MapExtent.of(rec))
+
+
+def map_rotation(features_config: dict) -> dict | str:
+    """The rotation handling recorded in the map's ``features.h5`` ("off" when it has none)."""
+    return features_config.get("rotation") or "off"
+
+
+QUERY_TURN_REFERENCES = 2  # map images a query is matched against to tell its turn
+
+
+@dataclass
+class _TurnProbe:
+    """What telling a query's turn needs: the map's extractor and matcher, its features and
+    global descriptors (None: no global.h5, a few map images spread over the list instead)."""
+
+    extractor: torch.nn.Module
+    guidance: torch.nn.Module | None
+    resize_max: int | None
+    device: torch.device
+    matcher: match.PairMatcher
+    map_features: match.FeatureCache
+    db_names: list[str]
+    db_global: np.ndarray | None
+
+    def references(self, gvec: np.ndarray | None) -> list[str]:
+        if self.db_global is None or gvec is None:
+            step = max(1, len(self.db_names) // QUERY_TURN_REFERENCES)
+            return self.db_names[::step][:QUERY_TURN_REFERENCES]
+        sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), self.db_global)[0]
+        return [self.db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
+
+    def score(self, img: np.ndarray, k: int, rotation: orientation.OrientationOptions) -> int:
+        """Verified matches of the query turned ``k`` times against its most similar map images."""
+        item, gvec = extract.extract_image(img, self.extractor, self.guidance, self.resize_max, self.device,
+                                           turn=k)
+        refs = self.references(gvec)
+        found = self.matcher.match_to_references(features_to_tensors(item, k),
+                                                 [self.map_features[r] for r in refs])
+        max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
+        return sum(orientation.verified_score(item["keypoints"], self.map_features[r]["keypoints"].numpy(), m,
+                                              max_error, rotation) for r, m in zip(refs, found, strict=True))
+
+
+def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence[str],
+                         rotation: orientation.OrientationOptions, device: str | None) -> dict[str, int]:
+    """Each query's quarter-turn relative to the map: the query is extracted (with the map's
+    configuration) at each turn, upright first; each view retrieves its most similar map images
+    and is matched to them (map images upright, as the map matched them). The upright view is
+    accepted at once with ``accept_inliers`` verified matches; else the clear winner, else 0."""
+    from . import registry
+    from .images import ImageReadError, read_image
+    from .runtime import default_device
+
+    dev = default_device(device)
+    conf = lmap.preset
+    db_names = sorted(lmap.image_ids)
+    probe = _TurnProbe(
+        registry.extractor(conf["features"]).to(dev).eval(),
+        registry.guidance(conf["guidance"]).to(dev).eval() if conf.get("guidance") else None,
+        conf["features"].get("resize_max"), dev,
+        match.PairMatcher(conf["matcher"], conf, lmap.features_path, dev),
+        match.FeatureCache(lmap.features_path), db_names,
+        pairs.load_global(lmap.global_path, db_names) if lmap.global_path.exists() else None)
+    turns: dict[str, int] = {}
+    try:
+        for name in names:
+            try:
+                img = read_image(image_dir / name)
+            except ImageReadError:
+                turns[name] = 0  # the extraction reports it
+                continue
+            scores = [probe.score(img, 0, rotation)]
+            if scores[0] < rotation.accept_inliers:  # not clearly upright, as most photos are
+                scores += [probe.score(img, k, rotation) for k in (1, 2, 3)]
+            turns[name] = 0 if len(scores) == 1 else orientation.query_turn(scores, rotation)
+            log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)
+    finally:
+        probe.map_features.close()
+    return turns
 
 
 def map_image_dir(model_dir: Path) -> Path | None:
@@ -189,6 +271,7 @@ class QueryResult:
     tvec: list[float] | None = None  # cam_from_world translation
     inlier_map_images: dict[str, int] = field(default_factory=dict)
     num_clusters: int | None = None
+    turn_deg: int = 0  # how far the query was turned (counter-clockwise) to extract it upright
     seconds: float = 0.0
 
 
@@ -251,7 +334,9 @@ def localize_query(
     width, height = (int(v) for v in feats["image_size"])
     camera, estimate_focal = choose_camera(lmap, query, image_dir, retrieved, (width, height),
                                            opts.intrinsics_mode, result)
-    qfeat = features_to_tensors(feats)
+    turn = io.read_turn(query_features, query.name)
+    result.turn_deg = 90 * turn
+    qfeat = features_to_tensors(feats, turn)  # upright, as extracted
     db_ids = [lmap.image_ids[n] for n in retrieved]
     matches = matcher.match_to_references(qfeat, [map_features[n] for n in retrieved])
     result.num_matches = int(sum(len(m) for m in matches))
@@ -343,8 +428,11 @@ def main(
                 q.camera = q.camera or given.get(q.name)
 
         qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
+        rotation = orientation.options_from_preset(lmap.preset)
+        turns = None if rotation is None else estimate_query_turns(
+            lmap, image_dir, [q.name for q in qlist], rotation, device)
         summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
-                               global_path=qglobal_path, overwrite=overwrite, device=device)
+                               global_path=qglobal_path, overwrite=overwrite, device=device, turns=turns)
         results: dict[str, QueryResult] = {
             name: QueryResult(name, reason=f"image could not be read: {why}")
             for name, why in summary.failed.items()

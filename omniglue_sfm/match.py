@@ -102,7 +102,8 @@ class FeatureCache:
         if name not in self.items:
             group = self.h5[name]
             raw = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
-            self.items[name] = features_to_tensors(raw)
+            # features extracted upright reach the matcher upright (orientation.py)
+            self.items[name] = features_to_tensors(raw, io.stored_turn(dict(group.attrs)))
         return self.items[name]
 
     def source_sha1(self, name: str) -> str:

@@ -102,7 +102,7 @@ def resolve(preset: str | Mapping, overrides: Mapping | None = None) -> dict:
 # user presets (--preset-file) and command-line overrides
 
 # keys of a user preset (no aliases: a user preset is named by its table)
-PRESET_KEYS = frozenset({"description", "pipeline", "features", "guidance", "matcher", "base"})
+PRESET_KEYS = frozenset({"description", "pipeline", "features", "guidance", "matcher", "rotation", "base"})
 SECTION_KINDS = {"features": "extractor", "guidance": "guidance", "matcher": "matcher"}
 # keys a section holds besides its plugin's own: the plugin name, and extract's image size
 STAGE_KEYS = {"features": {"name", "resize_max"}, "guidance": {"name"}, "matcher": {"name"}}
@@ -209,28 +209,37 @@ def feature_overrides(max_keypoints: int | None, resize_max: int | None) -> dict
 @dataclass(frozen=True)
 class PresetChoice:
     """What the command line says about the preset: a name (built-in, or from ``preset_file``) and
-    overrides of its ``[features]``. :meth:`resolve` gives the preset dict every stage takes."""
+    overrides of its ``[features]`` and of its ``rotation`` setting. :meth:`resolve` gives the
+    preset dict every stage takes."""
 
     name: str = "omniglue"
     preset_file: Path | None = None
     max_keypoints: int | None = None
     resize_max: int | None = None
+    rotation: str | None = None  # --rotation auto|off (None: the preset's own setting)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, name: str | None = None) -> PresetChoice:
         """From the arguments of :func:`add_arguments` (``name`` instead of ``args.preset``)."""
         return cls(name or args.preset, getattr(args, "preset_file", None),
-                   getattr(args, "max_keypoints", None), getattr(args, "resize_max", None))
+                   getattr(args, "max_keypoints", None), getattr(args, "resize_max", None),
+                   getattr(args, "rotation", None))
+
+    def overrides(self) -> dict | None:
+        features = feature_overrides(self.max_keypoints, self.resize_max)
+        if self.rotation is None:
+            return features
+        return {**(features or {}), "rotation": self.rotation}
 
     def resolve(self) -> dict:
         """The preset with the overrides merged in; unknown names and bad files raise one line."""
         user = load_file(self.preset_file) if self.preset_file is not None else {}
         if self.name in user:
-            return resolve(user[self.name], feature_overrides(self.max_keypoints, self.resize_max))
+            return resolve(user[self.name], self.overrides())
         if self.name not in names():
             extra = f" or one of {self.preset_file}: {', '.join(user)}" if user else ""
             raise ValueError(f"unknown preset {self.name!r}; choose one of: {', '.join(names())}{extra}")
-        return resolve(self.name, feature_overrides(self.max_keypoints, self.resize_max))
+        return resolve(self.name, self.overrides())
 
 
 def positive_int(text: str) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from . import colmap_sift, executors, extract, io, match, pairs, presets, sfm
+from . import colmap_sift, executors, extract, io, match, orientation, pairs, presets, sfm
 from .images import list_images, none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .masks import add_masks_argument
@@ -182,6 +182,10 @@ def run_learned(
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
                           image_names=names)
     result.failed_images, result.stage_seconds = dict(summary.failed), timings
+    if summary.turns:  # rotation handling on: each image's quarter-turn, in degrees
+        result.stats["image_turns_deg"] = {n: 90 * t for n, t in sorted(summary.turns.items())}
+    if summary.orientation is not None:  # the pass ran in this call (inside the extract stage)
+        result.stats["orientation"] = summary.orientation
     return result
 
 
@@ -199,6 +203,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     pairs.add_arguments(parser)
     add_arguments(parser)
     add_masks_argument(parser)
+    orientation.add_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     executors.add_arguments(parser)

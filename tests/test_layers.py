@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 LAYERS = [
     # files, data, where work runs
     ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks"),
-    # plugins, presets (validated against the plugins), cameras, geometry
-    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp"),
+    # plugins, presets (validated against the plugins), cameras, geometry (orientation: the turn of
+    # a photo and its keypoint mapping)
+    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp", "orientation"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
     ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
     ("reconstruct", "localize", "export", "triangulate"),  # stages put together

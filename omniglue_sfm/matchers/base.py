@@ -42,12 +42,23 @@ class Matcher(nn.Module):
         raise NotImplementedError  # pragma: no cover
 
 
-def features_to_tensors(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """One image's ``features.h5`` entry -> unbatched tensors (descriptors transposed to (N, D))."""
+def features_to_tensors(feats: dict[str, np.ndarray], turn: int = 0) -> dict[str, torch.Tensor]:
+    """One image's ``features.h5`` entry -> unbatched tensors (descriptors transposed to (N, D)).
+
+    ``turn``: the quarter-turns its features were extracted at (the group's ``turn`` attribute).
+    Keypoints and image size are then given in the upright view: matchers encode positions, and
+    they were trained on upright images. Only match indices come back, so nothing else changes.
+    """
+    keypoints, size = np.asarray(feats["keypoints"], np.float32), np.asarray(feats["image_size"])
+    if turn % 4:
+        from ..orientation import to_upright  # the one home of the mapping
+
+        upright, upright_size = to_upright(keypoints, size, turn)
+        keypoints, size = upright.astype(np.float32), np.asarray(upright_size)
     out = {
-        "keypoints": torch.from_numpy(np.asarray(feats["keypoints"], np.float32)),
+        "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints)),
         "descriptors": torch.from_numpy(np.asarray(feats["descriptors"], np.float32)).t(),
-        "image_size": torch.from_numpy(np.asarray(feats["image_size"], np.float32)),
+        "image_size": torch.from_numpy(np.asarray(size, np.float32)),
     }
     n = out["keypoints"].shape[0]
     scores = feats.get("scores")
