@@ -66,7 +66,7 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, gt_dir: Path | None
     """One row: reconstruct (and evaluate). Raises on failure; the caller classifies it."""
     t0 = time.perf_counter()
     result = reconstruct.main(image_dir, out_dir, preset, pairs.PairsOptions(pairs_mode),
-                              SfMOptions(verbose=verbose, progress=False), device=device,
+                              SfMOptions(verbose=verbose, progress=False), run=reconstruct.RunOptions(device),
                               print_summary=False)
     stats = result.stats
     seconds = {k: float(v) for k, v in stats.get("stage_seconds", {}).items()}

@@ -142,7 +142,8 @@ def main(
     # retrieval pairs equal exhaustive ones for a map this small, and give the map its global.h5
     pairs_mode = "retrieval" if len(map_names) <= pairs.DEFAULT_NUM_MATCHED + 1 else None
     result = reconstruct.main(map_images, map_dir, preset, pairs.PairsOptions(pairs_mode),
-                              SfMOptions(progress=progress), device=device, print_summary=False)
+                              SfMOptions(progress=progress), run=reconstruct.RunOptions(device),
+                              print_summary=False)
     report = localize.main(map_dir, query_images, output_dir / "localize",
                            localize.LocalizeOptions(num_retrieved=num_retrieved), intrinsics=intrinsics,
                            device=device)

@@ -12,7 +12,7 @@ import argparse
 import logging
 import shutil
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import colmap_sift, executors, extract, io, match, orientation, pairs, presets, sfm
@@ -90,6 +90,33 @@ def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
         shutil.rmtree(output_dir / "oriented_images", ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How the learned pipelines' extract and match stages run (the ``sift`` preset takes none)."""
+
+    device: str | None = None  # torch device (default: cuda when available)
+    batch_size: int | None = None  # pairs per matching batch (default 16 GPU, 4 CPU); speed only
+    masks: Path | None = None  # mask folder (see omniglue_sfm.masks); part of the features' config
+    executor: executors.ExecutorOptions | None = None  # where extract and match run (default: here)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return cls(args.device, args.batch_size, args.masks, executors.ExecutorOptions.from_args(args))
+
+    def check(self, preset: Mapping, learned: bool) -> None:
+        """Before any work: options the preset cannot use are errors, not silently ignored."""
+        name = preset.get("name", "?")
+        if learned:
+            check_device(self.device)
+        elif self.masks is not None:
+            raise ValueError(f"--masks works with learned-feature presets, not {name!r}")
+        elif self.batch_size is not None:
+            raise ValueError(f"--batch-size is for learned matchers; preset {name!r} matches inside COLMAP")
+        elif self.executor is not None and self.executor.is_ray:
+            raise ValueError(f"--executor ray runs the learned pipelines' extract and match; preset "
+                             f"{name!r} runs COLMAP's own SIFT here: leave --executor out")
+
+
 def main(
     image_dir: Path | str,
     output_dir: Path | str,
@@ -97,17 +124,12 @@ def main(
     pair_options: pairs.PairsOptions | None = None,
     options: SfMOptions | None = None,
     overwrite: bool = False,
-    device: str | None = None,
+    run: RunOptions | None = None,
     preset_overrides: Mapping | None = None,
     print_summary: bool = True,
-    batch_size: int | None = None,
-    masks: Path | None = None,
-    executor: executors.ExecutorOptions | None = None,
 ) -> SfMResult:
     """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
-    ``batch_size``: pairs per matching batch (learned presets; default 16 GPU, 4 CPU).
-
-    ``executor``: where extract and match run (default: here; e.g. a Ray cluster).
+    ``run``: device, batch size, masks and executor of the learned stages.
 
     ``pair_options.mode`` None: exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images, else retrieval.
     """
@@ -123,16 +145,8 @@ def main(
     if pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
-    if masks is not None and not learned:
-        raise ValueError(f"--masks works with learned-feature presets, not {preset.get('name')!r}")
-    if learned:
-        check_device(device)
-    elif batch_size is not None:
-        raise ValueError(f"--batch-size is for learned matchers; preset {preset.get('name')!r} matches "
-                         "inside COLMAP")
-    elif executor is not None and executor.is_ray:
-        raise ValueError(f"--executor ray runs the learned pipelines' extract and match; preset "
-                         f"{preset.get('name', '?')!r} runs COLMAP's own SIFT here: leave --executor out")
+    run = run or RunOptions()
+    run.check(preset, learned)
     check_weights(preset)
     with io.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, overwrite)
@@ -142,7 +156,7 @@ def main(
                                       overwrite)
         else:
             result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 device, batch_size, masks, executor)
+                                 run)
         result.stats["failed_images"] = result.failed_images
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
@@ -155,8 +169,7 @@ def main(
 
 def run_learned(
     image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
-    options: SfMOptions, overwrite: bool, device: str | None, batch_size: int | None = None,
-    masks: Path | None = None, executor: executors.ExecutorOptions | None = None,
+    options: SfMOptions, overwrite: bool, run: RunOptions,
 ) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
@@ -167,7 +180,7 @@ def run_learned(
         # global descriptors come from the same forward pass; localize retrieves with them later
         summary = extract.main(image_dir, features_path, preset, image_names=names,
                                global_path=output_dir / "global.h5",
-                               overwrite=overwrite, device=device, masks=masks, executor=executor)
+                               overwrite=overwrite, device=run.device, masks=run.masks, executor=run.executor)
     names = summary.names
     if not names and summary.failed:
         raise none_readable(image_dir, summary.failed)
@@ -176,8 +189,8 @@ def run_learned(
     with stage("pairs", timings):
         pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names)
     with stage("match", timings):
-        match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=device,
-                   batch_size=batch_size, executor=executor)
+        match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=run.device,
+                   batch_size=run.batch_size, executor=run.executor)
     with stage("sfm", timings):
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
                           image_names=names)
@@ -214,6 +227,5 @@ def _run_cli(args: argparse.Namespace) -> int:
     # main() prints the summary table itself
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, args.device, batch_size=args.batch_size,
-         masks=args.masks, executor=executors.ExecutorOptions.from_args(args))
+         SfMOptions.from_args(args), args.overwrite, RunOptions.from_args(args))
     return 0

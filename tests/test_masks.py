@@ -113,7 +113,8 @@ def test_masked_reconstruction_and_export(tmp_path: Path) -> None:
     masks = _half_masks(images, (tmp_path / "masks").mkdir() or tmp_path / "masks")
     out = tmp_path / "out"
     result = reconstruct.main(images, out, small_preset("lightglue", max_keypoints=512, resize_max=480),
-                              options=SfMOptions(progress=False), print_summary=False, masks=masks)
+                              options=SfMOptions(progress=False), print_summary=False,
+                              run=reconstruct.RunOptions(masks=masks))
     assert result.reconstruction.num_reg_images() >= 6, result.stats
     assert result.stats["mean_reprojection_error"] < 1.5
     with h5py.File(out / "features.h5") as h5:

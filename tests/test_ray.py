@@ -144,6 +144,7 @@ def test_sift_pipeline_refuses_executor_ray(tmp_path: Path) -> None:
 
     images = resized_sample(tmp_path, 2, 128)
     with pytest.raises(ValueError, match="leave --executor out"):
-        reconstruct.main(images, tmp_path / "out", "sift", executor=executors.ExecutorOptions("ray"),
+        reconstruct.main(images, tmp_path / "out", "sift",
+                         run=reconstruct.RunOptions(executor=executors.ExecutorOptions("ray")),
                          print_summary=False)
     assert not (tmp_path / "out").exists()

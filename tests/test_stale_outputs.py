@@ -16,6 +16,7 @@ from omniglue_sfm.mapping import SfMOptions
 
 SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
 OPTS = SfMOptions(progress=False)
+CPU = reconstruct.RunOptions(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +39,14 @@ def test_sift_after_learned_run_rebuilds_the_database(scene, tmp_path):
     out = tmp_path / "out"
     reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
     reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, overwrite=True,
-                     device="cpu", print_summary=False)
+                     run=CPU, print_summary=False)
     result = colmap_sift.main(scene, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
     assert not result.skipped
     assert _sift_database_is_consistent(out / "database.db")
 
 
 def _learned_out(scene: Path, out: Path) -> None:
-    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, run=CPU,
                      print_summary=False)
 
 
@@ -127,7 +128,7 @@ def test_truncated_h5_is_a_clean_error_naming_the_file(scene, tmp_path, damaged)
     assert cli.exit_code(caught.value) == 1
     assert str(path) in message and "--overwrite" in message
     # and --overwrite recovers
-    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, device="cpu",
+    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, run=CPU,
                      overwrite=True, print_summary=False)
 
 
