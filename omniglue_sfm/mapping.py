@@ -84,8 +84,14 @@ class SfMResult:
 
 
 
+# Verification and mapping draw from seeded generators: the result of a stage does not depend on
+# what ran before it in the process (a resumed run skips the orientation pass's RANSAC, say).
+RANDOM_SEED = 0
+
+
 def two_view_options() -> pycolmap.TwoViewGeometryOptions:
     options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = RANDOM_SEED
     options.ransac.max_num_trials = VERIFY_MAX_TRIALS
     options.ransac.min_inlier_ratio = VERIFY_MIN_INLIER_RATIO
     return options
@@ -157,10 +163,12 @@ def run_mapping(
             raise RuntimeError(f"pycolmap {pycolmap.__version__} has no global_mapping (needs >= 4.0)")
         options = pycolmap.GlobalPipelineOptions()
         options.num_threads = num_threads()
+        options.random_seed = RANDOM_SEED
         models = pycolmap.global_mapping(db_path, image_dir, work_dir, options)
     else:
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = num_threads()
+        options.random_seed = RANDOM_SEED
         options.extract_colors = False  # colours come from EXIF-oriented images below
         # COLMAP drops models under min(0.8 * images, 10) images; keep fragments of 3 and more
         # (the largest becomes sparse/, the rest sparse_models/)

@@ -190,6 +190,9 @@ def neighbours_first(names: Sequence[str], pairs: Sequence[tuple[str, str]]) -> 
     return sorted(pairs, key=lambda p: (abs(index[p[0]] - index[p[1]]), index[p[0]]))
 
 
+RANSAC_SEED = 0
+
+
 def verified_inliers(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray, max_error: float) -> int:
     """Matches consistent with one fundamental matrix (pycolmap LO-RANSAC); 0 with fewer than 8."""
     import pycolmap
@@ -198,6 +201,7 @@ def verified_inliers(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray, max_
         return 0
     options = pycolmap.RANSACOptions()
     options.max_error = float(max_error)
+    options.random_seed = RANSAC_SEED  # reproducible, and COLMAP's global random state is left alone
     ret = pycolmap.estimate_fundamental_matrix(np.asarray(kp0, np.float64)[matches[:, 0]],
                                                np.asarray(kp1, np.float64)[matches[:, 1]], options)
     return 0 if ret is None else int(ret["num_inliers"])
