@@ -24,22 +24,11 @@ from PIL import Image, ImageOps
 
 from . import io, mapping, pairs, presets, sfm
 from .cameras import ImageInfo, make_cameras
-from .images import file_problem, list_images, none_readable
+from .images import file_problem, list_images, none_readable, oriented_size
 from .mapping import DB_STAMP
 from .runtime import num_threads
 
 logger = logging.getLogger(__name__)
-
-_ORIENTATION_TAG = 274
-
-
-def _oriented_size(path: Path) -> tuple[tuple[int, int], bool]:
-    """(W, H) after applying the EXIF orientation, and whether the orientation changes the pixels."""
-    with Image.open(path) as img:
-        w, h = img.size
-        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
-    rotated = orientation not in (None, 1)
-    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), rotated
 
 
 def prepare_images(
@@ -57,7 +46,7 @@ def prepare_images(
             failed[name] = problem
             continue
         try:
-            (w, h), is_rotated = _oriented_size(image_dir / name)
+            (w, h), is_rotated = oriented_size(image_dir / name)
         except OSError as err:  # PIL's UnidentifiedImageError included
             logger.warning("skipping %s: %s", name, err)
             failed[name] = f"{type(err).__name__}: {err}"

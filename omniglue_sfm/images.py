@@ -159,14 +159,26 @@ def _without_pillow_bomb_guard() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def oriented_size(path: Path | str) -> tuple[tuple[int, int], bool]:
+    """(W, H) after the EXIF orientation, from the header alone, and whether the orientation
+    changes the pixels (a tag other than 1)."""
+    with _without_pillow_bomb_guard(), Image.open(path) as img:
+        return _oriented(img)
+
+
+def _oriented(img: Image.Image) -> tuple[tuple[int, int], bool]:
+    w, h = img.size
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), orientation not in (None, 1)
+
+
 def _checked_oriented_size(path: Path, img: Image.Image) -> tuple[int, int]:
     """(W, H) after the EXIF orientation, from the header; refuses images above ``MAX_PIXELS``."""
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise ImageReadError(path, f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the limit of "
                                    f"{MAX_PIXELS / 1e6:.0f} MP; downscale it first")
-    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return _oriented(img)[0]
 
 
 def _decode(img: Image.Image, max_side: int | None) -> Image.Image:

@@ -170,6 +170,7 @@ def validate(preset: Mapping, where: str) -> None:
                              f"known: {', '.join(sorted(COLMAP_SIFT_FEATURES))}")
         _check_sizes(features, where)
         return
+    _check_rotation(preset, where)
     if not isinstance(preset.get("matcher"), Mapping):
         raise ValueError(f"{where}: needs a [matcher] table with a name")
     for section, plugin_kind in SECTION_KINDS.items():
@@ -187,6 +188,16 @@ def validate(preset: Mapping, where: str) -> None:
             raise ValueError(f"{where}: [{section}] key(s) {', '.join(unknown)} unknown to {plugin_kind} "
                              f"{conf['name']!r}; known: {', '.join(sorted(known))}")
     _check_sizes(features, where)
+
+
+def _check_rotation(preset: Mapping, where: str) -> None:
+    """``rotation`` is "auto", "off" or a table of the orientation pass's options."""
+    from .orientation import options_from_preset
+
+    try:
+        options_from_preset(preset)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _check_sizes(features: Mapping, where: str) -> None:

@@ -73,6 +73,9 @@ BAD_FILES = {
     "sift with a matcher": ('[p]\nbase = "sift"\n[p.matcher]\nname = "mnn"\n', "has no [matcher]"),
     "bad size": ('[p]\nbase = "omniglue"\n[p.features]\nresize_max = 0\n', "resize_max must be"),
     "bad count": ('[p]\nbase = "omniglue"\n[p.features]\nmax_keypoints = "many"\n', "max_keypoints must be"),
+    "bad rotation": ('[p]\nbase = "omniglue"\nrotation = "sideways"\n', "unknown rotation mode 'sideways'"),
+    "bad rotation key": ('[p]\nbase = "omniglue"\n[p.rotation]\nmode = "auto"\nturns = 8\n',
+                         "unknown rotation option(s) turns"),
     "not TOML": ("[p\n", "not valid TOML"),
     "empty": ("", "defines no preset"),
 }
