@@ -176,9 +176,6 @@ class _ChunkActor:
         values = ray.get(refs) if refs else []
         return self.worker(chunk, dict(zip(keys, values, strict=True)))
 
-    def where(self) -> str:
-        return here()
-
 
 @dataclass
 class _Session:

@@ -258,7 +258,6 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
                 write_points_ply(rec, staged / "sparse_pc.ply")
             if dest.exists():
                 shutil.rmtree(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
             staged.rename(dest)
         finally:
             shutil.rmtree(work, ignore_errors=True)

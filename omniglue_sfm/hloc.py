@@ -16,9 +16,8 @@ the keypoint counts before it reaches COLMAP.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -32,14 +31,6 @@ EXTERNAL = "external"  # the extractor name of features made outside omniglue-sf
 FEATURE_DIMS = {"aliked": 128, "disk": 128, "superpoint": 256}
 
 
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def features_config(path: Path | str) -> dict:
     """The configuration of a ``features.h5``: its own (ours), or for a file without one (hloc's)
     ``{"features": {"name": "external", "format": "hloc", "sha256": ..., "descriptor_dim": D}}``
@@ -49,7 +40,7 @@ def features_config(path: Path | str) -> dict:
         if io.is_ours(h5):
             return io.read_config(path)
         dim = check_layout(h5, path)
-    return {"features": {"name": EXTERNAL, "format": "hloc", "sha256": file_sha256(path),
+    return {"features": {"name": EXTERNAL, "format": "hloc", "sha256": io.file_digest(path, "sha256"),
                          "descriptor_dim": dim}}
 
 
@@ -162,14 +153,3 @@ def _decode(key: str, encoded: dict[str, str]) -> tuple[str, str] | None:
     splits = [(key[:i], key[i + 1:]) for i, c in enumerate(key) if c == "_"]
     found = [(encoded[a], encoded[b]) for a, b in splits if a in encoded and b in encoded]
     return found[0] if len(found) == 1 else None
-
-
-def write_results(path: Path | str, rows: Iterable[tuple[str, Sequence[float], Sequence[float]]]) -> None:
-    """hloc's localization results: ``name qw qx qy qz tx ty tz`` (cam_from_world) a line, the
-    name as given (not escaped; a name with spaces is read back with ``rsplit(maxsplit=7)``)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for name, qvec, tvec in rows:
-            f.write(f"{name} {' '.join(map(str, (*map(float, qvec), *map(float, tvec))))}\n")
-    tmp.replace(path)

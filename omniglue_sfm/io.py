@@ -318,11 +318,12 @@ def source_record(path: Path | str) -> dict:
     path = Path(path)
     st = path.stat()
     return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns),
-            "source_sha1": _sha1(path)}
+            "source_sha1": file_digest(path)}
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1(usedforsecurity=False)
+def file_digest(path: Path | str, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (no whole-file copy in memory)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -351,7 +352,7 @@ def source_changed(record: dict, path: Path | str) -> bool:
                                                   int(record.get("source_mtime_ns", -1)))
     if same_stat:
         return False
-    return _sha1(path) != attr_text(record["source_sha1"])
+    return file_digest(path) != attr_text(record["source_sha1"])
 
 
 def stored_turn(record: dict) -> int:
@@ -749,14 +750,19 @@ def read_stats(output_dir: Path | str) -> dict | None:
         return None
 
 
-def write_poses(path: Path | str, poses: Iterable[tuple[str, Iterable[float], Iterable[float]]]) -> None:
-    """hloc's format: ``name qw qx qy qz tx ty tz`` (cam_from_world) for (name, qvec, tvec) rows."""
+def write_poses(path: Path | str, poses: Iterable[tuple[str, Iterable[float], Iterable[float]]],
+                quote_names: bool = True) -> None:
+    """hloc's format: ``name qw qx qy qz tx ty tz`` (cam_from_world) for (name, qvec, tvec) rows.
+
+    ``quote_names=False`` writes names as given, as hloc does (a name with spaces is then read
+    back with ``rsplit(maxsplit=7)``).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for name, qvec, tvec in poses:
             values = " ".join(f"{v:.10g}" for v in [*qvec, *tvec])
-            f.write(f"{quote_name(name)} {values}\n")
+            f.write(f"{quote_name(name) if quote_names else name} {values}\n")
     os.replace(tmp, path)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from . import extract, hloc, io, match, orientation, pairs, presets
+from . import extract, io, match, orientation, pairs, presets
 from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .matchers.base import features_to_tensors
 from .pnp import (
@@ -467,7 +467,7 @@ def write_outputs(output_dir: Path, ordered: Sequence[QueryResult], header: dict
     ``localize.json`` (``header`` + every query; ``failed``: name -> reason). Returns the report."""
     localized = [(r.name, r.qvec, r.tvec) for r in ordered if r.localized]
     io.write_poses(output_dir / "poses.txt", localized)
-    hloc.write_results(output_dir / HLOC_RESULTS, localized)
+    io.write_poses(output_dir / HLOC_RESULTS, localized, quote_names=False)  # hloc's results file
     report = {
         **header,
         "num_queries": len(ordered),

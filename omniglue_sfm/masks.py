@@ -16,12 +16,13 @@ changed mask re-extracts that image, and its pairs are matched again (``io.sourc
 from __future__ import annotations
 
 import argparse
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from . import io
 
 MASK_SUFFIX = ".png"
 # datasets of a features.h5 item indexed by keypoint, and the axis that indexes them
@@ -62,7 +63,7 @@ class MaskSet:
                 f"<name> needs <name>{MASK_SUFFIX} (white or nonzero = keep, 0 = ignore)")
 
     def sha1(self, image_name: str) -> str:
-        return hashlib.sha1(self.path(image_name).read_bytes(), usedforsecurity=False).hexdigest()
+        return io.file_digest(self.path(image_name))
 
     def record(self, image_name: str) -> dict:
         """The attribute of the image's ``features.h5`` group."""
@@ -70,9 +71,7 @@ class MaskSet:
 
     def changed(self, attrs: dict, image_name: str) -> bool:
         """Whether stored features were made with another mask (or none) than the file now holds."""
-        found = attrs.get("mask_sha1")
-        found = found.decode() if isinstance(found, bytes) else found
-        return found != self.sha1(image_name)
+        return io.attr_text(attrs.get("mask_sha1", "")) != self.sha1(image_name)
 
     def load(self, image_name: str, size: tuple[int, int]) -> np.ndarray:
         """(H, W) bool, True where keypoints may be; ``size`` is the image's (W, H)."""

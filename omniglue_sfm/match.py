@@ -94,6 +94,7 @@ class FeatureCache:
         self.path = Path(path)
         self.h5 = io.open_h5(self.path)
         self.items: dict[str, dict[str, torch.Tensor]] = {}
+        self.sources: dict[str, str] = {}  # name -> recorded SHA-1 (asked for twice per pair)
 
     def __contains__(self, name: str) -> bool:
         return name in self.h5 and "keypoints" in self.h5[name]
@@ -108,7 +109,9 @@ class FeatureCache:
 
     def source_sha1(self, name: str) -> str:
         """What the image's features were made from ('' when features.h5 does not record it)."""
-        return io.source_sha1(dict(self.h5[name].attrs))
+        if name not in self.sources:
+            self.sources[name] = io.source_sha1(dict(self.h5[name].attrs))
+        return self.sources[name]
 
     def num_keypoints(self, name: str) -> int:
         return int(self.h5[name]["keypoints"].shape[0])

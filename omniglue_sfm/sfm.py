@@ -102,7 +102,7 @@ def select_pairs(
 
 def write_matches(
     db: pycolmap.Database, matches_path: Path, pairs: Sequence[tuple[str, str]], image_ids: dict[str, int],
-    num_keypoints: dict[str, int] | None = None,
+    num_keypoints: dict[str, int],
 ) -> int:
     """Raw matches of every pair (canonical order; our layout or hloc's). Returns the number of pairs
     written. An index beyond an image's keypoints is an error (COLMAP would not check it)."""
@@ -118,10 +118,7 @@ def write_matches(
             if len(matches) == 0:
                 continue
             for column, name in enumerate((a, b)):
-                count = (num_keypoints or {}).get(name)
-                if count is None:
-                    count = db.read_keypoints(image_ids[name]).shape[0]
-                if matches[:, column].max() >= count:
+                if matches[:, column].max() >= num_keypoints[name]:
                     raise ValueError(f"{matches_path}: pair ({a!r}, {b!r}) refers to keypoints that {name!r} "
                                      "does not have: these matches were not made from this features.h5")
             db.write_matches(image_ids[a], image_ids[b], matches.astype(np.uint32))

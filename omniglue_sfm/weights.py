@@ -15,11 +15,12 @@ Every checkpoint resolves in this order and stops at the first hit:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import io
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -130,11 +131,7 @@ def fingerprint(conf: dict) -> str | None:
         return None
     path = resolve_known(name) if name in KNOWN else resolve(
         WeightSpec(Path(name).name, "OMNIGLUE_SFM_UNUSED"), explicit=name)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return io.file_digest(path, "sha256")[:16]
 
 
 def load_state_dict(path: Path) -> dict:
