@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,15 +201,15 @@ def main(
     flush_every: int = 64,
     masks: Path | None = None,
     executor: executors.ExecutorOptions | None = None,
-    turns: Mapping[str, int] | None = None,
+    turns: Callable[[list[str]], Mapping[str, int]] | None = None,
 ) -> ExtractSummary:
     """Extract features (and global descriptors when ``global_path`` is given) for a folder.
 
     ``masks``: a folder (see :mod:`omniglue_sfm.masks`); keypoints in masked-out pixels are dropped.
     ``executor``: where the images are processed (default: here; see :mod:`omniglue_sfm.executors`).
-    With the preset's rotation handling on, each image is extracted upright: ``turns`` gives its
-    quarter-turn (localization queries), else the orientation pass estimates them over the images
-    when any of them needs new features.
+    With the preset's rotation handling on, each image is extracted upright. When any image needs
+    new features, ``turns`` (names -> quarter-turns; localization queries) or else the orientation
+    pass estimates them; otherwise the stored turns stand.
     """
     start = time.perf_counter()
     preset = presets.resolve(preset)
@@ -244,7 +244,7 @@ class _Job:
     overwrite: bool
     device: str | None
     flush_every: int
-    turns: Mapping[str, int] | None
+    turns: Callable[[list[str]], Mapping[str, int]] | None
     mask_set: MaskSet | None
     executor: executors.ExecutorOptions
 
@@ -290,13 +290,15 @@ def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],
     if "rotation" not in job.config:
         return {}
     rotation = orientation.OrientationOptions(**job.config["rotation"])
-    if job.turns is not None:
-        turns = {n: int(job.turns.get(n, 0)) % 4 for n in job.names}
-    elif any(n not in store or n in changed for n in job.names):
+    if not any(n not in store or n in changed for n in job.names):
+        # nothing new: the stored turns stand (no pass, no probe on a resumed run)
+        return {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
+    if job.turns is not None:  # the caller's estimate (localization queries against a map)
+        estimated = job.turns(job.names)
+        turns = {n: int(estimated.get(n, 0)) % 4 for n in job.names}
+    else:
         estimate = orientation_pass(job, rotation)
         turns, summary.orientation = estimate.turns, estimate.summary()
-    else:  # nothing new: the stored turns stand (no pass on a resumed run)
-        turns = {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
     turned = {n for n in job.names if n in store and n not in changed
               and io.stored_turn(store.item_attrs(n)) != turns[n]}
     if turned:

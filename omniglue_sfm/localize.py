@@ -429,8 +429,8 @@ def main(
 
         qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
         rotation = orientation.options_from_preset(lmap.preset)
-        turns = None if rotation is None else estimate_query_turns(
-            lmap, image_dir, [q.name for q in qlist], rotation, device)
+        turns = None if rotation is None else (  # estimated only for queries without features
+            lambda names: estimate_query_turns(lmap, image_dir, names, rotation, device))
         summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
                                global_path=qglobal_path, overwrite=overwrite, device=device, turns=turns)
         results: dict[str, QueryResult] = {

@@ -338,3 +338,21 @@ def test_a_large_image_decoded_reduced_is_extracted_upright_in_the_same_frame(tu
     # the same resized picture up to rounding: most keypoints agree to within a pixel of the original
     dist = np.linalg.norm(a["keypoints"][:, None] - b["keypoints"][None], axis=2).min(axis=1)
     assert np.median(dist) < 1.0, np.median(dist)
+
+
+def test_given_turns_are_estimated_only_when_features_are_new(tmp_path):
+    """localize's query-turn probe goes through extract's resume rule: a re-run with nothing new
+    keeps the stored turns and does not probe again."""
+    folder = _scene(tmp_path / "images", {2: 180})
+    out = tmp_path / "features.h5"
+    calls = []
+
+    def probe(names: list[str]) -> dict[str, int]:
+        calls.append(list(names))
+        return {"0002.png": 2}
+
+    first = extract.main(folder, out, _preset(), device="cpu", turns=probe)
+    assert calls == [["0000.png", "0001.png", "0002.png"]] and first.turns["0002.png"] == 2
+    assert first.orientation is None  # the caller's estimate, not the pass
+    again = extract.main(folder, out, _preset(), device="cpu", turns=probe)
+    assert len(calls) == 1 and again.turns == first.turns
