@@ -70,27 +70,6 @@ class ExportResult:
 # inputs
 
 
-def find_model(source: Path) -> Path:
-    """The model of a ``reconstruct`` / ``sfm`` / ``triangulate`` folder (``sparse/``), or ``source``
-    itself when it is a COLMAP model folder."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"model folder {source} does not exist")
-    for candidate in (source / "sparse", source):
-        if any((candidate / f"images{ext}").is_file() for ext in (".bin", ".txt")):
-            return candidate
-    raise FileNotFoundError(f"no COLMAP model in {source} (looked for sparse/images.bin and images.bin)")
-
-
-def find_image_dir(source: Path, given: Path | None) -> Path:
-    image_dir = given or (io.read_stats(source) or {}).get("image_dir")
-    if not image_dir:
-        raise ValueError(f"{source} does not record its image folder (no image_dir in stats.json); "
-                         "pass --images")
-    if not Path(image_dir).is_dir():
-        raise FileNotFoundError(f"image folder does not exist: {image_dir}; pass --images")
-    return Path(image_dir)
-
-
 def find_masks(source: Path, given: Path | None) -> MaskSet | None:
     """``given``, else the mask folder the model's features were extracted with (if any)."""
     if given is not None:
@@ -227,8 +206,8 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
     """Export the model of ``source`` (a reconstruct folder or a model folder) into ``dest``."""
     options = options or ExportOptions()
     source, dest = Path(source), Path(dest).resolve()
-    model_dir = find_model(source)
-    image_dir = find_image_dir(source, options.image_dir)
+    model_dir = io.find_model(source)
+    image_dir = io.recorded_image_dir(source, options.image_dir)
     masks = find_masks(source, options.masks)
     check_dest(dest, options.overwrite, (source, image_dir) + ((masks.root,) if masks else ()))
     original = pycolmap.Reconstruction(model_dir)

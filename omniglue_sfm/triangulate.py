@@ -25,7 +25,6 @@ from pathlib import Path
 import pycolmap
 
 from . import extract, io, match, pairs, presets, sfm
-from .export import find_model
 from .images import none_readable
 from .mapping import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
 from .masks import add_masks_argument
@@ -106,7 +105,7 @@ def main(
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     preset = presets.resolve(preset, preset_overrides)
     presets.require_learned(preset, "triangulate uses our features; COLMAP SIFT has its own tools")
-    model_dir = find_model(Path(reference))
+    model_dir = io.find_model(reference)
     ref = pycolmap.Reconstruction(model_dir)
     names = reference_names(ref, image_dir)
     check_device(options.device)

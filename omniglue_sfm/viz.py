@@ -19,7 +19,6 @@ localized query cameras (green) to the 3D modes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -49,30 +48,8 @@ class RenderError(RuntimeError):
 # locating things in an output folder
 
 
-def model_path(path: Path | str) -> Path:
-    """The COLMAP model folder of a reconstruct output (``sparse/``) or the folder itself."""
-    path = Path(path)
-    for candidate in (path / "sparse", path):
-        if (candidate / "images.bin").exists() or (candidate / "images.txt").exists():
-            return candidate
-    raise FileNotFoundError(f"no COLMAP model in {path} (looked for sparse/images.bin and images.bin)")
-
-
 def load_model(path: Path | str) -> pycolmap.Reconstruction:
-    return pycolmap.Reconstruction(model_path(path))
-
-
-def image_dir_of(folder: Path, given: Path | None) -> Path:
-    """The photos' folder: given, else the one recorded in stats.json by reconstruct."""
-    if given is not None:
-        return Path(given)
-    try:
-        image_dir = json.loads((Path(folder) / "stats.json").read_text()).get("image_dir")
-    except (OSError, json.JSONDecodeError):
-        image_dir = None
-    if isinstance(image_dir, str) and Path(image_dir).is_dir():
-        return Path(image_dir)
-    raise FileNotFoundError(f"{folder} does not record its image folder; pass --images DIR")
+    return pycolmap.Reconstruction(io.find_model(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +188,7 @@ def draw_matches(img0: np.ndarray, img1: np.ndarray, pair: PairMatches, title: s
 
 def viz_matches(folder: Path, name0: str, name1: str, out: Path, image_dir: Path | None = None) -> dict:
     folder = Path(folder)
-    images = image_dir_of(folder, image_dir)
+    images = io.recorded_image_dir(folder, image_dir)
     pair = load_pair(folder, name0, name1)
     n_in = int(pair.inliers.sum())
     title = (f"{name0} - {name1}: {len(pair.matches)} matches, {n_in} inliers (green), "
@@ -269,7 +246,7 @@ def _colorbar(width: int, max_len: int) -> Image.Image:
 def viz_keypoints(folder: Path, out: Path, names: list[str] | None = None, image_dir: Path | None = None,
                   max_images: int = 6) -> dict:
     folder = Path(folder)
-    images = image_dir_of(folder, image_dir)
+    images = io.recorded_image_dir(folder, image_dir)
     rec = load_model(folder)
     by_name = {rec.image(i).name: rec.image(i) for i in rec.reg_image_ids()}
     names = names or sorted(by_name)[:max_images]
@@ -556,7 +533,7 @@ def render_model(folder: Path | str, out: Path | str, size: tuple[int, int] = (1
     rec = load_model(folder)
     scene = build_scene(rec, _read_poses(poses))
     if not scene.frustums and not len(scene.points):
-        raise ValueError(f"the model in {model_path(folder)} is empty: nothing to render")
+        raise ValueError(f"the model in {io.find_model(folder)} is empty: nothing to render")
     view = default_view(scene, size)
     point_size = point_size or auto_point_size(len(scene.points), size)
     used, fallback_reason = backend, None
@@ -573,7 +550,7 @@ def render_model(folder: Path | str, out: Path | str, size: tuple[int, int] = (1
             used = "software"
     if used == "software":
         image = render_software(scene, view, size, point_size)
-    label = title or f"{model_path(folder)}"
+    label = title or f"{io.find_model(folder)}"
     label += f"  |  {rec.num_reg_images()} cameras, {len(scene.points)} points"
     if used == "software":
         label += "  |  software rasteriser"
@@ -661,7 +638,7 @@ def write_html(folder: Path | str, out: Path | str, poses: Path | str | None = N
                                        hoverinfo="text", line={"color": f"rgb{color}", "width": 3}))
     fig.update_layout(scene={"aspectmode": "data", "xaxis": {"visible": False}, "yaxis": {"visible": False},
                              "zaxis": {"visible": False}},
-                      margin={"l": 0, "r": 0, "t": 30, "b": 0}, title=str(model_path(folder)),
+                      margin={"l": 0, "r": 0, "t": 30, "b": 0}, title=str(io.find_model(folder)),
                       paper_bgcolor="white")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

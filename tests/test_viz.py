@@ -162,4 +162,4 @@ def test_missing_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no COLMAP model"):
         viz.render_model(tmp_path, tmp_path / "r.png")
     with pytest.raises(FileNotFoundError, match="--images"):
-        viz.image_dir_of(tmp_path, None)
+        io.recorded_image_dir(tmp_path, None)
