@@ -44,6 +44,11 @@ RAY_INSTALL_HINT = "pip install 'omniglue-sfm[ray]' (or: pip install 'ray[defaul
 IN_FLIGHT_PER_ACTOR = 2  # one chunk running, one queued: the actor never waits for the driver
 
 
+def chunked(items: Sequence, size: int) -> list[list]:
+    """``items`` in consecutive runs of ``size`` (the last may be shorter): the work units."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
 @dataclass(frozen=True)
 class ExecutorOptions:
     """How chunks run. Nothing here changes results (so it is not part of any file's configuration)."""

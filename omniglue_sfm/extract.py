@@ -107,11 +107,6 @@ def extract_image(
 RAY_IMAGES_PER_CHUNK = 4  # images per Ray call: small, so a lost worker loses little
 
 
-def chunked(items: list, size: int) -> list[list]:
-    """``items`` in consecutive runs of ``size`` (the last may be shorter)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 @dataclass
 class ImageResult:
     """What a worker made of one image: its features, or why it could not be read."""
@@ -330,7 +325,7 @@ def _extract(job: _Job, start: float) -> ExtractSummary:
             if n not in store or n in changed or (gstore is not None and n not in gstore)]
     if todo:
         spec = ExtractWorkerSpec(image_dir, config, job.device, job.mask_set, turns)
-        chunks = chunked(todo, RAY_IMAGES_PER_CHUNK if job.executor.is_ray else 1)
+        chunks = executors.chunked(todo, RAY_IMAGES_PER_CHUNK if job.executor.is_ray else 1)
         with executors.start(job.executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
                 tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True) as bar:
             for _, results in ex.map(spec, chunks):

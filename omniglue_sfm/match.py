@@ -310,9 +310,9 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
         size = batch_size or default_batch_size(ex.worker_device(device))
         # the same batches on every executor (results may depend on a batch's padding); Ray calls
         # carry a few whole batches each
-        batches = [work[i:i + size] for i in range(0, len(work), size)]
+        batches = executors.chunked(work, size)
         per_chunk = RAY_BATCHES_PER_CHUNK if ex.is_ray else 1
-        chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
+        chunks = executors.chunked(batches, per_chunk)
         spec = MatchWorkerSpec(config, cache.path, device, size)
 
         def inputs_of(chunk: list[list[tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
