@@ -17,7 +17,6 @@ Conventions
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from .colmap.database import fresh_database
 from .colmap.mapper import (
     DB_STAMP,
     STATS_VERSION,
@@ -200,13 +200,10 @@ def build_database(
     """A fresh database (written under a temporary name, then renamed)."""
     infos = read_image_infos(features_path, names)
     cameras, assignment = make_cameras(image_dir, infos, camera)
-    tmp = db_path.with_name(db_path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with pycolmap.Database.open(tmp) as db:
+    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
+    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
+    with fresh_database(db_path) as db:
         image_ids = write_images(db, infos, cameras, assignment)
         counts = write_keypoints(db, features_path, image_ids)
         write_matches(db, matches_path, pairs, image_ids, counts)
-    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
-    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
-    os.replace(tmp, db_path)
     return db_path
