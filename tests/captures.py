@@ -114,3 +114,86 @@ def walkaround_video(path: Path, long_side: int = 320, fps: int = 10) -> tuple[P
     frames += [photos[-1]] * 5  # standing still
     frames += [blurred(photos[0], 6.0)] * 5  # a blurred pan
     return encode_video(frames, path, fps), first
+
+
+# --------------------------------------------------------------------------------------------
+# a textured room, seen by 360-degree cameras
+
+ROOM = np.array([[-4.0, -3.0, 0.0], [4.0, 3.0, 3.0]])  # x east, y north, z up (metres)
+TEXTURE_PX_PER_M = 96
+
+
+def _face_texture(seed: int, w_m: float, h_m: float) -> np.ndarray:
+    """A deterministic texture (blobs at three scales and a few bright boxes) for a wall."""
+    rng = np.random.default_rng(seed)
+    w, h = round(w_m * TEXTURE_PX_PER_M), round(h_m * TEXTURE_PX_PER_M)
+    out = np.zeros((h, w, 3), np.float32)
+    for cell, weight in ((48, 0.5), (12, 0.3), (4, 0.2)):
+        coarse = rng.random((max(2, h // cell), max(2, w // cell), 3)).astype(np.float32)
+        img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+        out += weight * np.asarray(img, np.float32)
+    for _ in range(int(w_m * h_m * 2)):
+        x, y = rng.integers(0, w - 20), rng.integers(0, h - 20)
+        bw, bh = rng.integers(6, 40), rng.integers(6, 40)
+        out[y:y + bh, x:x + bw] = rng.integers(0, 256, 3)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def room_rig_from_world(heading_deg: float) -> np.ndarray:
+    """Rotation of a panorama whose centre column looks at ``heading`` (degrees from east,
+    counterclockwise), upright: rig frame x right, y down, z forward."""
+    h = np.radians(heading_deg)
+    z = np.array([np.cos(h), np.sin(h), 0.0])
+    y = np.array([0.0, 0.0, -1.0])
+    x = np.cross(y, z)
+    return np.stack([x, y, z])  # rows: the rig axes in world coordinates
+
+
+def render_room_panorama(centre: np.ndarray, heading_deg: float, width: int = 1024) -> np.ndarray:
+    """An equirectangular image (width x width / 2) of the room from ``centre``."""
+    from omniglue_sfm.geometry.panorama import pixels_to_directions
+
+    height = width // 2
+    rig_from_world = room_rig_from_world(heading_deg)
+    d = pixels_to_directions(width, height) @ rig_from_world  # world directions
+    lo, hi = ROOM
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(d > 0, (hi - centre) / d, (lo - centre) / d)
+    t[~np.isfinite(t)] = np.inf
+    axis = np.argmin(t, axis=-1)
+    hit = centre + d * np.take_along_axis(t, axis[..., None], -1)
+    out = np.zeros((height, width, 3), np.uint8)
+    for a in range(3):
+        for side in (0, 1):
+            mask = (axis == a) & ((d[..., a] > 0) == bool(side))
+            if not mask.any():
+                continue
+            u_axis, v_axis = [i for i in range(3) if i != a]
+            size = hi - lo
+            tex = _face_texture(10 * a + side, size[u_axis], size[v_axis])
+            uu = ((hit[..., u_axis] - lo[u_axis]) * TEXTURE_PX_PER_M).clip(0, tex.shape[1] - 1).astype(int)
+            vv = ((hit[..., v_axis] - lo[v_axis]) * TEXTURE_PX_PER_M).clip(0, tex.shape[0] - 1).astype(int)
+            out[mask] = tex[vv[mask], uu[mask]]
+    return out
+
+
+@dataclass
+class PanoScene:
+    images: Path
+    centres: dict[str, np.ndarray]  # world
+    rig_from_world: dict[str, np.ndarray]  # rotations
+
+
+PANO_POSES = [((-1.0, -0.6, 1.5), 10.0), ((0.0, -0.4, 1.6), 35.0), ((1.0, 0.0, 1.5), 80.0),
+              ((0.2, 0.8, 1.4), 150.0), ((-0.8, 0.5, 1.6), 220.0)]
+
+
+def room_panoramas(out: Path, width: int = 1024, poses=PANO_POSES) -> PanoScene:
+    out.mkdir(parents=True, exist_ok=True)
+    centres, rotations = {}, {}
+    for i, (centre, heading) in enumerate(poses):
+        name = f"pano_{i:02d}.jpg"
+        centre = np.array(centre, np.float64)
+        Image.fromarray(render_room_panorama(centre, heading, width)).save(out / name, quality=95)
+        centres[name], rotations[name] = centre, room_rig_from_world(heading)
+    return PanoScene(out, centres, rotations)
