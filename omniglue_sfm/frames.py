@@ -195,7 +195,8 @@ def _frames(path: Path, container):
     try:
         for frame in container.decode(stream):
             index += 1
-            t = float(frame.time) - start if frame.time is not None else index / float(stream.average_rate or 30)
+            rate = float(stream.average_rate or 30)
+            t = float(frame.time) - start if frame.time is not None else index / rate
             yield index, t, frame
     except av.FFmpegError as err:
         raise VideoError(path, f"decoding failed after {index + 1} frame(s): {err}") from err
@@ -220,7 +221,8 @@ def _same_previous(output_dir: Path, digest: str, options: dict) -> FramesResult
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("version") != FRAMES_VERSION or data.get("video_sha1") != digest or data.get("options") != options:
+    recorded = (data.get("version"), data.get("video_sha1"), data.get("options"))
+    if recorded != (FRAMES_VERSION, digest, options):
         return None
     frames = [FrameRecord(**f) for f in data.get("frames", [])]
     if not frames or not all((output_dir / f.name).is_file() for f in frames):
@@ -271,7 +273,8 @@ def main(video: Path | str, output_dir: Path | str, options: FrameOptions | None
         for cand in kept:
             name = f"frame_{cand['index']:06d}.jpg"
             _save(cand["rgb"], tmp / name, options)
-            records.append(FrameRecord(name, cand["index"], round(cand["time"], 6), round(cand["sharpness"], 8)))
+            records.append(FrameRecord(name, cand["index"], round(cand["time"], 6),
+                                       round(cand["sharpness"], 8)))
         decoded = candidates[-1]["decoded"]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,7 +42,8 @@ class GpsScene:
 
 
 def gps_tagged_sample(out: Path, long_side: int | None = 512, sigma_h: float = 1.0, sigma_v: float = 2.0,
-                      seed: int = 0, accuracy: float | None = 2.0, names: list[str] | None = None) -> GpsScene:
+                      seed: int = 0, accuracy: float | None = 2.0,
+                      names: list[str] | None = None) -> GpsScene:
     """Copies of the sample photos (resized to ``long_side``) tagged with their true centres plus
     Gaussian noise (``sigma_h`` east/north, ``sigma_v`` up, metres)."""
     out.mkdir(parents=True, exist_ok=True)

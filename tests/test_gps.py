@@ -90,7 +90,8 @@ def test_alignment_recovers_a_similarity_and_reports_residuals(tmp_path):
         rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{i}.jpg", camera_id=1, image_id=i), pose)
         truth[f"{i}.jpg"] = centre
     # the model: the truth seen through a similarity (scale 0.1)
-    sim = pycolmap.Sim3d(0.1, pycolmap.Rotation3d(np.array([0.2, 0.1, 0.3, 0.927])), np.array([1.0, 2.0, 3.0]))
+    rotation = pycolmap.Rotation3d(np.array([0.2, 0.1, 0.3, 0.927]))
+    sim = pycolmap.Sim3d(0.1, rotation, np.array([1.0, 2.0, 3.0]))
     rec.transform(sim)
     noisy = {n: c + rng.normal(0, 0.3, 3) for n, c in truth.items()}
     alignment = geo.align_to_positions(rec, noisy, max_error=2.0)

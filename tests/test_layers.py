@@ -15,9 +15,11 @@ LAYERS = [
     ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks", "formats"),
     # plugins, presets (validated against the plugins), cameras, geometry (orientation: the turn of
     # a photo and its keypoint mapping)
-    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp", "orientation", "geometry"),
+    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp", "orientation",
+     "geometry"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
-    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz", "frames"),  # stages, pictures
+    # stages, pictures
+    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz", "frames"),
     ("reconstruct", "localize", "export", "triangulate"),  # stages put together
     ("evaluate", "evaluate_pairs", "evaluate_localization", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line

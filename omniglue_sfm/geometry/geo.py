@@ -55,7 +55,8 @@ class LocalFrame:
             raise ValueError("a local frame needs at least one position")
         lat, lon, alt = lla.mean(axis=0)
         # longitudes around +-180: average them on the circle
-        lon = math.degrees(math.atan2(np.sin(np.radians(lla[:, 1])).mean(), np.cos(np.radians(lla[:, 1])).mean()))
+        lons = np.radians(lla[:, 1])
+        lon = math.degrees(math.atan2(np.sin(lons).mean(), np.cos(lons).mean()))
         return cls(round(float(lat), 7), round(float(lon), 7), round(float(alt), 2))
 
     def to_enu(self, lla: np.ndarray) -> np.ndarray:
