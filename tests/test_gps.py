@@ -109,3 +109,21 @@ def test_alignment_recovers_a_similarity_and_reports_residuals(tmp_path):
     assert geo.read_georef(tmp_path / "nowhere") is None
     # too few positions: no alignment, the model unchanged
     assert geo.align_to_positions(rec, dict(list(noisy.items())[:2]), 2.0) is None
+
+
+def test_spatial_pairs_nearest_within_radius(tagged, tmp_path):
+    from omniglue_sfm import pairs
+
+    names = sorted(tagged.truth_enu)
+    pos = {n: np.array([float(i), 0.0, 100.0 * i]) for i, n in enumerate(names)}  # z is ignored
+    got = pairs.spatial(names, pos, num_matched=2)
+    assert {tuple(sorted(p)) for p in got} == {(names[i], names[j]) for i in range(8) for j in (i + 1, i + 2)
+                                                if j < 8}
+    assert pairs.spatial(names, pos, num_matched=5, radius=1.5) == pairs.spatial(names, pos, 2, 1.5)
+    assert len(pairs.spatial(names, pos, num_matched=2, radius=0.5)) == 0
+    # from the photos' EXIF: fewer pairs than exhaustive, every image in some pair
+    out = tmp_path / "pairs.txt"
+    got = pairs.main(tagged.images, out, pairs.PairsOptions("spatial", num_matched=3))
+    assert len(got) < 28 and {n for p in got for n in p} == set(names)
+    with pytest.raises(ValueError, match="radius"):
+        pairs.PairsOptions("spatial", radius=0)
