@@ -296,9 +296,9 @@ def spatial_pairs(
     without = [n for n in names if n not in positions]
     if without or options.with_retrieval:
         if global_path is None:
-            raise ValueError(f"{len(without)} image(s) have no GPS position: spatial pairs give them retrieval "
-                             "pairs, which need global descriptors (--global GLOBAL_H5)"
-                             if without else "--with-retrieval needs global descriptors (--global GLOBAL_H5)")
+            why = (f"{len(without)} image(s) have no GPS position: spatial pairs pair them by retrieval"
+                   if without else "--with-retrieval")
+            raise ValueError(f"{why}, which needs global descriptors (--global GLOBAL_H5)")
         queries = names if options.with_retrieval else without
         pairs += retrieval(global_path, names, options.num_matched, query_names=queries)
         if without:
