@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # module (in omniglue_sfm) -> subcommands it registers, in help order
 STAGE_MODULES = [
+    "frames",
     "extract",
     "pairs",
     "vlad",

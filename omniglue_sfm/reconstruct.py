@@ -1,9 +1,14 @@
-"""``reconstruct``: photo folder -> COLMAP model in one call (extract, pairs, match, sfm).
+"""``reconstruct``: photo folder or video -> COLMAP model in one call (extract, pairs, match, sfm).
 
 ``OUT`` receives ``features.h5``, ``global.h5``, ``pairs.txt``, ``matches.h5``, ``database.db``,
 ``sparse/``, ``model.ply`` and ``stats.json`` (which also records the preset and the image folder,
 so ``localize`` and ``viz`` need nothing else). Every stage resumes: a re-run
 skips the images, pairs and model already finished with the same configuration.
+
+Field captures (:mod:`omniglue_sfm.capture`): photos with EXIF GPS are paired by position, mapped
+with GPS priors and georegistered (``sparse/`` in metres in a local east-north-up frame,
+``georef.json``); a video is cut into frames (``OUT/frames/``); 2:1 panoramas into pinhole views
+(``OUT/views/``) mapped as rigs.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import colmap_sift, executors, extract, io, match, orientation, pairs, presets, sfm
-from .images import list_images, none_readable
+from . import capture as captures
+from . import colmap_sift, executors, extract, frames, io, match, orientation, pairs, presets, sfm
+from .images import none_readable
 from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
 from .masks import add_masks_argument
 from .runtime import check_device
@@ -127,22 +133,22 @@ def main(
     run: RunOptions | None = None,
     preset_overrides: Mapping | None = None,
     print_summary: bool = True,
+    capture: captures.CaptureOptions | None = None,
 ) -> SfMResult:
     """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
-    ``run``: device, batch size, masks and executor of the learned stages.
+    ``run``: device, batch size, masks and executor of the learned stages; ``capture``: GPS, video
+    frames and panoramas (see :mod:`omniglue_sfm.capture`). ``image_dir`` may be a video file.
 
-    ``pair_options.mode`` None: exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images, else retrieval.
+    ``pair_options.mode`` None: spatial when most photos have GPS, sequential with loop closure for
+    a video, else exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images and retrieval above.
     """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     preset = presets.resolve(preset, preset_overrides)
     options = options or SfMOptions()
-    names = list_images(image_dir)
-    if not names:
-        raise FileNotFoundError(f"no images found in {image_dir}")
+    if not image_dir.exists():
+        raise FileNotFoundError(f"image folder does not exist: {image_dir}")
     pair_options = pair_options or pairs.PairsOptions()
-    if pair_options.mode is None:
-        pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
-    if pair_options.mode not in pairs.IMAGE_MODES:
+    if pair_options.mode is not None and pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
     run = run or RunOptions()
@@ -150,13 +156,31 @@ def main(
     check_weights(preset)
     with io.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, overwrite)
-        logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)
+        cap = captures.prepare(image_dir, output_dir, capture)
+        if cap.kind == "panoramas" and not learned:
+            raise ValueError(f"panoramas are mapped as rigs of views by the learned pipelines; preset "
+                             f"{preset.get('name')!r} runs COLMAP's SIFT: choose another preset")
+        names, image_dir = cap.names, cap.image_dir
+        options = replace(options, camera=cap.camera(options.camera))
+        fallback = default_pairs_mode(len(names))
+        pair_options = cap.default_pairs(pair_options, fallback) if learned or cap.kind == "video" else (
+            replace(pair_options, mode=pair_options.mode or fallback))
+        logger.info("%d images (%s), preset %s, %s pairs", len(names), cap.kind, preset.get("name"),
+                    pair_options.mode)
         if not learned:
             result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
                                       overwrite)
         else:
             result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 run)
+                                 run, cap)
+        georef = captures.georegister(output_dir, cap, result.reconstruction, result.stats.get("fingerprint"),
+                                      result.skipped)
+        result.stats.update(cap.stats)
+        result.stats["pairs_mode"] = pair_options.mode
+        if georef is not None:
+            result.stats["georef"] = {k: v for k, v in georef.items() if k not in ("per_image_m", "key")}
+        else:
+            result.stats.pop("georef", None)
         result.stats["failed_images"] = result.failed_images
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
@@ -169,7 +193,7 @@ def main(
 
 def run_learned(
     image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
-    options: SfMOptions, overwrite: bool, run: RunOptions,
+    options: SfMOptions, overwrite: bool, run: RunOptions, cap: captures.Capture | None = None,
 ) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
@@ -187,13 +211,16 @@ def run_learned(
     if len(names) < 2:
         raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):
-        pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names)
+        chosen = pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names,
+                            positions=cap.positions if cap else None)
+        if cap is not None and cap.kind == "panoramas":  # views of one panorama share no baseline
+            io.write_pairs(pairs_path, cap.filter_pairs(chosen))
     with stage("match", timings):
         match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=run.device,
                    batch_size=run.batch_size, executor=run.executor)
     with stage("sfm", timings):
         result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
-                          image_names=names)
+                          image_names=names, priors=cap.priors if cap else None, rig=cap.rig if cap else None)
     result.failed_images, result.stage_seconds = dict(summary.failed), timings
     if summary.turns:  # rotation handling on: each image's quarter-turn, in degrees
         result.stats["image_turns_deg"] = {n: 90 * t for n, t in sorted(summary.turns.items())}
@@ -203,18 +230,23 @@ def run_learned(
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("reconstruct", help="image folder -> COLMAP model, all stages",
+    parser = subparsers.add_parser("reconstruct", help="image folder or video -> COLMAP model, all stages",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", type=Path, help="image folder (searched recursively)")
+    parser.add_argument("images", type=Path,
+                        help="image folder (searched recursively; 2:1 panoramas are cut into views) or a "
+                             "video")
     parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
     presets.add_arguments(parser)  # --preset, --preset-file, --max-keypoints, --resize-max
     parser.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
                         help="pairs per matching batch (default 16 GPU, 4 CPU); speed only, not recorded")
     parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
-                        help=f"pair selection (default: exhaustive up to {EXHAUSTIVE_MAX_IMAGES} images, "
-                             f"else retrieval)")
+                        help=f"pair selection (default: spatial when most photos have GPS, sequential "
+                             f"with loop closure for a video, else exhaustive up to {EXHAUSTIVE_MAX_IMAGES} "
+                             f"images, else retrieval)")
     pairs.add_arguments(parser)
     add_arguments(parser)
+    captures.add_arguments(parser)
+    frames.add_arguments(parser)
     add_masks_argument(parser)
     orientation.add_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
@@ -227,5 +259,6 @@ def _run_cli(args: argparse.Namespace) -> int:
     # main() prints the summary table itself
     preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
     main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, RunOptions.from_args(args))
+         SfMOptions.from_args(args), args.overwrite, RunOptions.from_args(args),
+         capture=captures.CaptureOptions.from_args(args))
     return 0
