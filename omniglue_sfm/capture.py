@@ -213,8 +213,9 @@ def _panoramas(source: Path, output_dir: Path, names: list[str], sizes: dict[str
             (views_dir / panorama.view_name(k, gone)).unlink(missing_ok=True)
     io.write_json(record_path, {"options": opts, "panoramas": current})
     view_names = panorama.view_names(names, options)
-    stats = {"kind": "panoramas", "panoramas": {"count": len(names), "views": options.views,
-                                                "fov": options.fov, "view_size": size, "camera_params": params}}
+    stats = {"kind": "panoramas", "panoramas": {
+        "count": len(names), "views": options.views, "fov": options.fov, "view_size": size,
+        "camera_params": params}}
     log.info("%d panoramas -> %d pinhole views of %d px in %s", len(names), len(view_names), size, views_dir)
     return Capture(source, "panoramas", views_dir, view_names, rig=panorama.rig_config(options), stats=stats)
 
