@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from omniglue_sfm.training import evaluate as E
+from omniglue_sfm.training import homography_eval as E
 from omniglue_sfm.training.data import FeatureFn, PoolConfig, build_pool, load_pool
 from omniglue_sfm.training.homography import scaled_shift
 from omniglue_sfm.training.train import load_config
@@ -31,7 +31,8 @@ METHODS = ("omniglue", "omniglue-unguided", "lightglue", "mnn")
 
 
 def load_omniglue(checkpoint: str, overrides: dict):
-    from omniglue_sfm.matchers.omniglue import OmniGlue, load_model
+    from omniglue_sfm.matchers.omniglue import OmniGlue
+    from omniglue_sfm.matchers.omniglue_plugin import load_model
 
     path = Path(checkpoint)
     if path.is_file() and path.name == "last.pt":  # a training-state file, not an export

@@ -43,9 +43,9 @@ SAMPLE = REPO / "datasets" / "herzjesu_p8_small" / "images"
 
 def real_features(n_max: int) -> tuple[dict, dict]:
     """ALIKED keypoints + aliked-grid guidance of the first two sample images, best first."""
-    from omniglue_sfm import registry
-    from omniglue_sfm.extract import extract_image
-    from omniglue_sfm.images import list_images, read_image
+    from omniglue_sfm.config import registry
+    from omniglue_sfm.features.image import extract_image
+    from omniglue_sfm.formats.images import list_images, read_image
 
     names = list_images(SAMPLE)[:2]
     ex = registry.extractor({"name": "aliked", "model": "aliked-n16", "max_keypoints": n_max,
@@ -91,7 +91,7 @@ REFERENCE = "LightGlue (adaptive)"
 def build_matchers(device: torch.device) -> tuple[dict, str]:
     """The matchers of the presets ``aliked+lightglue``, ``omniglue`` (the default) and
     ``omniglue-guided``, and both kinds with early exit and pruning off."""
-    from omniglue_sfm import presets, registry
+    from omniglue_sfm.config import presets, registry
 
     off = {"depth_confidence": -1, "width_confidence": -1}
     lightglue = presets.get("aliked+lightglue")["matcher"]
@@ -110,10 +110,10 @@ def epipolar_accuracy(matchers: dict, feats: tuple[dict, dict], n: int, threshol
     """(matches, epipolar precision) of each matcher on the real pair cut to n keypoints."""
     import numpy as np
 
-    from omniglue_sfm.evaluate import relative_pose
-    from omniglue_sfm.evaluate_pairs import fundamental_matrix, symmetric_epipolar_distance
-    from omniglue_sfm.images import list_images
-    from omniglue_sfm.scenes import read_strecha_dir
+    from omniglue_sfm.evaluation.reconstruction import relative_pose
+    from omniglue_sfm.evaluation.two_view import fundamental_matrix, symmetric_epipolar_distance
+    from omniglue_sfm.formats.images import list_images
+    from omniglue_sfm.geometry.scenes import read_strecha_dir
 
     gt = read_strecha_dir(SAMPLE.parent / "gt")
     a, b = list_images(SAMPLE)[:2]

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import pycolmap
 
-from omniglue_sfm import io, match, pairs, sfm, vlad
-from omniglue_sfm.cameras import CameraOptions
+from omniglue_sfm import match, pairs, sfm, vlad
+from omniglue_sfm.formats import h5io, matches_h5, textfiles
+from omniglue_sfm.geometry.cameras import CameraOptions
 
 
 def verified_pairs(out: Path, images: Path, preset: str, min_inliers: int) -> tuple[set, int]:
     """(canonical pairs with >= min_inliers verified inliers, number of pairs tried)."""
     work = out / "recall"
     work.mkdir(exist_ok=True)
-    names = io.list_names(out / "features.h5")
-    every = [io.canonical_pair(a, b) for a, b in itertools.combinations(sorted(names), 2)]
-    io.write_pairs(work / "pairs.txt", every)
+    names = h5io.list_names(out / "features.h5")
+    every = [matches_h5.canonical_pair(a, b) for a, b in itertools.combinations(sorted(names), 2)]
+    textfiles.write_pairs(work / "pairs.txt", every)
     match.main(out / "features.h5", work / "pairs.txt", work / "matches.h5", preset)
     db_path = sfm.build_database(work / "database.db", images, out / "features.h5", work / "matches.h5",
                                  names, every, CameraOptions())
@@ -41,7 +42,7 @@ def verified_pairs(out: Path, images: Path, preset: str, min_inliers: int) -> tu
         for pair_id, inliers in zip(*db.read_two_view_geometry_num_inliers(), strict=True):
             if inliers >= min_inliers:
                 a, b = pycolmap.pair_id_to_image_pair(pair_id)
-                true.add(io.canonical_pair(ids[a], ids[b]))
+                true.add(matches_h5.canonical_pair(ids[a], ids[b]))
     return true, len(every)
 
 
@@ -49,7 +50,7 @@ def recall_table(global_path: Path, true: set, ks: list[int]) -> list[tuple[int,
     """(k, pairs selected, true pairs found, recall) for every k, retrieving with ``global_path``."""
     rows = []
     for k in ks:
-        chosen = {io.canonical_pair(a, b) for a, b in pairs.retrieval(global_path, None, k)}
+        chosen = {matches_h5.canonical_pair(a, b) for a, b in pairs.retrieval(global_path, None, k)}
         found = len(true & chosen)
         rows.append((k, len(chosen), found, found / max(1, len(true))))
     return rows

@@ -28,7 +28,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from omniglue_sfm import executors, extract, io, match
+from omniglue_sfm import extract, match
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io, textfiles
+from omniglue_sfm.runtime import executors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +52,8 @@ def timed_match(work: Path, preset: dict, executor: executors.ExecutorOptions, t
     for p in (out, out.with_name(out.name + ".parts")):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    match.main(work / "features.h5", work / "pairs.txt", out, preset, device="cpu", executor=executor)
+    match.main(work / "features.h5", work / "pairs.txt", out, preset, RunOptions(device="cpu",
+                                                                                 executor=executor))
     return time.perf_counter() - t0
 
 
@@ -74,9 +78,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     try:
         images = small_copies(args.images, work / "images", args.long_side, args.num_images)
-        extract.main(images, work / "features.h5", preset, device="cpu")
-        names = io.list_names(work / "features.h5")
-        io.write_pairs(work / "pairs.txt", list(itertools.combinations(names, 2)))
+        extract.main(images, work / "features.h5", preset, RunOptions(device="cpu"))
+        names = h5io.list_names(work / "features.h5")
+        textfiles.write_pairs(work / "pairs.txt", list(itertools.combinations(names, 2)))
         num_pairs = len(names) * (len(names) - 1) // 2
         ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False,
                  configure_logging=False, log_to_driver=False)

@@ -17,7 +17,6 @@ or 360-degree panoramas; and the georegistration of the model that comes out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -27,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from . import frames, io, pairs
-from .cameras import CameraOptions
-from .formats import gps
+from . import frames, pairs
+from .formats import gps, outputs, provenance
+from .formats.images import list_images, oriented_size
 from .geometry import geo, panorama
-from .images import list_images, oriented_size
+from .geometry.cameras import CameraOptions
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +55,6 @@ class CaptureOptions:
             raise ValueError(f"unknown --gps {self.gps!r}; choose one of {GPS_MODES}")
         if self.panoramas not in PANORAMA_MODES:
             raise ValueError(f"unknown --panoramas {self.panoramas!r}; choose one of {PANORAMA_MODES}")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> CaptureOptions:
-        """From the arguments of :func:`add_arguments` and :func:`omniglue_sfm.frames.add_arguments`."""
-        return cls(args.gps, args.panoramas,
-                   panorama.PanoramaOptions(args.pano_views, args.pano_fov, args.pano_view_size),
-                   frames.FrameOptions.from_args(args))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--gps``, ``--panoramas``, ``--pano-views``, ``--pano-fov``, ``--pano-view-size``."""
-    parser.add_argument("--gps", choices=GPS_MODES, default="auto",
-                        help="auto: when most photos have EXIF GPS, pair by position, map with GPS priors "
-                             "and georegister the model (metres, georef.json); off: ignore GPS")
-    parser.add_argument("--panoramas", choices=PANORAMA_MODES, default="auto",
-                        help="auto: images that are all 2:1 are equirectangular panoramas; on / off: say so")
-    defaults = panorama.PanoramaOptions()
-    parser.add_argument("--pano-views", type=int, default=defaults.views, metavar="N",
-                        help="panoramas: pinhole views around the horizon")
-    parser.add_argument("--pano-fov", type=float, default=defaults.fov, metavar="DEG",
-                        help="panoramas: field of view of each view, degrees")
-    parser.add_argument("--pano-view-size", type=int, default=None, metavar="PX",
-                        help="panoramas: view side in pixels (default: the panorama's resolution)")
 
 
 @dataclass
@@ -203,7 +179,7 @@ def _panoramas(source: Path, output_dir: Path, names: list[str], sizes: dict[str
     views_dir.mkdir(parents=True, exist_ok=True)
     current = {}
     for name in names:
-        digest = io.file_digest(source / name)
+        digest = provenance.file_digest(source / name)
         if done.get(name) != digest or not all((views_dir / panorama.view_name(k, name)).is_file()
                                                for k in range(options.views)):
             panorama.write_views(source / name, name, views_dir, options)
@@ -211,7 +187,7 @@ def _panoramas(source: Path, output_dir: Path, names: list[str], sizes: dict[str
     for gone in set(done) - set(current):
         for k in range(options.views):
             (views_dir / panorama.view_name(k, gone)).unlink(missing_ok=True)
-    io.write_json(record_path, {"options": opts, "panoramas": current})
+    outputs.write_json(record_path, {"options": opts, "panoramas": current})
     view_names = panorama.view_names(names, options)
     stats = {"kind": "panoramas", "panoramas": {
         "count": len(names), "views": options.views, "fov": options.fov, "view_size": size,

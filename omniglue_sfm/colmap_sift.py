@@ -22,11 +22,14 @@ from pathlib import Path
 import pycolmap
 from PIL import Image, ImageOps
 
-from . import io, mapping, pairs, presets, sfm
-from .cameras import ImageInfo, make_cameras
-from .images import file_problem, list_images, none_readable, oriented_size
-from .mapping import DB_STAMP
-from .runtime import num_threads
+from . import pairs, sfm
+from .colmap import mapper as mapping
+from .colmap.mapper import DB_STAMP
+from .config import presets
+from .formats import matches_h5, outputs, provenance, textfiles
+from .formats.images import file_problem, list_images, none_readable, oriented_size
+from .geometry.cameras import ImageInfo, make_cameras
+from .runtime.devices import num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def _match(db_path: Path, pairs_mode: str, window: int, pairs_path: Path | None)
     if pairs_path is not None:
         colmap_pairs = db_path.with_name("pairs_colmap.txt")
         # COLMAP's pair list splits on spaces and knows no escaping: write raw names
-        listed = io.unique_pairs(io.read_pairs(pairs_path))
+        listed = matches_h5.unique_pairs(textfiles.read_pairs(pairs_path))
         if any(" " in n for p in listed for n in p):
             raise ValueError("COLMAP's pair list cannot hold image names with spaces")
         colmap_pairs.write_text("".join(f"{a} {b}\n" for a, b in listed))
@@ -135,7 +138,8 @@ def image_sources(image_dir: Path, names: Sequence[str], db_path: Path) -> dict[
         if file_problem(path):
             continue
         old = previous.get(name)
-        records[name] = old if old and not io.source_changed(old, path) else io.source_record(path)
+        unchanged = old and not provenance.source_changed(old, path)
+        records[name] = old if unchanged else provenance.source_record(path)
     return records
 
 
@@ -179,7 +183,7 @@ def main(
         raise FileNotFoundError(f"no images found in {image_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    pairs_list = io.read_pairs(pairs_path) if pairs_path else None
+    pairs_list = textfiles.read_pairs(pairs_path) if pairs_path else None
     db_path = output_dir / "database.db"
     sources = image_sources(image_dir, names, db_path)
     config_key = mapping.fingerprint({
@@ -219,7 +223,7 @@ def main(
         cameras, assignment = make_cameras(read_dir, infos, camera)
         with pycolmap.Database.open(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
-        io.write_json(output_dir / DB_STAMP, {"pipeline": presets.Pipeline.COLMAP_SIFT.value,
+        outputs.write_json(output_dir / DB_STAMP, {"pipeline": presets.Pipeline.COLMAP_SIFT.value,
                                               "config": config_key, "sources": sources})
     print(f"==> extract (COLMAP SIFT, {len(names)} images)", flush=True)
     pycolmap.extract_features(

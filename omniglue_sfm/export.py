@@ -19,7 +19,6 @@ centre at (0.5, 0.5)), at the top level when every image shares one camera, else
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from dataclasses import dataclass
@@ -29,12 +28,13 @@ import numpy as np
 import pycolmap
 from PIL import Image
 
-from . import io
-from .cameras import ImageInfo
+from .colmap.mapper import configure_colmap_logging
 from .colmap_sift import prepare_images
-from .mapping import configure_colmap_logging
-from .masks import MaskSet, mask_name
-from .runtime import num_threads
+from .formats import h5io, outputs
+from .formats.masks import MaskSet, mask_name
+from .geometry.cameras import ImageInfo
+from .runtime import locks
+from .runtime.devices import num_threads
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def find_masks(source: Path, given: Path | None) -> MaskSet | None:
     if given is not None:
         return MaskSet(given)
     features = source / "features.h5"
-    recorded = io.read_config(features).get("masks") if features.is_file() else None
+    recorded = h5io.read_config(features).get("masks") if features.is_file() else None
     if recorded is None:
         return None
     if not Path(recorded).is_dir():
@@ -206,8 +206,8 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
     """Export the model of ``source`` (a reconstruct folder or a model folder) into ``dest``."""
     options = options or ExportOptions()
     source, dest = Path(source), Path(dest).resolve()
-    model_dir = io.find_model(source)
-    image_dir = io.recorded_image_dir(source, options.image_dir)
+    model_dir = outputs.find_model(source)
+    image_dir = outputs.recorded_image_dir(source, options.image_dir)
     masks = find_masks(source, options.masks)
     check_dest(dest, options.overwrite, (source, image_dir) + ((masks.root,) if masks else ()))
     original = pycolmap.Reconstruction(model_dir)
@@ -219,7 +219,7 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
     work = dest.with_name(dest.name + ".export.tmp")
     dest.parent.mkdir(parents=True, exist_ok=True)
     # one export into DEST at a time; the lock sits beside DEST, which is replaced as a whole
-    with io.output_lock(work):
+    with locks.output_lock(work):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         configure_colmap_logging(work, verbose=False)  # COLMAP's chatter stays off the terminal
@@ -233,7 +233,7 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
                 undistort_masks(masks, original, names, staged / "masks")
             rec = pycolmap.Reconstruction(staged / "sparse" / "0")
             if options.format == "nerfstudio":
-                io.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
+                outputs.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
                 write_points_ply(rec, staged / "sparse_pc.ply")
             if dest.exists():
                 shutil.rmtree(dest)
@@ -241,28 +241,3 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return ExportResult(dest, len(names), rec.num_points3D(), masks is not None)
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="model -> undistorted images, PINHOLE model (gsplat/nerfstudio)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", type=Path,
-                   help="a reconstruct / sfm / triangulate output folder, or a model folder")
-    p.add_argument("dest", type=Path, help="export folder (images/, sparse/0/, ...)")
-    p.add_argument("--format", choices=FORMATS, default="gsplat",
-                   help="gsplat: gaussian-splatting's layout; nerfstudio: also transforms.json "
-                        "(default: gsplat)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="image folder (default: the one stats.json records)")
-    p.add_argument("--masks", type=Path, default=None, metavar="DIR",
-                   help="mask folder (default: the one the features were extracted with, if any)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DEST")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    result = main(args.source, args.dest, ExportOptions(args.format, args.images, args.masks, args.overwrite))
-    masks = ", masks" if result.masks else ""
-    print(f"exported {result.num_images} image(s), {result.num_points3D} points ({args.format}{masks}) "
-          f"to {result.dest}")
-    return 0

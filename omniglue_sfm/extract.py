@@ -8,33 +8,31 @@ Resumable: images already in the output (made with the same configuration) are s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from . import executors, io, orientation, presets, registry
-from .guidance.aliked_grid import global_descriptor
-from .guidance.base import sample_dense
-from .images import (
+from . import orientation
+from .config import presets, registry
+from .config.options import RunOptions
+from .config.rotation import OrientationOptions, options_from_preset
+from .features.image import extract_image
+from .formats import provenance, sharded
+from .formats.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     list_images,
-    none_readable,
     read_image_sized,
-    resize_for_extraction,
-    scale_keypoints,
 )
-from .masks import MaskSet, add_masks_argument
-from .matchers.base import features_to_tensors
-from .runtime import check_device, default_device
+from .formats.masks import MaskSet
+from .runtime import executors, locks
+from .runtime.devices import check_device, default_device
 
 log = logging.getLogger(__name__)
 
@@ -56,52 +54,12 @@ def features_config(preset: dict) -> dict:
     config = {"features": preset["features"]}
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
-    rotation = orientation.options_from_preset(preset)
+    rotation = options_from_preset(preset)
     if rotation is not None:  # absent when off: files made before rotation handling stay valid
         config["rotation"] = rotation.record()
+    if preset.get("masks"):  # the folder (absolute): another folder is another configuration
+        config["masks"] = MaskSet(preset["masks"]).config_value()
     return config
-
-
-def extract_image(
-    img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
-    resize_max: int | None, device: torch.device, full_size: tuple[int, int] | None = None, turn: int = 0,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features of one (H, W, 3) uint8 image: the ``features.h5`` item and its global descriptor.
-
-    ``full_size`` (W, H): the original's size when ``img`` was decoded reduced (large images).
-    With ``turn`` the image is extracted upright (turned ``turn`` quarter-turns counter-clockwise)
-    and its keypoints are mapped back to the original pixels; ``image_size`` stays the original's.
-    """
-    full_w, full_h = full_size or (img.shape[1], img.shape[0])
-    img = orientation.turn_image(img, turn) if turn else img
-    upright_size = (full_h, full_w) if turn % 2 else (full_w, full_h)  # full size, turned upright
-    resized, scale = resize_for_extraction(img, resize_max, upright_size)
-    tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
-    tensor = tensor.to(device=device, dtype=torch.float32) / 255.0
-    with torch.inference_mode():
-        pred = extractor(tensor)
-        kp = pred["keypoints"]
-        item = {
-            "keypoints": scale_keypoints(kp.cpu().numpy(), scale),
-            "scores": pred["scores"].cpu().numpy().astype(np.float32),
-            "descriptors": pred["descriptors"].t().cpu().numpy().astype(np.float32),  # (D, N)
-            "image_size": np.array([full_w, full_h], dtype=np.int64),
-        }
-        if turn:
-            back = orientation.from_upright(item["keypoints"], upright_size, turn)[0]
-            item["keypoints"] = back.astype(np.float32)
-        if guidance is not None:
-            gout = guidance(tensor, pred)
-            size = (resized.shape[1], resized.shape[0])
-            sampled = sample_dense(gout["dense"], kp, size)  # (N, C)
-            item["guidance"] = sampled.t().cpu().numpy().astype(np.float16)
-            gdesc = gout["global_descriptor"]
-        elif "dense" in pred:
-            gdesc = global_descriptor(pred["dense"])
-        else:
-            gdesc = None
-    gvec = None if gdesc is None else gdesc.float().cpu().numpy().astype(np.float32)
-    return item, gvec
 
 
 RAY_IMAGES_PER_CHUNK = 4  # images per Ray call: small, so a lost worker loses little
@@ -157,7 +115,7 @@ class ExtractWorker:
             img, full_size = read_image_sized(path, self.resize_max)
         except ImageReadError as err:
             return ImageResult(name, failed=err.reason)
-        source = io.source_record(path)
+        source = provenance.source_record(path)
         turn = self.spec.turns.get(name, 0)
         if self.spec.turns:
             source["turn"] = turn
@@ -169,8 +127,8 @@ class ExtractWorker:
         return ImageResult(name, item, gvec, source)
 
 
-def _store_image(result: ImageResult, store: io.ShardedH5, gstore: io.ShardedH5 | None, changed: set[str],
-                 summary: ExtractSummary, config: dict) -> None:
+def _store_image(result: ImageResult, store: sharded.ShardedH5, gstore: sharded.ShardedH5 | None,
+                 changed: set[str], summary: ExtractSummary, config: dict) -> None:
     name = result.name
     if result.failed is not None:
         log.warning("skipping %s: %s", name, result.failed)
@@ -185,117 +143,96 @@ def _store_image(result: ImageResult, store: io.ShardedH5, gstore: io.ShardedH5 
         gstore.add(name, {"global_descriptor": result.global_descriptor})
 
 
-def main(
-    image_dir: Path,
-    features_path: Path,
-    preset: dict | str,
-    image_names: list[str] | None = None,
-    global_path: Path | None = None,
-    overwrite: bool = False,
-    device: str | None = None,
-    flush_every: int = 64,
-    masks: Path | None = None,
-    executor: executors.ExecutorOptions | None = None,
-    turns: Callable[[list[str]], Mapping[str, int]] | None = None,
-) -> ExtractSummary:
-    """Extract features (and global descriptors when ``global_path`` is given) for a folder.
+TurnsFn = Callable[[list[str]], Mapping[str, int]]  # image names -> quarter-turns
 
-    ``masks``: a folder (see :mod:`omniglue_sfm.masks`); keypoints in masked-out pixels are dropped.
-    ``executor``: where the images are processed (default: here; see :mod:`omniglue_sfm.executors`).
-    With the preset's rotation handling on, each image is extracted upright. When any image needs
-    new features, ``turns`` (names -> quarter-turns; localization queries) or else the orientation
-    pass estimates them; otherwise the stored turns stand.
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images a stage reads: a folder, optionally a subset of its images, and who tells the
+    turns of those that need new features (default: the orientation pass over them)."""
+
+    folder: Path
+    names: Sequence[str] | None = None  # POSIX paths relative to ``folder``; None: every image in it
+    turns: TurnsFn | None = None  # e.g. localization queries: their turns against the map
+
+    @classmethod
+    def of(cls, images: ImageSet | Path | str) -> ImageSet:
+        return images if isinstance(images, ImageSet) else cls(Path(images))
+
+    def listed(self) -> list[str]:
+        """The names, or every image found in the folder (an error when there is none)."""
+        if self.names is not None:
+            return list(self.names)
+        names = list_images(self.folder)
+        if not names:
+            raise FileNotFoundError(f"no images found in {self.folder} (searched recursively for "
+                                    f"{', '.join(IMAGE_EXTENSIONS)})")
+        return names
+
+
+def main(
+    images: ImageSet | Path | str,
+    features_path: Path | str,
+    preset: dict | str,
+    run: RunOptions | None = None,
+    *,
+    global_path: Path | str | None = None,
+) -> ExtractSummary:
+    """Extract features (and global descriptors when ``global_path`` is given) of ``images``.
+
+    With the preset's ``masks`` (a folder, see :mod:`omniglue_sfm.formats.masks`) keypoints in
+    masked-out pixels are dropped. With its rotation handling on, each image is extracted upright;
+    when any image needs new features its turn is estimated (``ImageSet.turns``, else the
+    orientation pass), otherwise the stored turns stand. ``run``: device, executor, overwrite.
     """
     start = time.perf_counter()
+    images = ImageSet.of(images)
+    run = run or RunOptions()
     preset = presets.resolve(preset)
     config = features_config(preset)
-    mask_set = MaskSet(masks) if masks is not None else None
-    if mask_set is not None:
-        config["masks"] = mask_set.config_value()
-    image_dir = Path(image_dir)
-    names = list(image_names) if image_names is not None else list_images(image_dir)
-    if not names and image_names is None:
-        raise FileNotFoundError(f"no images found in {image_dir} (searched recursively for "
-                                f"{', '.join(IMAGE_EXTENSIONS)})")
+    mask_set = MaskSet(preset["masks"]) if preset.get("masks") else None
+    names = images.listed()
     if mask_set is not None:
         mask_set.check(names)
-    check_device(device)
+    check_device(run.device)
     features_path = Path(features_path)
     features_path.parent.mkdir(parents=True, exist_ok=True)
-    job = _Job(image_dir, features_path, preset, config, names, global_path, overwrite, device, flush_every,
-               turns, mask_set, executor or executors.ExecutorOptions())
-    with io.output_lock(features_path):  # one run per output file
+    job = _Job(images, features_path, preset, config, names,
+               Path(global_path) if global_path is not None else None, run, mask_set)
+    with locks.output_lock(features_path):  # one run per output file
         return _extract(job, start)
 
 
 @dataclass
 class _Job:
-    image_dir: Path
+    images: ImageSet
     features_path: Path
     preset: dict
-    config: dict
+    config: dict  # features_config(preset)
     names: list[str]
     global_path: Path | None
-    overwrite: bool
-    device: str | None
-    flush_every: int
-    turns: Callable[[list[str]], Mapping[str, int]] | None
+    run: RunOptions
     mask_set: MaskSet | None
-    executor: executors.ExecutorOptions
 
 
-def orientation_pass(job: _Job, rotation: orientation.OrientationOptions) -> orientation.TurnEstimate:
-    """Estimate every image's turn with low-resolution features of the preset's own extractor,
-    matched by the preset's own matcher (see :mod:`omniglue_sfm.orientation`)."""
-    from . import match  # match does not import extract; imported here to keep extract light
-
-    dev = default_device(job.device)
-    low_conf = {**job.config["features"], "max_keypoints": rotation.max_keypoints}
-    low = registry.extractor(low_conf).to(dev).eval()
-    matcher_conf = job.preset.get("matcher") or {"name": "mnn"}
-    matcher = match.PairMatcher(matcher_conf, job.config, job.features_path, dev)
-
-    def features_of(img: np.ndarray) -> dict:
-        return extract_image(img, low, None, None, dev)[0]
-
-    def match_fn(fa: dict, fb: dict) -> np.ndarray:
-        return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
-
-    read = orientation.read_or_none(job.image_dir, draft_side=rotation.resize_max)
-    return orientation.estimate_turns(job.names, orientation_candidates, read, features_of, match_fn,
-                                      rotation)
-
-
-ORIENTATION_EXHAUSTIVE_MAX = 40  # orientation pass: exhaustive pairs up to this many images
-ORIENTATION_WINDOW = 5  # above: a sequential window (plus quadratic links) in name order
-
-
-def orientation_candidates(names: list[str]) -> list[tuple[str, str]]:
-    """The pairs the orientation pass may match (it stops early; see orientation.solve_turns)."""
-    from . import pairs
-
-    if len(names) <= ORIENTATION_EXHAUSTIVE_MAX:
-        return pairs.exhaustive(names)
-    return pairs.sequential(names, window=ORIENTATION_WINDOW, quadratic=True)
-
-
-def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],
+def _image_turns(job: _Job, store: sharded.ShardedH5, changed: set[str],
                  summary: ExtractSummary) -> dict[str, int]:
     """Each image's turn (all 0 with rotation handling off); an image whose turn changed joins ``changed``."""
     if "rotation" not in job.config:
         return {}
-    rotation = orientation.OrientationOptions(**job.config["rotation"])
+    rotation = OrientationOptions(**job.config["rotation"])
     if not any(n not in store or n in changed for n in job.names):
         # nothing new: the stored turns stand (no pass, no probe on a resumed run)
-        return {n: io.stored_turn(store.item_attrs(n)) for n in job.names}
-    if job.turns is not None:  # the caller's estimate (localization queries against a map)
-        estimated = job.turns(job.names)
+        return {n: provenance.stored_turn(store.item_attrs(n)) for n in job.names}
+    if job.images.turns is not None:  # the caller's estimate (localization queries against a map)
+        estimated = job.images.turns(job.names)
         turns = {n: int(estimated.get(n, 0)) % 4 for n in job.names}
     else:
-        estimate = orientation_pass(job, rotation)
+        estimate = orientation.orientation_pass(job.images.folder, job.names, job.preset, job.config,
+                                                job.features_path, rotation, job.run.device)
         turns, summary.orientation = estimate.turns, estimate.summary()
     turned = {n for n in job.names if n in store and n not in changed
-              and io.stored_turn(store.item_attrs(n)) != turns[n]}
+              and provenance.stored_turn(store.item_attrs(n)) != turns[n]}
     if turned:
         log.info("%d image(s) have another turn than their stored features; re-extracting: %s",
                  len(turned), ", ".join(sorted(turned)[:10]))
@@ -304,16 +241,17 @@ def _image_turns(job: _Job, store: io.ShardedH5, changed: set[str],
 
 
 def _extract(job: _Job, start: float) -> ExtractSummary:
-    config, names, image_dir = job.config, job.names, job.image_dir
-    store = io.ShardedH5(job.features_path, "features", config, overwrite=job.overwrite,
-                         flush_every=job.flush_every)
+    config, names, image_dir, run = job.config, job.names, job.images.folder, job.run
+    store = sharded.ShardedH5(job.features_path, "features", config, overwrite=run.overwrite,
+                              flush_every=run.flush_every)
     gstore = None
     if job.global_path is not None:
         gconfig = {**config, "global": "guidance" if "guidance" in config else "mean-dense"}
-        gstore = io.ShardedH5(job.global_path, "global", gconfig, overwrite=job.overwrite,
-                              flush_every=job.flush_every)
+        gstore = sharded.ShardedH5(job.global_path, "global", gconfig, overwrite=run.overwrite,
+                                   flush_every=run.flush_every)
     # an image replaced under the same name: its features (and global descriptor) are redone
-    changed = {n for n in names if n in store and io.source_changed(store.item_attrs(n), image_dir / n)}
+    changed = {n for n in names
+               if n in store and provenance.source_changed(store.item_attrs(n), image_dir / n)}
     if job.mask_set is not None:  # a changed mask: the features are redone too
         changed |= {n for n in names if n in store and job.mask_set.changed(store.item_attrs(n), n)}
     if changed:
@@ -324,9 +262,9 @@ def _extract(job: _Job, start: float) -> ExtractSummary:
     todo = [n for n in names
             if n not in store or n in changed or (gstore is not None and n not in gstore)]
     if todo:
-        spec = ExtractWorkerSpec(image_dir, config, job.device, job.mask_set, turns)
-        chunks = executors.chunked(todo, RAY_IMAGES_PER_CHUNK if job.executor.is_ray else 1)
-        with executors.start(job.executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
+        spec = ExtractWorkerSpec(image_dir, config, run.device, job.mask_set, turns)
+        chunks = executors.chunked(todo, RAY_IMAGES_PER_CHUNK if run.executor.is_ray else 1)
+        with executors.start(run.executor) as ex, store, (gstore if gstore is not None else nullcontext()), \
                 tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True) as bar:
             for _, results in ex.map(spec, chunks):
                 for result in results:
@@ -342,38 +280,3 @@ def _extract(job: _Job, start: float) -> ExtractSummary:
     if summary.failed:
         log.warning("%d image(s) could not be read: %s", len(summary.failed), ", ".join(summary.failed))
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("extract", help="image folder -> features.h5 (+ global.h5)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", type=Path, help="image folder (searched recursively)")
-    p.add_argument("out_h5", type=Path, help="features.h5 to write (resumed if it exists)")
-    presets.add_arguments(p)  # --preset, --preset-file, --max-keypoints, --resize-max
-    p.add_argument("--global", dest="global_h5", type=Path, default=None,
-                   help="also write global descriptors (for `pairs --mode retrieval`) here")
-    add_masks_argument(p)
-    orientation.add_argument(p)
-    p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    executors.add_arguments(p)
-    p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
-    summary = main(args.images, args.out_h5, preset, global_path=args.global_h5,
-                   overwrite=args.overwrite, device=args.device, flush_every=args.flush_every,
-                   masks=args.masks, executor=executors.ExecutorOptions.from_args(args))
-    n = len(summary.names)
-    print(f"features for {n} image(s) in {args.out_h5} ({summary.seconds:.1f} s)")
-    for name, reason in summary.failed.items():
-        print(f"  failed: {name}: {reason}")
-    if summary.failed and n == 0:
-        raise none_readable(args.images, summary.failed)
-    return 0

@@ -25,7 +25,6 @@ temporary folder first: a video that cannot be decoded leaves the previous frame
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import io
+from .formats import provenance
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,6 @@ class FrameOptions:
         if not 1 <= self.quality <= 100:
             raise ValueError(f"JPEG quality is 1..100, got {self.quality}")
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FrameOptions:
-        return cls(args.num_frames, args.fps, args.min_sharpness, args.duplicate_threshold,
-                   getattr(args, "max_size", None))
-
     def windows(self, duration: float) -> int:
         if self.fps is not None:
             return max(1, round(duration * self.fps))
@@ -126,38 +120,6 @@ class FramesResult:
         return {"version": FRAMES_VERSION, "video": self.video, "video_sha1": self.digest,
                 "options": self.options, "decoded": self.decoded, "dropped": self.dropped,
                 "frames": [asdict(f) for f in self.frames]}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The frame rule's options (see the module docstring)."""
-    parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, metavar="N",
-                        help="video: frames to keep (one per equal time window)")
-    parser.add_argument("--fps", type=float, default=None,
-                        help="video: frames per second of video to keep instead of --num-frames")
-    parser.add_argument("--min-sharpness", type=float, default=DEFAULT_MIN_SHARPNESS, metavar="F",
-                        help="video: drop a frame below F x the median sharpness as blurred")
-    parser.add_argument("--duplicate-threshold", type=float, default=DEFAULT_DUPLICATE_THRESHOLD, metavar="D",
-                        help="video: drop a frame whose thumbnail differs from the last kept one by less "
-                             "(mean absolute difference, 0..1): the camera stood still")
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("frames", help="video -> sharp, distinct frames (JPEG) + frames.json",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("video", type=Path, help="video file")
-    parser.add_argument("output", type=Path, help="folder for the frames (re-run to resume)")
-    add_arguments(parser)
-    parser.add_argument("--max-size", type=int, default=None, metavar="PX",
-                        help="scale frames down to this long side")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    result = main(args.video, args.output, FrameOptions.from_args(args))
-    dropped = ", ".join(f"{v} {k}" for k, v in result.dropped.items())
-    print(f"{len(result.frames)} frames of {result.decoded} decoded ({dropped} dropped) -> {args.output}"
-          + (" (reused)" if result.skipped else ""))
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +245,7 @@ def main(video: Path | str, output_dir: Path | str, options: FrameOptions | None
     options = options or FrameOptions()
     if not video.is_file():
         raise FileNotFoundError(f"video does not exist: {video}")
-    digest = io.file_digest(video)
+    digest = provenance.file_digest(video)
     opts = asdict(options)
     previous = _same_previous(output_dir, digest, opts)
     if previous is not None:

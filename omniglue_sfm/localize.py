@@ -25,7 +25,6 @@ correspondences, retrieved images, reason when failed; ``failed`` lists the quer
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -34,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-import torch
 
-from . import extract, io, match, orientation, pairs, presets
-from .cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
-from .matchers.base import features_to_tensors
-from .pnp import (
+from . import extract, match, orientation, pairs
+from .config import presets
+from .config.options import RunOptions
+from .config.rotation import options_from_preset
+from .formats import h5io, outputs, provenance, textfiles
+from .geometry.cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
+from .geometry.pnp import (
     MapExtent,
     PoseRules,
     correspondences,
@@ -49,6 +50,8 @@ from .pnp import (
     ransac_threshold,
     rigid_to_lists,
 )
+from .matchers.base import features_to_tensors
+from .runtime import locks
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +95,13 @@ def map_preset(model_dir: Path) -> dict:
     attribute, so queries get exactly the map's features even with overridden settings.
     """
     model_dir = Path(model_dir)
-    stored = (io.read_stats(model_dir) or {}).get("preset")
+    stored = (outputs.read_stats(model_dir) or {}).get("preset")
     preset = presets.resolve(stored) if isinstance(stored, (str, dict)) else {}
     refuse_colmap_sift(model_dir, preset)
     features_path = model_dir / "features.h5"
     if not features_path.exists():
         raise LocalizationError(f"{features_path} does not exist: MODEL_DIR must be a reconstruct output")
-    fconf = io.read_config(features_path)
+    fconf = h5io.read_config(features_path)
     preset["features"] = fconf["features"]
     if fconf.get("guidance"):
         preset["guidance"] = fconf["guidance"]
@@ -107,7 +110,7 @@ def map_preset(model_dir: Path) -> dict:
     preset["rotation"] = map_rotation(fconf)
     matches_path = model_dir / "matches.h5"
     if matches_path.exists():  # the matcher that made the map's matches is the truth, if recorded
-        mconf = io.read_config(matches_path)
+        mconf = h5io.read_config(matches_path)
         if isinstance(mconf.get("matcher"), dict):
             preset["matcher"] = mconf["matcher"]
     if "matcher" not in preset:
@@ -128,11 +131,12 @@ def load_map(model_dir: Path | str, preset: dict | str | None = None) -> Localiz
     else:
         preset = presets.resolve(preset)
         refuse_colmap_sift(model_dir, preset)
-        fconf = io.read_config(model_dir / "features.h5")
+        fconf = h5io.read_config(model_dir / "features.h5")
         if fconf.get("features") != preset.get("features"):
             raise LocalizationError(f"preset {preset.get('name')!r} extracts other features than the map's "
                                     f"features.h5 ({fconf.get('features')})")
         preset["rotation"] = map_rotation(fconf)  # queries are turned upright as the map's images were
+    preset.pop("masks", None)  # the map's mask folder has no masks of the queries
     image_ids = {rec.image(i).name: int(i) for i in rec.reg_image_ids()}
     if not image_ids:
         raise LocalizationError(f"the model in {sparse} has no registered image")
@@ -145,110 +149,33 @@ def map_rotation(features_config: dict) -> dict | str:
     return features_config.get("rotation") or "off"
 
 
-QUERY_TURN_REFERENCES = 2  # map images a query is matched against to tell its turn
-
-
-@dataclass
-class _TurnProbe:
-    """What telling a query's turn needs: the map's extractor and matcher, its features and
-    global descriptors (None: no global.h5, a few map images spread over the list instead)."""
-
-    extractor: torch.nn.Module
-    guidance: torch.nn.Module | None
-    resize_max: int | None
-    device: torch.device
-    matcher: match.PairMatcher
-    map_features: match.FeatureCache
-    db_names: list[str]
-    db_global: np.ndarray | None
-
-    def references(self, gvec: np.ndarray | None) -> list[str]:
-        if self.db_global is None or gvec is None:
-            step = max(1, len(self.db_names) // QUERY_TURN_REFERENCES)
-            return self.db_names[::step][:QUERY_TURN_REFERENCES]
-        sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), self.db_global)[0]
-        return [self.db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
-
-    def score(self, img: np.ndarray, k: int, rotation: orientation.OrientationOptions) -> int:
-        """Verified matches of the query turned ``k`` times against its most similar map images."""
-        item, gvec = extract.extract_image(img, self.extractor, self.guidance, self.resize_max, self.device,
-                                           turn=k)
-        refs = self.references(gvec)
-        found = self.matcher.match_to_references(features_to_tensors(item, k),
-                                                 [self.map_features[r] for r in refs])
-        max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
-        return sum(orientation.verified_score(item["keypoints"], self.map_features[r]["keypoints"].numpy(), m,
-                                              max_error, rotation) for r, m in zip(refs, found, strict=True))
-
-
-def estimate_query_turns(lmap: LocalizationMap, image_dir: Path, names: Sequence[str],
-                         rotation: orientation.OrientationOptions, device: str | None) -> dict[str, int]:
-    """Each query's quarter-turn relative to the map: the query is extracted (with the map's
-    configuration) at each turn, upright first; each view retrieves its most similar map images
-    and is matched to them (map images upright, as the map matched them). The upright view is
-    accepted at once with ``accept_inliers`` verified matches; else the clear winner, else 0."""
-    from . import registry
-    from .images import ImageReadError, read_image
-    from .runtime import default_device
-
-    dev = default_device(device)
-    conf = lmap.preset
-    db_names = sorted(lmap.image_ids)
-    probe = _TurnProbe(
-        registry.extractor(conf["features"]).to(dev).eval(),
-        registry.guidance(conf["guidance"]).to(dev).eval() if conf.get("guidance") else None,
-        conf["features"].get("resize_max"), dev,
-        match.PairMatcher(conf["matcher"], conf, lmap.features_path, dev),
-        match.FeatureCache(lmap.features_path), db_names,
-        pairs.load_global(lmap.global_path, db_names) if lmap.global_path.exists() else None)
-    turns: dict[str, int] = {}
-    try:
-        for name in names:
-            try:
-                img = read_image(image_dir / name)
-            except ImageReadError:
-                turns[name] = 0  # the extraction reports it
-                continue
-            scores = [probe.score(img, 0, rotation)]
-            if scores[0] < rotation.accept_inliers:  # not clearly upright, as most photos are
-                scores += [probe.score(img, k, rotation) for k in (1, 2, 3)]
-            turns[name] = 0 if len(scores) == 1 else orientation.query_turn(scores, rotation)
-            log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)
-    finally:
-        probe.map_features.close()
-    return turns
-
-
-def map_image_dir(model_dir: Path) -> Path | None:
-    """The map's photo folder, when the output folder records it (stats.json)."""
-    image_dir = (io.read_stats(model_dir) or {}).get("image_dir")
-    return Path(image_dir) if isinstance(image_dir, str) and Path(image_dir).is_dir() else None
-
-
-def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: int,
-                      image_dir: Path | None, device: str | None) -> Path | None:
+def ensure_map_global(lmap: LocalizationMap, output_dir: Path, opts: LocalizeOptions,
+                      run: RunOptions) -> Path | None:
     """The map's global descriptors: its ``global.h5``, else computed once into
     ``OUT/map_global.h5`` from the map's photos (``reconstruct`` writes ``global.h5`` only for
     retrieval pairs). ``None`` when the map is small enough to match every image."""
     if lmap.global_path.exists():
         return lmap.global_path
-    if len(lmap.image_ids) <= num_retrieved:
+    if len(lmap.image_ids) <= opts.num_retrieved:
         log.info("map has no global.h5 and only %d images: every query is matched to all of them",
                  len(lmap.image_ids))
         return None
-    image_dir = image_dir or map_image_dir(lmap.model_dir)
-    if image_dir is None:
+    try:
+        image_dir = outputs.recorded_image_dir(lmap.model_dir, opts.map_images)
+    except FileNotFoundError as err:
         raise LocalizationError(
-            f"{lmap.global_path} does not exist and the map's photo folder is unknown: pass --map-images "
-            "(global descriptors are computed once into OUT/map_global.h5) or rebuild the map with "
-            "`reconstruct --pairs retrieval`")
+            f"{lmap.global_path} does not exist and the map's photo folder is unknown ({err}): pass "
+            "--map-images (global descriptors are computed once into OUT/map_global.h5) or rebuild the "
+            "map with `reconstruct --pairs retrieval`") from None
     path = output_dir / "map_global.h5"
     log.info("map has no global.h5: computing global descriptors of %d map images into %s",
              len(lmap.image_ids), path)
-    # the map's features.h5 already holds every item, so extract only adds the global descriptors
-    masks = io.read_config(lmap.features_path).get("masks")  # the map's features config, masks included
-    extract.main(image_dir, lmap.features_path, lmap.preset, image_names=sorted(lmap.image_ids),
-                 global_path=path, device=device, masks=Path(masks) if masks else None)
+    # the map's features.h5 already holds every item (made with its masks, if any), so extract only
+    # adds the global descriptors
+    masks = h5io.read_config(lmap.features_path).get("masks")
+    preset = {**lmap.preset, "masks": masks} if masks else lmap.preset
+    extract.main(extract.ImageSet(image_dir, sorted(lmap.image_ids)), lmap.features_path, preset,
+                 replace(run, overwrite=False), global_path=path)
     return path
 
 
@@ -275,19 +202,22 @@ class QueryResult:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalizeOptions:
     num_retrieved: int = 10  # map images retrieved per query
     min_inliers: int = 12  # PnP inliers needed to call a query localized (x2 with a guessed focal)
     min_inlier_ratio: float = 0.2  # PnP inliers / 2D-3D correspondences (at least 0.3, guessed focal)
     ransac_thresh: float = 12.0  # PnP RANSAC threshold in px for a 1600 px image
     covisibility_clustering: bool = False  # PnP per group of covisible retrieved images, keep the best
-    intrinsics_mode: str = "auto"  # "auto" (list, EXIF, guess) or "map" (see module doc)
+    # an hloc-style list file (name MODEL W H params...), or "map": the map camera of the best
+    # retrieved image when the sizes agree; None: EXIF focal, else a guess refined by PnP
+    intrinsics: Path | str | None = None
+    image_dir: Path | None = None  # the folder a query list's names are in
+    map_images: Path | None = None  # the map's photos; needed only when the map lacks global.h5
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LocalizeOptions:
-        return cls(args.num_retrieved, args.min_inliers, args.min_inlier_ratio, args.ransac_thresh,
-                   args.covisibility_clustering)
+    @property
+    def intrinsics_mode(self) -> str:
+        return "map" if self.intrinsics == "map" else "auto"
 
     @property
     def pose_rules(self) -> PoseRules:
@@ -330,11 +260,11 @@ def localize_query(
 ) -> QueryResult:
     t0 = time.perf_counter()
     result = QueryResult(query.name, retrieved=list(retrieved))
-    feats = io.read_features(query_features, query.name)
+    feats = h5io.read_features(query_features, query.name)
     width, height = (int(v) for v in feats["image_size"])
     camera, estimate_focal = choose_camera(lmap, query, image_dir, retrieved, (width, height),
                                            opts.intrinsics_mode, result)
-    turn = io.read_turn(query_features, query.name)
+    turn = provenance.read_turn(query_features, query.name)
     result.turn_deg = 90 * turn
     qfeat = features_to_tensors(feats, turn)  # upright, as extracted
     db_ids = [lmap.image_ids[n] for n in retrieved]
@@ -398,76 +328,89 @@ def main(
     queries: Path | str | Sequence[str],
     output_dir: Path | str,
     options: LocalizeOptions | None = None,
-    image_dir: Path | str | None = None,
-    intrinsics: Path | str | None = None,
-    map_images: Path | str | None = None,
+    run: RunOptions | None = None,
+    *,
     preset: dict | str | None = None,
-    device: str | None = None,
-    overwrite: bool = False,
 ) -> dict:
-    """Localize ``queries`` in the model of ``model_dir``; returns the ``localize.json`` content.
-
-    ``intrinsics``: an hloc-style list file, or ``"map"`` to reuse the map camera of the best
-    retrieved image when the sizes agree; default: EXIF focal, else a guess refined by PnP.
-    ``map_images``: the map's photo folder, needed only when the map lacks ``global.h5``.
-    """
-    map_images = Path(map_images) if map_images else None
+    """Localize ``queries`` (a folder, one image, a list file, or names in ``options.image_dir``)
+    in the model of ``model_dir``; returns the ``localize.json`` content. ``preset``: the map's,
+    when its folder does not record it. ``run.overwrite`` recomputes the query features."""
     t_start = time.perf_counter()
+    opts, run = options or LocalizeOptions(), run or RunOptions()
     output_dir = Path(output_dir)
-    with io.locked_output_dir(output_dir):  # one run per output folder
+    with locks.locked_output_dir(output_dir):  # one run per output folder
         lmap = load_map(model_dir, preset)
-        image_dir, qlist = resolve_queries(queries, image_dir)
+        image_dir, qlist = resolve_queries(queries, opts.image_dir)
         if not qlist:
             raise LocalizationError(f"no query image in {queries}")
-        opts = options or LocalizeOptions()
-        if intrinsics == "map":
-            opts = replace(opts, intrinsics_mode="map")
-        elif intrinsics is not None:
-            given = read_intrinsics(intrinsics)
+        if opts.intrinsics is not None and opts.intrinsics != "map":
+            given = read_intrinsics(opts.intrinsics)
             for q in qlist:
                 q.camera = q.camera or given.get(q.name)
-
-        qfeat_path, qglobal_path = output_dir / "query_features.h5", output_dir / "query_global.h5"
-        rotation = orientation.options_from_preset(lmap.preset)
-        turns = None if rotation is None else (  # estimated only for queries without features
-            lambda names: estimate_query_turns(lmap, image_dir, names, rotation, device))
-        summary = extract.main(image_dir, qfeat_path, lmap.preset, image_names=[q.name for q in qlist],
-                               global_path=qglobal_path, overwrite=overwrite, device=device, turns=turns)
+        summary = extract_queries(lmap, image_dir, qlist, output_dir, run)
         results: dict[str, QueryResult] = {
             name: QueryResult(name, reason=f"image could not be read: {why}")
             for name, why in summary.failed.items()
         }
         ok = [q for q in qlist if q.name not in summary.failed]
-        db_names = sorted(lmap.image_ids)
         if ok:
-            db_global = ensure_map_global(lmap, output_dir, opts.num_retrieved, map_images, device)
-            if db_global is None:  # small map without global descriptors: all of it, for every query
-                ranked = [list(db_names) for _ in ok]
-            else:
-                ranked = pairs.retrieve(qglobal_path, db_global, [q.name for q in ok], db_names,
-                                        opts.num_retrieved)
-            matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, device)
-            map_features = match.FeatureCache(lmap.features_path)
-            try:
-                for q, retrieved in zip(ok, ranked, strict=True):
-                    r = results[q.name] = localize_query(lmap, qfeat_path, q, image_dir, retrieved, matcher,
-                                                         map_features, opts)
-                    log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
-                             else f"NOT localized ({r.reason})")
-            finally:
-                map_features.close()
+            results.update(localize_all(lmap, image_dir, ok, output_dir, opts, run))
         ordered = [results[q.name] for q in qlist]
         header = {"model_dir": str(Path(model_dir)), "preset": lmap.preset.get("name"),
                   "options": asdict(opts), "seconds": time.perf_counter() - t_start}
         return write_outputs(output_dir, ordered, header)
 
 
+def extract_queries(lmap: LocalizationMap, image_dir: Path, qlist: Sequence[Query], output_dir: Path,
+                    run: RunOptions) -> extract.ExtractSummary:
+    """The queries' features (and global descriptors) with the map's configuration, into
+    ``OUT/query_features.h5``; turned upright against the map when the map's images were."""
+    rotation = options_from_preset(lmap.preset)
+    turns = None
+    if rotation is not None:  # estimated only for queries without features
+        ref = orientation.TurnReference(lmap.preset, lmap.features_path,
+                                        lmap.global_path if lmap.global_path.exists() else None,
+                                        sorted(lmap.image_ids))
+
+        def turns(names: list[str]) -> dict[str, int]:
+            return orientation.query_turns(image_dir, names, ref, rotation, run.device)
+
+    images = extract.ImageSet(image_dir, [q.name for q in qlist], turns)
+    return extract.main(images, output_dir / "query_features.h5", lmap.preset, run,
+                        global_path=output_dir / "query_global.h5")
+
+
+def localize_all(lmap: LocalizationMap, image_dir: Path, queries: Sequence[Query], output_dir: Path,
+                 opts: LocalizeOptions, run: RunOptions) -> dict[str, QueryResult]:
+    """Retrieval, matching (the map's matcher, as hloc's ``features_ref``) and PnP of each query."""
+    db_names = sorted(lmap.image_ids)
+    db_global = ensure_map_global(lmap, output_dir, opts, run)
+    if db_global is None:  # small map without global descriptors: all of it, for every query
+        ranked = [list(db_names) for _ in queries]
+    else:
+        ranked = pairs.retrieve(output_dir / "query_global.h5", db_global, [q.name for q in queries],
+                                db_names, opts.num_retrieved)
+    matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, run.device,
+                                run.batch_size)
+    map_features = match.FeatureCache(lmap.features_path)
+    results: dict[str, QueryResult] = {}
+    try:
+        for q, retrieved in zip(queries, ranked, strict=True):
+            r = results[q.name] = localize_query(lmap, output_dir / "query_features.h5", q, image_dir,
+                                                 retrieved, matcher, map_features, opts)
+            log.info("%s: %s", q.name, f"localized, {r.num_inliers} inliers" if r.localized
+                     else f"NOT localized ({r.reason})")
+    finally:
+        map_features.close()
+    return results
+
+
 def write_outputs(output_dir: Path, ordered: Sequence[QueryResult], header: dict) -> dict:
     """``poses.txt``, hloc's ``hloc_results.txt`` (localized queries, names as given) and
     ``localize.json`` (``header`` + every query; ``failed``: name -> reason). Returns the report."""
     localized = [(r.name, r.qvec, r.tvec) for r in ordered if r.localized]
-    io.write_poses(output_dir / "poses.txt", localized)
-    io.write_poses(output_dir / HLOC_RESULTS, localized, quote_names=False)  # hloc's results file
+    textfiles.write_poses(output_dir / "poses.txt", localized)
+    textfiles.write_poses(output_dir / HLOC_RESULTS, localized, quote_names=False)  # hloc's results file
     report = {
         **header,
         "num_queries": len(ordered),
@@ -476,56 +419,5 @@ def write_outputs(output_dir: Path, ordered: Sequence[QueryResult], header: dict
         "hloc_results": HLOC_RESULTS,
         "queries": {r.name: asdict(r) for r in ordered},
     }
-    io.write_json(output_dir / "localize.json", report)
+    outputs.write_json(output_dir / "localize.json", report)
     return report
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("localize", help="query photos -> poses in an existing model",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="a reconstruct output folder (sparse/, features.h5, global.h5)")
-    p.add_argument("queries", type=Path,
-                   help="query image folder, one image, or a list file (name [MODEL W H params...])")
-    p.add_argument("output", type=Path, help="output folder (poses.txt, localize.json)")
-    p.add_argument("--image-dir", type=Path, default=None, help="folder the names of a list file are in")
-    p.add_argument("--map-images", type=Path, default=None,
-                   help="the map's photo folder; needed only if MODEL has no global.h5 and does not "
-                        "record it")
-    p.add_argument("--intrinsics", default=None,
-                   help="hloc-style list 'name MODEL W H params...', or 'map' to reuse the map camera "
-                        "of the best retrieved image (same image size); default: EXIF, else a guess "
-                        "refined by PnP")
-    p.add_argument("--num-retrieved", type=int, default=10, help="map images retrieved per query")
-    p.add_argument("--min-inliers", type=int, default=12,
-                   help="PnP inliers needed to call a query localized (twice as many when the focal "
-                        "length is a guess)")
-    p.add_argument("--min-inlier-ratio", type=float, default=0.2,
-                   help="share of the 2D-3D correspondences that must be PnP inliers (at least 0.3 "
-                        "when the focal length is a guess)")
-    p.add_argument("--ransac-thresh", type=float, default=12.0,
-                   help="PnP RANSAC threshold in px for a 1600 px image (scaled with the query size)")
-    p.add_argument("--covisibility-clustering", action="store_true",
-                   help="PnP per group of covisible retrieved images, keep the best")
-    p.add_argument("--preset", default=None, choices=presets.names(), metavar="NAME",
-                   help="the map's preset, when the folder does not record it")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--overwrite", action="store_true", help="recompute query features")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    report = main(args.model, args.queries, args.output, LocalizeOptions.from_args(args), args.image_dir,
-                  args.intrinsics, args.map_images, args.preset, args.device, args.overwrite)
-    for name, r in report["queries"].items():
-        if r["localized"]:
-            state = f"localized  {r['num_inliers']:5d} inliers / {r['num_correspondences']} 2D-3D"
-        else:
-            state = f"FAILED     {r['reason']}"
-        print(f"{name}: {state}")
-    print(f"localized {report['num_localized']} / {report['num_queries']} queries "
-          f"({report['seconds']:.1f} s); poses in {args.output / 'poses.txt'}")
-    return 0 if report["num_localized"] else 2  # like a scene that did not reconstruct (README)

@@ -11,7 +11,6 @@ Scale (docs/design.md §6): ``--shard i/n`` matches every n-th pair (from the i-
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,9 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import executors, hloc, io, presets, registry, weights
+from .config import presets, registry
+from .config.options import RunOptions
+from .formats import h5io, hloc, matches_h5, provenance, sharded, textfiles
 from .matchers.base import collate_pairs, features_to_tensors, to_device
-from .runtime import autocast, check_device, default_device
+from .runtime import executors, locks, weights
+from .runtime.devices import autocast, check_device, default_device
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class FeatureCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.h5 = io.open_h5(self.path)
+        self.h5 = h5io.open_h5(self.path)
         self.items: dict[str, dict[str, torch.Tensor]] = {}
         self.sources: dict[str, str] = {}  # name -> recorded SHA-1 (asked for twice per pair)
 
@@ -104,13 +106,13 @@ class FeatureCache:
             group = self.h5[name]
             raw = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
             # features extracted upright reach the matcher upright (orientation.py)
-            self.items[name] = features_to_tensors(raw, io.stored_turn(dict(group.attrs)))
+            self.items[name] = features_to_tensors(raw, provenance.stored_turn(dict(group.attrs)))
         return self.items[name]
 
     def source_sha1(self, name: str) -> str:
         """What the image's features were made from ('' when features.h5 does not record it)."""
         if name not in self.sources:
-            self.sources[name] = io.source_sha1(dict(self.h5[name].attrs))
+            self.sources[name] = provenance.source_sha1(dict(self.h5[name].attrs))
         return self.sources[name]
 
     def num_keypoints(self, name: str) -> int:
@@ -179,72 +181,69 @@ def _sources(cache: FeatureCache, a: str, b: str) -> dict[str, str]:
     return {"source_sha1_0": cache.source_sha1(a), "source_sha1_1": cache.source_sha1(b)}
 
 
-def _matched_old_features(store: io.ShardedH5, cache: FeatureCache, pair: tuple[str, str]) -> bool:
+def _matched_old_features(store: sharded.ShardedH5, cache: FeatureCache, pair: tuple[str, str]) -> bool:
     """Whether a stored pair was matched from other features than ``features.h5`` now holds
     (an image re-extracted since); pairs without the record (older files) are kept."""
-    recorded = store.item_attrs(io.pair_key(*pair))
+    recorded = store.item_attrs(matches_h5.pair_key(*pair))
     if "source_sha1_0" not in recorded:
         return False
-    now = _sources(cache, *io.canonical_pair(*pair))
-    return any(io.attr_text(recorded.get(k, "")) != v for k, v in now.items())
+    now = _sources(cache, *matches_h5.canonical_pair(*pair))
+    return any(h5io.attr_text(recorded.get(k, "")) != v for k, v in now.items())
 
 
-def _store_result(store: io.ShardedH5, cache: FeatureCache, name0: str, name1: str, m0: np.ndarray,
+def _store_result(store: sharded.ShardedH5, cache: FeatureCache, name0: str, name1: str, m0: np.ndarray,
                   s0: np.ndarray, n1: int) -> int:
-    m0c, s0c, (a, b) = io.orient_matches(name0, name1, m0, s0, n1)
+    m0c, s0c, (a, b) = matches_h5.orient_matches(name0, name1, m0, s0, n1)
     n_other = len(m0) if (a, b) != (name0, name1) else n1
-    item, attrs = io.write_match_item(m0c, s0c, n_other)
-    store.add(io.pair_key(a, b), item, {**attrs, **_sources(cache, a, b)})
+    item, attrs = matches_h5.write_match_item(m0c, s0c, n_other)
+    store.add(matches_h5.pair_key(a, b), item, {**attrs, **_sources(cache, a, b)})
     return int((m0 >= 0).sum())
 
 
 def main(
-    features_path: Path,
-    pairs_path: Path,
-    matches_path: Path,
+    features_path: Path | str,
+    pairs_path: Path | str,
+    matches_path: Path | str,
     preset: dict | str,
-    overwrite: bool = False,
-    device: str | None = None,
-    batch_size: int | None = None,
+    run: RunOptions | None = None,
+    *,
     shard: tuple[int, int] | str | None = None,
-    flush_every: int = 64,
-    executor: executors.ExecutorOptions | None = None,
 ) -> MatchSummary:
-    """Match every pair of ``pairs_path`` (or one shard of them) into ``matches_path``.
+    """Match every pair of ``pairs_path`` (or one shard of them, ``"i/n"``) into ``matches_path``.
 
-    With ``shard`` the output goes to :func:`shard_path` of ``matches_path``. ``executor``: where
-    the batches are matched (default: here; see :mod:`omniglue_sfm.executors`).
+    With ``shard`` the output goes to :func:`shard_path` of ``matches_path``. ``run``: device,
+    batch size, executor (where the batches are matched; default here) and overwrite.
     """
     start = time.perf_counter()
+    run = run or RunOptions()
     preset = presets.resolve(preset)
     features_path = Path(features_path)
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    check_device(device)
+    check_device(run.device)
     matches_path = Path(matches_path) if shard is None else shard_path(Path(matches_path), shard)
     matches_path.parent.mkdir(parents=True, exist_ok=True)
-    with io.output_lock(matches_path):  # one run per output file
+    with locks.output_lock(matches_path):  # one run per output file
         config = match_config(preset, features_path)
-        pairs = io.unique_pairs(io.read_pairs(pairs_path))
+        pairs = matches_h5.unique_pairs(textfiles.read_pairs(pairs_path))
         if shard is not None:
             pairs = pairs[shard[0]::shard[1]]
-        summary = _match(features_path, pairs_path, matches_path, pairs, config, overwrite, device,
-                         batch_size, flush_every, executor)
+        summary = _match(features_path, Path(pairs_path), matches_path, pairs, config, run)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: list[tuple[str, str]],
-           config: dict, overwrite: bool, device: str | None, batch_size: int | None,
-           flush_every: int, executor: executors.ExecutorOptions | None) -> MatchSummary:
-    store = io.ShardedH5(matches_path, "matches", config, overwrite=overwrite, flush_every=flush_every)
+           config: dict, run: RunOptions) -> MatchSummary:
+    store = sharded.ShardedH5(matches_path, "matches", config, overwrite=run.overwrite,
+                              flush_every=run.flush_every)
     cache = FeatureCache(features_path)
     try:
-        stored = [p for p in pairs if io.pair_key(*p) in store]
+        stored = [p for p in pairs if matches_h5.pair_key(*p) in store]
         redo = {p for p in stored if all(n in cache for n in p) and _matched_old_features(store, cache, p)}
         if redo:
             log.info("%d pair(s) were matched from features since re-extracted; matching them again",
                      len(redo))
-        todo = [p for p in pairs if io.pair_key(*p) not in store or p in redo]
+        todo = [p for p in pairs if matches_h5.pair_key(*p) not in store or p in redo]
         summary = MatchSummary(num_skipped_existing=len(pairs) - len(todo))
         missing = sorted({n for p in todo for n in p if n not in cache})
         if missing:
@@ -252,7 +251,7 @@ def _match(features_path: Path, pairs_path: Path, matches_path: Path, pairs: lis
                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
         with store:
             if todo:
-                total = _match_all(todo, cache, store, config, device, batch_size, executor)
+                total = _match_all(todo, cache, store, config, run)
                 summary.num_pairs = len(todo)
                 summary.mean_matches = total / len(todo)
     finally:
@@ -293,8 +292,8 @@ class MatchWorker:
         return [self.matcher.match_batch([(features[a], features[b]) for a, b in batch]) for batch in batches]
 
 
-def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.ShardedH5, config: dict,
-               device: str | None, batch_size: int | None, executor: executors.ExecutorOptions | None) -> int:
+def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: sharded.ShardedH5, config: dict,
+               run: RunOptions) -> int:
     ordered = _order_pairs(todo, cache)
     # pairs with an empty image need no model: store "no match" directly
     empty = [p for p in ordered if cache.num_keypoints(p[0]) == 0 or cache.num_keypoints(p[1]) == 0]
@@ -306,14 +305,14 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
         _store_result(store, cache, a, b, np.full(n0, -1, np.int32), np.zeros(n0, np.float32), n1)
     if not work:
         return 0
-    with executors.start(executor) as ex:
-        size = batch_size or default_batch_size(ex.worker_device(device))
+    with executors.start(run.executor) as ex:
+        size = run.batch_size or default_batch_size(ex.worker_device(run.device))
         # the same batches on every executor (results may depend on a batch's padding); Ray calls
         # carry a few whole batches each
         batches = executors.chunked(work, size)
         per_chunk = RAY_BATCHES_PER_CHUNK if ex.is_ray else 1
         chunks = executors.chunked(batches, per_chunk)
-        spec = MatchWorkerSpec(config, cache.path, device, size)
+        spec = MatchWorkerSpec(config, cache.path, run.device, size)
 
         def inputs_of(chunk: list[list[tuple[str, str]]]) -> dict[str, dict[str, torch.Tensor]]:
             return {n: cache[n] for batch in chunk for pair in batch for n in pair}
@@ -325,50 +324,3 @@ def _match_all(todo: list[tuple[str, str]], cache: FeatureCache, store: io.Shard
                         total += _store_result(store, cache, a, b, m0, s0, cache.num_keypoints(b))
                     bar.update(len(batch))
     return total
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("match", help="features.h5 + pairs.txt -> matches.h5",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("features_h5", type=Path)
-    p.add_argument("pairs_txt", type=Path)
-    p.add_argument("out_h5", type=Path, help="matches.h5 to write (resumed if it exists)")
-    presets.add_arguments(p, knobs=False)  # its [matcher]; the features are features.h5's
-    p.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
-                   help="pairs per batch (default 16 GPU, 4 CPU); a speed setting, not recorded")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.add_argument("--overwrite", action="store_true", help="discard existing outputs")
-    p.add_argument("--shard", default=None, metavar="i/n",
-                   help="match only pairs i, i+n, i+2n, ... into OUT.shard-i-of-n.h5 (merge with `merge`)")
-    executors.add_arguments(p)
-    p.add_argument("--flush-every", type=int, default=64, help=argparse.SUPPRESS)
-    p.set_defaults(func=_run_cli)
-
-    m = subparsers.add_parser("merge", help="merge match (or feature) shard files into one",
-                              description="Merge files made with the same configuration, e.g. the "
-                              "outputs of `match --shard i/n`, into OUT_H5.")
-    m.add_argument("out_h5", type=Path)
-    m.add_argument("sources", type=Path, nargs="+")
-    m.add_argument("--kind", default="matches", choices=["matches", "features", "global"])
-    m.set_defaults(func=_run_merge)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
-    s = main(args.features_h5, args.pairs_txt, args.out_h5, preset, overwrite=args.overwrite,
-             device=args.device, batch_size=args.batch_size, shard=args.shard, flush_every=args.flush_every,
-             executor=executors.ExecutorOptions.from_args(args))
-    out = shard_path(args.out_h5, parse_shard(args.shard)) if args.shard else args.out_h5
-    print(f"matched {s.num_pairs} pair(s) ({s.num_skipped_existing} already done), "
-          f"{s.mean_matches:.1f} matches/pair, {s.seconds:.1f} s -> {out}")
-    return 0
-
-
-def _run_merge(args: argparse.Namespace) -> int:
-    io.merge_h5(list(args.sources), args.out_h5, args.kind)
-    print(f"merged {len(args.sources)} file(s) into {args.out_h5}")
-    return 0

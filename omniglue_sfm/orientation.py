@@ -33,135 +33,25 @@ own frame. Matchers, which encode keypoint positions, are fed the upright frame 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .scenes import CameraPose
+from . import pairs
+from .config import registry
+from .config.rotation import OrientationOptions
+from .features.image import extract_image
+from .formats.images import ImageReadError, read_image, resize_for_extraction
+from .geometry.turns import turn_image
+from .match import FeatureCache, PairMatcher
+from .matchers.base import features_to_tensors
+from .runtime.devices import default_device
 
 log = logging.getLogger(__name__)
-
-ROTATION_MODES = ("auto", "off")
-
-
-@dataclass(frozen=True)
-class OrientationOptions:
-    """How turns are estimated; every field is recorded in ``features.h5``'s configuration."""
-
-    mode: str = "auto"  # "auto": estimate each image's quarter-turn; "off": take images as stored
-    resize_max: int = 512  # long side of the low-resolution images of the orientation pass
-    max_keypoints: int = 512  # keypoints per low-resolution image
-    min_inliers: int = 30  # fundamental-matrix inliers that accept a relative turn
-    # as stored, accepted at once with this many (else all four turns are compared): a pair 180
-    # degrees apart can give ~30 matches that a fundamental matrix fits; an overlapping upright pair
-    # gives hundreds at 512 keypoints
-    accept_inliers: int = 100
-    # ... and the share of the matches they must be: F fits ~30 of ~150 wrong-turn matches
-    # (a 1D constraint), while a right turn has most matches inliers (measured: 0.15-0.2 vs 0.9)
-    min_inlier_ratio: float = 0.4
-    margin: float = 2.0  # the winning turn needs this many times the runner-up's inliers
-    max_tries: int = 8  # candidate pairs tried to attach a group of images to the anchor
-    # upright matches an image may fail in step 1 before it is left to step 2 (a turned image
-    # fails all of them: without a cap, a turned image in an exhaustive scene costs n - 1 matches)
-    max_upright_failures: int = 3
-
-    def __post_init__(self) -> None:
-        if self.mode not in ROTATION_MODES:
-            raise ValueError(f"unknown rotation mode {self.mode!r}; choose one of "
-                             f"{', '.join(ROTATION_MODES)}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "off"
-
-    def record(self) -> dict:
-        return asdict(self)
-
-
-def options_from_preset(preset: Mapping) -> OrientationOptions | None:
-    """The preset's ``rotation`` setting ("auto", "off", or a table of :class:`OrientationOptions`
-    fields); None when the images are taken as stored (off, or a preset without the key)."""
-    value = preset.get("rotation", "off")
-    if isinstance(value, str):
-        opts = OrientationOptions(mode=value)
-    elif isinstance(value, Mapping):
-        known = set(OrientationOptions.__dataclass_fields__)
-        unknown = set(value) - known
-        if unknown:
-            raise ValueError(f"unknown rotation option(s) {', '.join(sorted(unknown))}; known: "
-                             f"{', '.join(sorted(known))}")
-        opts = OrientationOptions(**value)
-    else:
-        raise ValueError(f"rotation must be 'auto', 'off' or a table, got {value!r}")
-    return opts if opts.enabled else None
-
-
-def add_argument(parser: argparse.ArgumentParser) -> None:
-    """``--rotation auto|off`` (for reconstruct and extract)."""
-    parser.add_argument("--rotation", choices=ROTATION_MODES, default=None,
-                        help="auto: find photos turned by 90/180/270 degrees and extract them upright "
-                             "(the default of every learned preset); off: take every image as stored. "
-                             "The sift preset ignores it (SIFT is rotation invariant)")
-
-
-# --------------------------------------------------------------------------------------------
-# the keypoint mapping (pixel centres at integers, as in features.h5)
-
-
-def rotate_points(points: np.ndarray, size: Sequence[int], k: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Points of an image of ``size`` (W, H) -> the same points in ``np.rot90(image, k)``, and that
-    image's size. One counter-clockwise quarter-turn sends pixel (x, y) to (y, W - 1 - x)."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    w, h = int(size[0]), int(size[1])
-    for _ in range(k % 4):
-        pts = np.stack([pts[:, 1], (w - 1) - pts[:, 0]], axis=1)
-        w, h = h, w
-    return pts, (w, h)
-
-
-def to_upright(points: np.ndarray, size: Sequence[int], turn: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Original-pixel points of an image of ``size`` -> its upright view (``turn`` quarter-turns)."""
-    return rotate_points(points, size, turn)
-
-
-def from_upright(points: np.ndarray, upright_size: Sequence[int],
-                 turn: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Points of the upright view (of ``upright_size``) -> original pixels (inverse of :func:`to_upright`)."""
-    return rotate_points(points, upright_size, -turn % 4)
-
-
-def turn_image(img: np.ndarray, turn: int) -> np.ndarray:
-    """The view ``turn`` quarter-turns counter-clockwise of an (H, W, C) image."""
-    return np.ascontiguousarray(np.rot90(img, turn % 4))
-
-
-def camera_turn_rotation(turn: int) -> np.ndarray:
-    """R such that camera coordinates of the turned view are ``R @ X_cam`` (about the optical axis).
-    One counter-clockwise image quarter-turn maps normalised (x, y) to (y, -x)."""
-    step = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    return np.linalg.matrix_power(step, turn % 4)
-
-
-def turn_intrinsics(K: np.ndarray, size: Sequence[int], turn: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pinhole K of an image of ``size`` (W, H) -> K of its view turned ``turn`` times, and its size."""
-    K = np.asarray(K, dtype=np.float64).copy()
-    w, h = int(size[0]), int(size[1])
-    for _ in range(turn % 4):
-        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-        K = np.array([[fy, 0.0, cy], [0.0, fx, (w - 1) - cx], [0.0, 0.0, 1.0]])
-        w, h = h, w
-    return K, (w, h)
-
-
-# --------------------------------------------------------------------------------------------
-# estimating the turns
 
 
 FeaturesFn = Callable[[np.ndarray], dict]  # (H, W, 3) uint8 -> a features.h5 item
@@ -229,8 +119,6 @@ class TurnScorer:
         self.matched = 0
 
     def image(self, name: str) -> np.ndarray | None:
-        from .images import resize_for_extraction
-
         if name not in self.small:
             img = self.read(name)
             self.small[name] = None if img is None else resize_for_extraction(img, self.options.resize_max)[0]
@@ -367,8 +255,6 @@ def query_turn(scores: Sequence[int], options: OrientationOptions) -> int:
 def read_or_none(image_dir: Path, draft_side: int | None = None) -> ReadFn:
     """A reader for :func:`estimate_turns`: unreadable images are left to the extraction to report.
     ``draft_side``: JPEGs are decoded at a reduced scale with sides at least this long (faster)."""
-    from .images import ImageReadError, read_image
-
     def read(name: str) -> np.ndarray | None:
         try:
             return read_image(image_dir / name, draft_side)
@@ -379,59 +265,108 @@ def read_or_none(image_dir: Path, draft_side: int | None = None) -> ReadFn:
 
 
 # --------------------------------------------------------------------------------------------
-# turned variants of ground-truth scenes (tests and pipelines/herzjesu_rotated.py)
+# the two callers: a folder's orientation pass (extract) and localization queries (localize)
 
 
-def turn_camera(pose: CameraPose, turn: int) -> CameraPose:
-    """The ground truth of an image's view turned ``turn`` quarter-turns counter-clockwise: same
-    centre, camera rotated about its optical axis, K and size transformed like the pixels."""
-    from .scenes import CameraPose
-
-    R_turn = camera_turn_rotation(turn)
-    K, size = (None, pose.size) if pose.K is None else turn_intrinsics(pose.K, pose.size, turn)
-    return CameraPose(R=R_turn @ pose.R, t=R_turn @ pose.t, K=K, size=size)
+ORIENTATION_EXHAUSTIVE_MAX = 40  # orientation pass: exhaustive pairs up to this many images
+ORIENTATION_WINDOW = 5  # above: a sequential window (plus quadratic links) in name order
 
 
-def write_turned_scene(scene_dir: Path, out_dir: Path, turned_cw: Mapping[str, int],
-                       long_side: int | None = None) -> Path:
-    """A copy of a Strecha scene (``images/``, ``gt/``) whose images named in ``turned_cw`` are
-    stored turned clockwise by that many degrees (90, 180, 270), their ``.camera`` transformed
-    with them. ``long_side`` also downscales every image (and its K). Turned images are written
-    as JPEG (quality 95) under the same name; the others are copied as they are."""
-    import shutil
-
-    from PIL import Image
-
-    from .images import read_image
-    from .scenes import read_strecha_dir, write_strecha_camera
-
-    scene_dir, out_dir = Path(scene_dir), Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "gt").mkdir(parents=True, exist_ok=True)
-    for name, pose in read_strecha_dir(scene_dir / "gt").items():
-        degrees = int(turned_cw.get(name, 0))
-        if degrees % 90:
-            raise ValueError(f"{name}: turns are multiples of 90 degrees, got {degrees}")
-        k = -(degrees // 90) % 4  # clockwise by 90 = one counter-clockwise quarter-turn back
-        src = scene_dir / "images" / name
-        if k == 0 and long_side is None:
-            shutil.copyfile(src, out_dir / "images" / name)
-        else:
-            img = read_image(src)
-            if long_side is not None:
-                pose = _scaled_camera(pose, long_side / max(img.shape[:2]))
-                from .images import resize_for_extraction
-
-                img = resize_for_extraction(img, long_side)[0]
-            Image.fromarray(turn_image(img, k)).save(out_dir / "images" / name, quality=95)
-        write_strecha_camera(out_dir / "gt" / f"{name}.camera", turn_camera(pose, k))
-    return out_dir
+def orientation_candidates(names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the orientation pass may match (it stops early; see :func:`solve_turns`)."""
+    if len(names) <= ORIENTATION_EXHAUSTIVE_MAX:
+        return pairs.exhaustive(names)
+    return pairs.sequential(names, window=ORIENTATION_WINDOW, quadratic=True)
 
 
-def _scaled_camera(pose: CameraPose, factor: float) -> CameraPose:
-    from .scenes import CameraPose
+def orientation_pass(image_dir: Path, names: list[str], preset: dict, features_config: dict,
+                     features_path: Path, rotation: OrientationOptions,
+                     device: str | None) -> TurnEstimate:
+    """Every image's turn, with low-resolution features of the preset's own extractor matched by
+    the preset's own matcher (steps 1-3 of the module docstring)."""
+    dev = default_device(device)
+    low_conf = {**features_config["features"], "max_keypoints": rotation.max_keypoints}
+    low = registry.extractor(low_conf).to(dev).eval()
+    matcher_conf = preset.get("matcher") or {"name": "mnn"}
+    matcher = PairMatcher(matcher_conf, features_config, features_path, dev)
 
-    w, h = pose.size
-    size = (round(w * factor), round(h * factor))
-    K = None if pose.K is None else np.diag([size[0] / w, size[1] / h, 1.0]) @ pose.K
-    return CameraPose(R=pose.R, t=pose.t, K=K, size=size)
+    def features_of(img: np.ndarray) -> dict:
+        return extract_image(img, low, None, None, dev)[0]
+
+    def match_fn(fa: dict, fb: dict) -> np.ndarray:
+        return matcher.match_to_references(features_to_tensors(fa), [features_to_tensors(fb)])[0]
+
+    read = read_or_none(image_dir, draft_side=rotation.resize_max)
+    return estimate_turns(names, orientation_candidates, read, features_of, match_fn, rotation)
+
+
+QUERY_TURN_REFERENCES = 2  # map images a query is matched against to tell its turn
+
+
+@dataclass(frozen=True)
+class TurnReference:
+    """The map queries are turned against: its preset, ``features.h5``, ``global.h5`` (None: a few
+    map images spread over the list instead of the most similar ones) and registered image names."""
+
+    preset: dict
+    features_path: Path
+    global_path: Path | None
+    names: list[str]
+
+
+class _QueryProbe:
+    """The map's extractor and matcher, its features and global descriptors, loaded once."""
+
+    def __init__(self, ref: TurnReference, device: str | None) -> None:
+        self.device = default_device(device)
+        conf = ref.preset
+        self.extractor = registry.extractor(conf["features"]).to(self.device).eval()
+        self.guidance = registry.guidance(conf["guidance"]).to(self.device).eval() if conf.get("guidance") \
+            else None
+        self.resize_max = conf["features"].get("resize_max")
+        self.matcher = PairMatcher(conf["matcher"], conf, ref.features_path, self.device)
+        self.map_features = FeatureCache(ref.features_path)
+        self.db_names = list(ref.names)
+        self.db_global = pairs.load_global(ref.global_path, self.db_names) if ref.global_path else None
+
+    def references(self, gvec: np.ndarray | None) -> list[str]:
+        if self.db_global is None or gvec is None:
+            step = max(1, len(self.db_names) // QUERY_TURN_REFERENCES)
+            return self.db_names[::step][:QUERY_TURN_REFERENCES]
+        sim = pairs.similarity(gvec[None] / max(float(np.linalg.norm(gvec)), 1e-12), self.db_global)[0]
+        return [self.db_names[j] for j in np.argsort(-sim, kind="stable")[:QUERY_TURN_REFERENCES]]
+
+    def score(self, img: np.ndarray, k: int, rotation: OrientationOptions) -> int:
+        """Verified matches of the query turned ``k`` times against its most similar map images."""
+        item, gvec = extract_image(img, self.extractor, self.guidance, self.resize_max, self.device, turn=k)
+        refs = self.references(gvec)
+        found = self.matcher.match_to_references(features_to_tensors(item, k),
+                                                 [self.map_features[r] for r in refs])
+        max_error = 4.0 * max(1.0, max(img.shape[:2]) / 1600.0)
+        return sum(verified_score(item["keypoints"], self.map_features[r]["keypoints"].numpy(), m, max_error,
+                                  rotation) for r, m in zip(refs, found, strict=True))
+
+
+def query_turns(image_dir: Path, names: Sequence[str], ref: TurnReference, rotation: OrientationOptions,
+                device: str | None) -> dict[str, int]:
+    """Each query's quarter-turn relative to the map: the query is extracted (with the map's
+    configuration) at each turn, upright first; each view retrieves its most similar map images
+    and is matched to them (map images upright, as the map matched them). The upright view is
+    accepted at once with ``accept_inliers`` verified matches; else the clear winner, else 0."""
+    probe = _QueryProbe(ref, device)
+    read = read_or_none(image_dir)
+    turns: dict[str, int] = {}
+    try:
+        for name in names:
+            img = read(name)
+            if img is None:
+                turns[name] = 0  # the extraction reports it
+                continue
+            scores = [probe.score(img, 0, rotation)]
+            if scores[0] < rotation.accept_inliers:  # not clearly upright, as most photos are
+                scores += [probe.score(img, k, rotation) for k in (1, 2, 3)]
+            turns[name] = 0 if len(scores) == 1 else query_turn(scores, rotation)
+            log.info("%s: turn %d (verified matches per turn %s)", name, 90 * turns[name], scores)
+    finally:
+        probe.map_features.close()
+    return turns

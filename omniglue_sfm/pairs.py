@@ -22,7 +22,6 @@ Every mode drops self-pairs and duplicates in either order.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .images import list_images
+from .formats import h5io, matches_h5, textfiles
+from .formats.images import list_images
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +61,6 @@ class PairsOptions:
             raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not self.radius > 0:
             raise ValueError(f"--radius must be positive (metres), got {self.radius}")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, mode: str | None = None) -> PairsOptions:
-        """From the arguments of :func:`add_arguments` (``mode``: the parsed pairs mode)."""
-        return cls(mode, args.window, args.loop_closure, getattr(args, "quadratic", False), args.num_matched,
-                   getattr(args, "radius", DEFAULT_RADIUS_M), getattr(args, "with_retrieval", False))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--window``, ``--quadratic``, ``--loop-closure`` and ``--num-matched``."""
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help="sequential: neighbours after each image")
-    parser.add_argument("--quadratic", action="store_true",
-                        help="sequential: also offsets 2^k beyond the window")
-    parser.add_argument("--loop-closure", action="store_true",
-                        help="sequential: also the --num-matched most similar images (needs global "
-                             "descriptors)")
-    parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
-                        help="retrieval/covisibility/spatial/loop closure: pairs per image")
-    parser.add_argument("--radius", type=float, default=DEFAULT_RADIUS_M, metavar="METRES",
-                        help="spatial: neighbours within this horizontal GPS distance")
-    parser.add_argument("--with-retrieval", action="store_true",
-                        help="spatial: also the --num-matched most similar images by appearance")
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:
@@ -120,7 +96,7 @@ def sequential(
         idx = np.arange(n)
         sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
         pairs += _top_k_pairs(sim, names, names, num_matched)
-    return io.unique_pairs(pairs)
+    return matches_h5.unique_pairs(pairs)
 
 
 def spatial(
@@ -138,12 +114,12 @@ def spatial(
     dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     dist[dist > radius] = np.inf
-    return io.unique_pairs(_top_k_pairs(-dist, located, located, num_matched))
+    return matches_h5.unique_pairs(_top_k_pairs(-dist, located, located, num_matched))
 
 
 def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
     """(len(names), D) L2-normalised global descriptors."""
-    with io.read_h5(global_path) as h5:
+    with h5io.read_h5(global_path) as h5:
         missing = [n for n in names if n not in h5 or "global_descriptor" not in h5[n]]
         if missing:
             raise KeyError(f"{len(missing)} image(s) have no global descriptor in {global_path}: "
@@ -193,14 +169,14 @@ def retrieval(
     photo shares (sky, colours, the network's bias) and would otherwise dominate the cosine.
     """
     if names is None:
-        names = io.list_names(global_path, "global")
+        names = h5io.list_names(global_path, "global")
     query = list(query_names) if query_names is not None else list(names)
     db = list(db_names) if db_names is not None else list(names)
     if num_matched < 1:
         raise ValueError(f"num_matched must be >= 1, got {num_matched}")
     sim = similarity(load_global(global_path, query), load_global(global_path, db))
     sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
-    return io.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
+    return matches_h5.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -226,7 +202,7 @@ def covisibility(model_dir: Path, num_matched: int) -> list[tuple[str, str]]:
         name = rec.images[image_id].name
         best = sorted(shared[image_id].items(), key=lambda kv: (-kv[1], rec.images[kv[0]].name))
         pairs += [(name, rec.images[other].name) for other, _ in best[:num_matched]]
-    return io.unique_pairs(pairs)
+    return matches_h5.unique_pairs(pairs)
 
 
 def main(
@@ -256,7 +232,7 @@ def main(
             raise ValueError("retrieval pairs need global descriptors: run `extract --global GLOBAL_H5` "
                              "and pass --global GLOBAL_H5")
         if names is not None:
-            have = set(io.list_names(global_path, "global"))
+            have = set(h5io.list_names(global_path, "global"))
             dropped = [n for n in names if n not in have]
             if dropped:  # e.g. unreadable images that extract skipped
                 log.warning("%d image(s) have no global descriptor and get no pairs: %s",
@@ -267,7 +243,7 @@ def main(
         if model_dir is None:
             raise ValueError("covisibility pairs need a COLMAP model: pass --model MODEL_DIR")
         pairs = covisibility(model_dir, num_matched)
-    io.write_pairs(pairs_path, pairs)
+    textfiles.write_pairs(pairs_path, pairs)
     log.info("%d pairs (%s) -> %s", len(pairs), mode, pairs_path)
     return pairs
 
@@ -303,29 +279,10 @@ def spatial_pairs(
         pairs += retrieval(global_path, names, options.num_matched, query_names=queries)
         if without:
             log.info("spatial pairs: %d image(s) without GPS paired by retrieval", len(without))
-    return io.unique_pairs(pairs)
+    return matches_h5.unique_pairs(pairs)
 
 
 def _need(names: list[str] | None) -> list[str]:
     if names is None:
         raise ValueError("no image names: give an image folder")
     return names
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pairs", help="choose image pairs -> pairs.txt",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", type=Path, help="image folder (names are taken from it)")
-    p.add_argument("out_txt", type=Path)
-    p.add_argument("--mode", default="exhaustive", choices=MODES)
-    add_arguments(p)
-    p.add_argument("--global", dest="global_h5", type=Path, default=None, help="global.h5 from extract")
-    p.add_argument("--model", type=Path, default=None, help="COLMAP model folder (covisibility)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    pairs = main(args.images, args.out_txt, PairsOptions.from_args(args, args.mode), args.global_h5,
-                 args.model)
-    print(f"{len(pairs)} pairs ({args.mode}) -> {args.out_txt}")
-    return 0

@@ -13,20 +13,21 @@ with GPS priors and georegistered (``sparse/`` in metres in a local east-north-u
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from . import capture as captures
-from . import colmap_sift, executors, extract, frames, io, match, orientation, pairs, presets, sfm
-from .images import none_readable
-from .mapping import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, add_arguments
-from .masks import add_masks_argument
-from .runtime import check_device
-from .summary import print_sfm_summary, stage
+from . import colmap_sift, extract, match, pairs, sfm
+from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult
+from .config import presets
+from .config.options import RunOptions
+from .formats import h5io, outputs, textfiles
+from .formats.images import none_readable
+from .runtime import locks
+from .runtime.progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def default_pairs_mode(num_images: int) -> str:
 
 def check_weights(preset: Mapping) -> None:
     """Resolve every checkpoint the preset names before any work, so a missing file fails fast."""
-    from . import weights
+    from .runtime import weights
 
     for section in ("features", "guidance", "matcher"):
         config = preset.get(section) or {}
@@ -57,7 +58,7 @@ def recorded_pipeline(output_dir: Path) -> tuple[presets.Pipeline, str] | None:
 
     ``stats.json`` records the preset; without it (a run stopped early) the files tell.
     """
-    stored = (io.read_stats(output_dir) or {}).get("preset")
+    stored = (outputs.read_stats(output_dir) or {}).get("preset")
     if isinstance(stored, (str, dict)):
         try:
             resolved = presets.resolve(stored)
@@ -81,7 +82,7 @@ def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
     if found is None or found[0] is wanted:
         return
     if not overwrite:
-        raise io.ConfigMismatchError(
+        raise h5io.ConfigMismatchError(
             f"{output_dir} holds outputs of preset {found[1]!r} ({found[0].value} pipeline); preset "
             f"{preset.get('name', '?')!r} runs the {wanted.value} pipeline and would replace them. "
             "Use another output folder or --overwrite.")
@@ -96,83 +97,57 @@ def check_pipeline(output_dir: Path, preset: Mapping, overwrite: bool) -> None:
         shutil.rmtree(output_dir / "oriented_images", ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How the learned pipelines' extract and match stages run (the ``sift`` preset takes none)."""
-
-    device: str | None = None  # torch device (default: cuda when available)
-    batch_size: int | None = None  # pairs per matching batch (default 16 GPU, 4 CPU); speed only
-    masks: Path | None = None  # mask folder (see omniglue_sfm.masks); part of the features' config
-    executor: executors.ExecutorOptions | None = None  # where extract and match run (default: here)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> RunOptions:
-        return cls(args.device, args.batch_size, args.masks, executors.ExecutorOptions.from_args(args))
-
-    def check(self, preset: Mapping, learned: bool) -> None:
-        """Before any work: options the preset cannot use are errors, not silently ignored."""
-        name = preset.get("name", "?")
-        if learned:
-            check_device(self.device)
-        elif self.masks is not None:
-            raise ValueError(f"--masks works with learned-feature presets, not {name!r}")
-        elif self.batch_size is not None:
-            raise ValueError(f"--batch-size is for learned matchers; preset {name!r} matches inside COLMAP")
-        elif self.executor is not None and self.executor.is_ray:
-            raise ValueError(f"--executor ray runs the learned pipelines' extract and match; preset "
-                             f"{name!r} runs COLMAP's own SIFT here: leave --executor out")
-
-
 def main(
     image_dir: Path | str,
     output_dir: Path | str,
     preset: str | Mapping = "omniglue",
-    pair_options: pairs.PairsOptions | None = None,
-    options: SfMOptions | None = None,
-    overwrite: bool = False,
     run: RunOptions | None = None,
-    preset_overrides: Mapping | None = None,
-    print_summary: bool = True,
+    *,
+    pair_options: pairs.PairsOptions | None = None,
+    sfm_options: SfMOptions | None = None,
     capture: captures.CaptureOptions | None = None,
 ) -> SfMResult:
-    """All stages in one call; ``preset_overrides`` are merged into the preset (e.g. fewer keypoints);
-    ``run``: device, batch size, masks and executor of the learned stages; ``capture``: GPS, video
-    frames and panoramas (see :mod:`omniglue_sfm.capture`). ``image_dir`` may be a video file.
+    """All stages in one call. ``preset``: a name or a resolved preset dict (``presets.resolve``
+    merges overrides); ``run``: device, batch size, executor and overwrite of the learned stages;
+    ``capture``: GPS, video frames and panoramas (:mod:`omniglue_sfm.capture`). ``image_dir`` may be
+    a video file.
 
-    ``pair_options.mode`` None: spatial when most photos have GPS, sequential with loop closure for
-    a video, else exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images and retrieval above.
+    ``pair_options.mode`` None: spatial when most photos have GPS (learned presets), sequential with
+    loop closure for a video, else exhaustive up to ``EXHAUSTIVE_MAX_IMAGES`` images and retrieval above.
     """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = presets.resolve(preset, preset_overrides)
-    options = options or SfMOptions()
+    preset = presets.resolve(preset)
+    sfm_options = sfm_options or SfMOptions()
+    run = run or RunOptions()
     if not image_dir.exists():
         raise FileNotFoundError(f"image folder does not exist: {image_dir}")
     pair_options = pair_options or pairs.PairsOptions()
     if pair_options.mode is not None and pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
-    run = run or RunOptions()
-    run.check(preset, learned)
+    run.check(preset)
     check_weights(preset)
-    with io.locked_output_dir(output_dir):  # one run per output folder
-        check_pipeline(output_dir, preset, overwrite)
+    with locks.locked_output_dir(output_dir):  # one run per output folder
+        check_pipeline(output_dir, preset, run.overwrite)
         cap = captures.prepare(image_dir, output_dir, capture)
         if cap.kind == "panoramas" and not learned:
             raise ValueError(f"panoramas are mapped as rigs of views by the learned pipelines; preset "
                              f"{preset.get('name')!r} runs COLMAP's SIFT: choose another preset")
         names, image_dir = cap.names, cap.image_dir
-        options = replace(options, camera=cap.camera(options.camera))
+        sfm_options = replace(sfm_options, camera=cap.camera(sfm_options.camera))
         fallback = default_pairs_mode(len(names))
-        pair_options = cap.default_pairs(pair_options, fallback) if learned or cap.kind == "video" else (
-            replace(pair_options, mode=pair_options.mode or fallback))
+        if learned or cap.kind == "video":
+            pair_options = cap.default_pairs(pair_options, fallback)
+        elif pair_options.mode is None:
+            pair_options = replace(pair_options, mode=fallback)
         logger.info("%d images (%s), preset %s, %s pairs", len(names), cap.kind, preset.get("name"),
                     pair_options.mode)
         if not learned:
-            result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, options, names,
-                                      overwrite)
+            result = colmap_sift.main(image_dir, output_dir, preset, pair_options, None, sfm_options, names,
+                                      run.overwrite)
         else:
-            result = run_learned(image_dir, output_dir, preset, names, pair_options, options, overwrite,
-                                 run, cap)
+            result = run_learned(extract.ImageSet(image_dir, names), output_dir, preset, run, pair_options,
+                                 sfm_options, cap)
         georef = captures.georegister(output_dir, cap, result.reconstruction, result.stats.get("fingerprint"),
                                       result.skipped)
         result.stats.update(cap.stats)
@@ -185,16 +160,13 @@ def main(
         result.stats["stage_seconds"] = dict(result.stage_seconds)
         result.stats["preset"] = preset
         result.stats["image_dir"] = str(image_dir.resolve())
-        io.write_stats(output_dir, result.stats)
-    if print_summary:
-        print_sfm_summary(result, result.failed_images, result.stage_seconds)
+        outputs.write_stats(output_dir, result.stats)
     return result
 
 
-def run_learned(
-    image_dir: Path, output_dir: Path, preset: dict, names: list[str], pair_options: pairs.PairsOptions,
-    options: SfMOptions, overwrite: bool, run: RunOptions, cap: captures.Capture | None = None,
-) -> SfMResult:
+def run_learned(images: extract.ImageSet, output_dir: Path, preset: dict, run: RunOptions,
+                pair_options: pairs.PairsOptions, sfm_options: SfMOptions,
+                cap: captures.Capture | None = None) -> SfMResult:
     """extract -> pairs -> match -> sfm into ``output_dir``; every stage resumes."""
     features_path = output_dir / "features.h5"
     matches_path = output_dir / "matches.h5"
@@ -202,24 +174,21 @@ def run_learned(
     timings: dict[str, float] = {}
     with stage("extract", timings):
         # global descriptors come from the same forward pass; localize retrieves with them later
-        summary = extract.main(image_dir, features_path, preset, image_names=names,
-                               global_path=output_dir / "global.h5",
-                               overwrite=overwrite, device=run.device, masks=run.masks, executor=run.executor)
+        summary = extract.main(images, features_path, preset, run, global_path=output_dir / "global.h5")
     names = summary.names
     if not names and summary.failed:
-        raise none_readable(image_dir, summary.failed)
+        raise none_readable(images.folder, summary.failed)
     if len(names) < 2:
         raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):
         chosen = pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names,
                             positions=cap.positions if cap else None)
         if cap is not None and cap.kind == "panoramas":  # views of one panorama share no baseline
-            io.write_pairs(pairs_path, cap.filter_pairs(chosen))
+            textfiles.write_pairs(pairs_path, cap.filter_pairs(chosen))
     with stage("match", timings):
-        match.main(features_path, pairs_path, matches_path, preset, overwrite=overwrite, device=run.device,
-                   batch_size=run.batch_size, executor=run.executor)
+        match.main(features_path, pairs_path, matches_path, preset, run)
     with stage("sfm", timings):
-        result = sfm.main(image_dir, features_path, matches_path, output_dir, pairs_path, options,
+        result = sfm.main(images.folder, features_path, matches_path, output_dir, pairs_path, sfm_options,
                           image_names=names, priors=cap.priors if cap else None, rig=cap.rig if cap else None)
     result.failed_images, result.stage_seconds = dict(summary.failed), timings
     if summary.turns:  # rotation handling on: each image's quarter-turn, in degrees
@@ -227,38 +196,3 @@ def run_learned(
     if summary.orientation is not None:  # the pass ran in this call (inside the extract stage)
         result.stats["orientation"] = summary.orientation
     return result
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("reconstruct", help="image folder or video -> COLMAP model, all stages",
-                                   description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", type=Path,
-                        help="image folder (searched recursively; 2:1 panoramas are cut into views) or a "
-                             "video")
-    parser.add_argument("output", type=Path, help="output folder (re-run to resume)")
-    presets.add_arguments(parser)  # --preset, --preset-file, --max-keypoints, --resize-max
-    parser.add_argument("--batch-size", type=presets.positive_int, default=None, metavar="N",
-                        help="pairs per matching batch (default 16 GPU, 4 CPU); speed only, not recorded")
-    parser.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
-                        help=f"pair selection (default: spatial when most photos have GPS, sequential "
-                             f"with loop closure for a video, else exhaustive up to {EXHAUSTIVE_MAX_IMAGES} "
-                             f"images, else retrieval)")
-    pairs.add_arguments(parser)
-    add_arguments(parser)
-    captures.add_arguments(parser)
-    frames.add_arguments(parser)
-    add_masks_argument(parser)
-    orientation.add_argument(parser)
-    parser.add_argument("--overwrite", action="store_true", help="discard existing outputs")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    executors.add_arguments(parser)
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    # main() prints the summary table itself
-    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
-    main(args.images, args.output, preset, pairs.PairsOptions.from_args(args, args.pairs),
-         SfMOptions.from_args(args), args.overwrite, RunOptions.from_args(args),
-         capture=captures.CaptureOptions.from_args(args))
-    return 0

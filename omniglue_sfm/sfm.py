@@ -16,7 +16,6 @@ Conventions
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -26,16 +25,13 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from . import hloc, io
-from .cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
-from .mapping import (
+from .colmap.mapper import (
     DB_STAMP,
     STATS_VERSION,
     MappingInputs,
     ReconstructionError,
     SfMOptions,
     SfMResult,
-    add_arguments,
     configure_colmap_logging,
     file_signature,
     fingerprint,
@@ -43,8 +39,10 @@ from .mapping import (
     map_and_write,
     two_view_options,
 )
-from .runtime import num_threads
-from .summary import print_sfm_summary
+from .formats import h5io, hloc, matches_h5, textfiles
+from .geometry.cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
+from .runtime import locks
+from .runtime.devices import num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ def write_images(
 def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> dict[str, int]:
     """Every image's keypoints; returns name -> number of keypoints."""
     counts = {}
-    with io.read_h5(features_path) as h5:
+    with h5io.read_h5(features_path) as h5:
         for name, image_id in image_ids.items():
             kps = h5[name]["keypoints"][()].astype(np.float32)  # hloc may store float16
             db.write_keypoints(image_id, kps + 0.5)  # COLMAP: top-left pixel centre at (0.5, 0.5)
@@ -95,10 +93,10 @@ def select_pairs(
     """The pairs to import: those of ``pairs_path`` or else every pair in ``matches.h5``."""
     allowed = set(names)
     if pairs_path is not None:
-        pairs = io.unique_pairs(io.read_pairs(pairs_path))
+        pairs = matches_h5.unique_pairs(textfiles.read_pairs(pairs_path))
     else:
-        pairs = io.unique_pairs(hloc.stored_pairs(matches_path, names))  # our layout or hloc's
-    return [io.canonical_pair(a, b) for a, b in pairs if a in allowed and b in allowed]
+        pairs = matches_h5.unique_pairs(hloc.stored_pairs(matches_path, names))  # our layout or hloc's
+    return [matches_h5.canonical_pair(a, b) for a, b in pairs if a in allowed and b in allowed]
 
 
 def write_matches(
@@ -109,10 +107,10 @@ def write_matches(
     written. An index beyond an image's keypoints is an error (COLMAP would not check it)."""
     missing = []
     written = 0
-    with io.read_h5(matches_path) as h5:
+    with h5io.read_h5(matches_path) as h5:
         for a, b in pairs:
             try:
-                matches, _ = io.read_pair(h5, a, b, matches_path)
+                matches, _ = matches_h5.read_pair(h5, a, b, matches_path)
             except KeyError:
                 missing.append((a, b))
                 continue
@@ -170,7 +168,6 @@ def verify(db_path: Path) -> None:
     )
 
 
-
 # --------------------------------------------------------------------------------------------
 # stage entry point
 
@@ -198,10 +195,10 @@ def main(
     for path in (image_dir, features_path, matches_path) + ((pairs_path,) if pairs_path else ()):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-    io.check_output_dir(output_dir)
+    locks.check_output_dir(output_dir)
     inputs = hloc.check_matches_fit(features_path, matches_path)  # never matches of other features
     camera = options.camera
-    names = sorted(image_names) if image_names is not None else io.list_names(features_path)
+    names = sorted(image_names) if image_names is not None else h5io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)
     key = fingerprint({
         "version": STATS_VERSION, "names": names, "pairs": pairs, "camera_mode": camera.mode,
@@ -210,7 +207,7 @@ def main(
         **({"priors": prior_key(priors), "prior_position": options.prior_position} if priors else {}),
         **({"rig": str(rig.todict())} if rig is not None else {}),
     })
-    with io.locked_output_dir(output_dir):  # one run per output folder (a no-op under reconstruct)
+    with locks.locked_output_dir(output_dir):  # one run per output folder (a no-op under reconstruct)
         previous = load_previous(output_dir, key)
         if previous is not None:
             logger.info("sfm: reusing the model in %s (same inputs)", output_dir / "sparse")
@@ -262,27 +259,3 @@ def build_database(
     db_path.with_name(DB_STAMP).unlink(missing_ok=True)
     os.replace(tmp, db_path)
     return db_path
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("sfm", help="features + matches -> COLMAP model",
-                                   description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", type=Path, help="image folder")
-    parser.add_argument("features", type=Path, help="features.h5")
-    parser.add_argument("matches", type=Path, help="matches.h5")
-    parser.add_argument("output", type=Path, help="output folder")
-    parser.add_argument("--pairs", type=Path, default=None,
-                        help="pairs.txt (default: every pair in matches.h5)")
-    add_arguments(parser)
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    result = main(args.images, args.features, args.matches, args.output, args.pairs,
-                  SfMOptions.from_args(args))
-    print_sfm_summary(result)
-    return 0

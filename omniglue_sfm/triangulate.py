@@ -14,32 +14,25 @@ applied) with the images' full size; a size mismatch is an error. ``OUT`` receiv
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pycolmap
 
-from . import extract, io, match, pairs, presets, sfm
-from .images import none_readable
-from .mapping import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
-from .masks import add_masks_argument
+from . import extract, match, pairs, sfm
+from .colmap.mapper import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
+from .config import presets
+from .config.options import RunOptions
+from .formats import h5io, matches_h5, outputs
+from .formats.images import none_readable
 from .reconstruct import check_weights, default_pairs_mode
-from .runtime import check_device
+from .runtime import locks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TriangulateOptions:
-    pairs: pairs.PairsOptions = field(default_factory=pairs.PairsOptions)  # mode None: as reconstruct
-    masks: Path | None = None
-    overwrite: bool = False
-    device: str | None = None
 
 
 def reference_names(ref: pycolmap.Reconstruction, image_dir: Path) -> list[str]:
@@ -56,7 +49,7 @@ def reference_names(ref: pycolmap.Reconstruction, image_dir: Path) -> list[str]:
 
 def check_sizes(ref: pycolmap.Reconstruction, features_path: Path) -> None:
     """Every reference camera has the (EXIF-oriented) size of its image."""
-    with io.read_h5(features_path) as h5:
+    with h5io.read_h5(features_path) as h5:
         for image_id in ref.reg_image_ids():
             image = ref.images[image_id]
             cam = ref.cameras[image.camera_id]
@@ -97,46 +90,47 @@ def main(
     output_dir: Path | str,
     reference: Path | str,
     preset: str | Mapping = "omniglue",
-    options: TriangulateOptions | None = None,
-    preset_overrides: Mapping | None = None,
+    run: RunOptions | None = None,
+    *,
+    pair_options: pairs.PairsOptions | None = None,
 ) -> SfMResult:
-    """Features, matches and 3D points for the posed images of ``reference`` (poses held fixed)."""
-    options = options or TriangulateOptions()
+    """Features, matches and 3D points for the posed images of ``reference`` (poses held fixed).
+    ``pair_options.mode`` None: as ``reconstruct`` chooses it."""
+    run = run or RunOptions()
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    preset = presets.resolve(preset, preset_overrides)
+    preset = presets.resolve(preset)
     presets.require_learned(preset, "triangulate uses our features; COLMAP SIFT has its own tools")
-    model_dir = io.find_model(reference)
+    model_dir = outputs.find_model(reference)
     ref = pycolmap.Reconstruction(model_dir)
     names = reference_names(ref, image_dir)
-    check_device(options.device)
+    run.check(preset)
     check_weights(preset)
-    pair_options = options.pairs
+    pair_options = pair_options or pairs.PairsOptions()
     if pair_options.mode is None:
         pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
-    io.check_output_dir(output_dir)
-    with io.locked_output_dir(output_dir):
-        return _run(image_dir, output_dir, model_dir, ref, names, preset, pair_options, options)
+    locks.check_output_dir(output_dir)
+    with locks.locked_output_dir(output_dir):
+        return _run(image_dir, output_dir, model_dir, ref, names, preset, pair_options, run)
 
 
 def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Reconstruction, names: list[str],
-         preset: dict, pair_options: pairs.PairsOptions, options: TriangulateOptions) -> SfMResult:
+         preset: dict, pair_options: pairs.PairsOptions, run: RunOptions) -> SfMResult:
     features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
     pairs_path, global_path = output_dir / "pairs.txt", output_dir / "global.h5"
     stats: dict = {"seconds": {}, "reference": str(model_dir.resolve())}
     configure_colmap_logging(output_dir, verbose=False)
     t0 = time.perf_counter()
-    summary = extract.main(image_dir, features_path, preset, image_names=names, global_path=global_path,
-                           overwrite=options.overwrite, device=options.device, masks=options.masks)
+    summary = extract.main(extract.ImageSet(image_dir, names), features_path, preset, run,
+                           global_path=global_path)
     if summary.failed:  # a posed image without features would silently lose its observations
         raise none_readable(image_dir, summary.failed)
     check_sizes(ref, features_path)
     pair_list = pairs.main(None, pairs_path, pair_options, global_path=global_path, model_dir=model_dir,
                            names=names)
-    match.main(features_path, pairs_path, matches_path, preset, overwrite=options.overwrite,
-               device=options.device)
+    match.main(features_path, pairs_path, matches_path, preset, run)
     stats["seconds"]["features_and_matches"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    canonical = [io.canonical_pair(a, b) for a, b in io.unique_pairs(pair_list)]
+    canonical = [matches_h5.canonical_pair(a, b) for a, b in matches_h5.unique_pairs(pair_list)]
     db_path = reference_database(output_dir / "database.db", ref, features_path, matches_path, canonical)
     sfm.verify(db_path)
     stats["seconds"]["database"] = time.perf_counter() - t0
@@ -157,35 +151,5 @@ def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Recon
                                   "the reference poses (wrong poses, or images that do not overlap)")
     result = write_outputs([rec], image_dir, output_dir, names, stats)
     result.stats.update(preset=preset, image_dir=str(image_dir.resolve()))
-    io.write_stats(output_dir, result.stats)
+    outputs.write_stats(output_dir, result.stats)
     return result
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("triangulate", help="known poses (a reference model) + our matches -> points",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("images", type=Path, help="image folder (names as in the reference model)")
-    p.add_argument("output", type=Path, help="output folder (re-run to resume)")
-    p.add_argument("--reference", type=Path, required=True,
-                   help="COLMAP model with the known cameras and poses (a folder with images.bin/.txt)")
-    presets.add_arguments(p)  # --preset (learned features only), --preset-file, --max-keypoints, --resize-max
-    p.add_argument("--pairs", choices=pairs.MODES, default=None,
-                   help="pair selection (default: exhaustive up to 40 images, else retrieval; "
-                        "covisibility uses the reference's points)")
-    pairs.add_arguments(p)
-    add_masks_argument(p)
-    p.add_argument("--overwrite", action="store_true", help="discard existing features and matches")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    options = TriangulateOptions(pairs.PairsOptions.from_args(args, args.pairs), args.masks, args.overwrite,
-                                 args.device)
-    preset = presets.PresetChoice.from_args(args).resolve()  # validated before any work
-    result = main(args.images, args.output, args.reference, preset, options)
-    s = result.stats
-    print(f"{s['num_points3D']} points triangulated in {s['registered']} posed images "
-          f"(mean reprojection error {s['mean_reprojection_error']:.2f} px, mean track length "
-          f"{s['mean_track_length']:.2f}) -> {result.output_dir / 'sparse'}")
-    return 0

@@ -13,13 +13,13 @@ The vocabulary depends on every image, so the file is rebuilt from scratch on ea
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from . import io
+from .formats import h5io, sharded
+from .runtime import locks
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def read_descriptors(features_path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """name -> (N, D) float32 unit local descriptors."""
-    with io.read_h5(features_path) as h5:
+    with h5io.read_h5(features_path) as h5:
         return {n: _unit(h5[n]["descriptors"][()].T.astype(np.float32)) for n in names}
 
 
@@ -72,32 +72,16 @@ def main(features_path: Path | str, out_path: Path | str, num_words: int = DEFAU
     features_path, out_path = Path(features_path), Path(out_path)
     if num_words < 1:
         raise ValueError(f"--words must be at least 1, got {num_words}")
-    names = io.list_names(features_path)
+    names = h5io.list_names(features_path)
     if not names:
         raise ValueError(f"{features_path} holds no images")
     descriptors = read_descriptors(features_path, names)
     centres = vocabulary(list(descriptors.values()), num_words, seed)
-    config = {"features": io.read_config(features_path), "global": "vlad", "words": num_words, "seed": seed}
-    with io.output_lock(out_path):
-        store = io.ShardedH5(out_path, "global", config, overwrite=True)
+    config = {"features": h5io.read_config(features_path), "global": "vlad", "words": num_words, "seed": seed}
+    with locks.output_lock(out_path):
+        store = sharded.ShardedH5(out_path, "global", config, overwrite=True)
         with store:
             for name in names:
                 store.add(name, {"global_descriptor": vlad(descriptors[name], centres).astype(np.float32)})
     log.info("VLAD (%d words) of %d images -> %s", num_words, len(names), out_path)
     return len(names)
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("vlad", help="features.h5 -> VLAD global descriptors (for retrieval pairs)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("features_h5", type=Path)
-    p.add_argument("out_h5", type=Path, help="descriptor file for `pairs --mode retrieval --global`")
-    p.add_argument("--words", type=int, default=DEFAULT_WORDS, help=f"visual words (default {DEFAULT_WORDS})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the vocabulary's sample")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    n = main(args.features_h5, args.out_h5, args.words, args.seed)
-    print(f"VLAD descriptors ({args.words} words) of {n} image(s) -> {args.out_h5}")
-    return 0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from omniglue_sfm import reconstruct
-from omniglue_sfm.mapping import SfMOptions
+from omniglue_sfm.colmap.mapper import SfMOptions
 
 TEST_SCENES = {"herzjesu_p8"}
 
@@ -41,7 +41,7 @@ def main() -> int:
     for scene in args.scenes:
         print(f"== {scene}", flush=True)
         reconstruct.main(args.scenes_root / scene / "images", args.out_root / scene, dict(PRESET),
-                         options=SfMOptions(progress=False))
+                         sfm_options=SfMOptions(progress=False))
     return 0
 
 

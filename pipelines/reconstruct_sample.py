@@ -9,8 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from omniglue_sfm import presets, reconstruct
-from omniglue_sfm.evaluate import evaluate
+from omniglue_sfm import reconstruct
+from omniglue_sfm.config import presets
+from omniglue_sfm.evaluation.reconstruction import evaluate
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small"
 

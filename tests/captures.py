@@ -17,7 +17,7 @@ from PIL import Image
 
 from omniglue_sfm.formats.gps import GpsFix, write_gps
 from omniglue_sfm.geometry.geo import LocalFrame
-from omniglue_sfm.scenes import read_strecha_dir
+from omniglue_sfm.geometry.scenes import read_strecha_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "datasets" / "herzjesu_p8_small"

@@ -9,6 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io
+
 # The test machine has 2 cores shared with other jobs; several torch threads then spin against
 # each other (a 256-keypoint LightGlue pass went from 0.4 s to 7 s). One thread is faster.
 torch.set_num_threads(1)
@@ -63,7 +66,7 @@ def small_features(small_scene: Path, tmp_path_factory: pytest.TempPathFactory) 
     from omniglue_sfm import extract
 
     out = tmp_path_factory.mktemp("small_features") / "features.h5"
-    summary = extract.main(small_scene, out, small_preset(guidance=True), device="cpu",
+    summary = extract.main(small_scene, out, small_preset(guidance=True), RunOptions(device="cpu"),
                            global_path=out.with_name("global.h5"))
     assert not summary.failed
     return out
@@ -90,10 +93,9 @@ def assert_same_h5(a: Path, b: Path, kind: str) -> None:
     """Two features/matches/global files hold the same configuration, items and arrays."""
     import h5py
 
-    from omniglue_sfm import io
 
-    keys = io.list_names(a, kind)
-    assert keys == io.list_names(b, kind) and keys
+    keys = h5io.list_names(a, kind)
+    assert keys == h5io.list_names(b, kind) and keys
     with h5py.File(a) as ha, h5py.File(b) as hb:
         assert ha.attrs["config"] == hb.attrs["config"]
         for key in keys:

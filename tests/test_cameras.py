@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from omniglue_sfm.cameras import CameraOptions, ImageInfo, guess_camera, make_cameras
+from omniglue_sfm.geometry.cameras import CameraOptions, ImageInfo, guess_camera, make_cameras
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -10,9 +10,12 @@ import fcntl
 import pytest
 
 from omniglue_sfm import cli
+from omniglue_sfm.formats import sharded
+from omniglue_sfm.runtime import locks
 
 # one user error per command: (argv with {tmp} for a fresh empty folder, words the message must hold)
 USER_ERRORS = {
+    "frames": (["frames", "{tmp}/missing.mp4", "{tmp}/frames"], "missing.mp4"),
     "extract": (["extract", "{tmp}", "{tmp}/features.h5", "--preset", "sift"], "COLMAP's own SIFT"),
     "pairs": (["pairs", "{tmp}", "{tmp}/pairs.txt", "--mode", "retrieval"], "global descriptors"),
     "match": (["match", "{tmp}/missing.h5", "{tmp}/pairs.txt", "{tmp}/matches.h5"], "missing.h5"),
@@ -56,7 +59,7 @@ def test_user_error_is_one_line_without_traceback(command, tmp_path, capsys):
 
 
 def test_a_scene_that_does_not_reconstruct_exits_2(capsys):
-    from omniglue_sfm.mapping import ReconstructionError
+    from omniglue_sfm.colmap.mapper import ReconstructionError
 
     assert cli.exit_code(ReconstructionError("x")) == 2
     assert cli.exit_code(ValueError("x")) == 1
@@ -64,7 +67,7 @@ def test_a_scene_that_does_not_reconstruct_exits_2(capsys):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    from omniglue_sfm import evaluate
+    from omniglue_sfm.evaluation import reconstruction as evaluate
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -90,7 +93,7 @@ def _image_folder(tmp_path, textured, n=2):
 
 def _no_work(monkeypatch):
     """Any stage that starts work fails the test (the checks must come first)."""
-    from omniglue_sfm import colmap_sift, io, reconstruct
+    from omniglue_sfm import colmap_sift, reconstruct
 
     def work(*args, **kwargs):
         raise AssertionError("work started")
@@ -98,7 +101,7 @@ def _no_work(monkeypatch):
     monkeypatch.setattr(reconstruct, "run_learned", work)
     monkeypatch.setattr(colmap_sift, "main", work)
     monkeypatch.setattr(reconstruct, "check_weights", lambda preset: None)
-    monkeypatch.setattr(io, "ShardedH5", work)
+    monkeypatch.setattr(sharded, "ShardedH5", work)
 
 
 def _one_error(capsys) -> str:
@@ -151,10 +154,9 @@ def test_extract_or_match_into_a_locked_file_stops_at_once(command, tmp_path, te
 
 
 def test_lock_is_released_after_a_run(tmp_path):
-    from omniglue_sfm import io
 
-    with io.output_lock(tmp_path):
-        with io.output_lock(tmp_path):  # this process holds it already (reconstruct -> sfm): no-op
+    with locks.output_lock(tmp_path):
+        with locks.output_lock(tmp_path):  # this process holds it already (reconstruct -> sfm): no-op
             pass
         with pytest.raises(BlockingIOError), _held(tmp_path / ".omniglue-sfm.lock"):
             pass
@@ -325,9 +327,8 @@ def test_localize_into_a_locked_output_folder_stops_at_once(tmp_path, capsys):
 def test_extract_and_match_user_errors_are_one_line(argv, words, tmp_path, capsys):
     """Issue #10, case 6: extract and match go through the one error policy too."""
     (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\n")
-    from omniglue_sfm import io
 
-    with io.ShardedH5(tmp_path / "f.h5", "features", {"features": {"name": "aliked"}}) as store:
+    with sharded.ShardedH5(tmp_path / "f.h5", "features", {"features": {"name": "aliked"}}) as store:
         store.add("a.jpg", {"keypoints": [[0.0, 0.0]]})
     try:
         code = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from omniglue_sfm import compare, presets, reconstruct, weights
+from omniglue_sfm import compare, reconstruct
+from omniglue_sfm.config import presets
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.runtime import weights
 
 
 def _ok_row(**extra) -> dict:
@@ -65,7 +68,8 @@ def test_unknown_preset_and_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         compare.main(tmp_path / "nope", tmp_path / "out", ["aliked+mnn"])
     (tmp_path / "imgs").mkdir()
-    report = compare.main(tmp_path / "imgs", tmp_path / "out", ["no-such-preset"], render=False)
+    report = compare.main(tmp_path / "imgs", tmp_path / "out", ["no-such-preset"],
+                          compare.CompareOptions(render=False))
     assert report["rows"]["no-such-preset"]["status"] == "failed"
     assert "unknown preset" in report["rows"]["no-such-preset"]["reason"]
 
@@ -81,9 +85,10 @@ def test_compare_two_presets_share_features_and_skip_missing_weights(tmp_path, m
         save_resized(src, images / src.name, 512)
     gt = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small" / "gt"
     out = tmp_path / "out"
-    report = compare.main(images, out, ["aliked+lightglue", "aliked+mnn", "superpoint+superglue"],
-                          gt_dir=gt, preset_overrides={"features": {"max_keypoints": 512, "resize_max": 512}},
-                          device="cpu")
+    knobs = {"features": {"max_keypoints": 512, "resize_max": 512}}
+    chosen = [presets.resolve(name, knobs) for name in ("aliked+lightglue", "aliked+mnn",
+                                                        "superpoint+superglue")]
+    report = compare.main(images, out, chosen, compare.CompareOptions(gt=gt), RunOptions(device="cpu"))
     rows = report["rows"]
     assert rows["aliked-lightglue"]["status"] == "ok", rows["aliked-lightglue"]
     assert rows["aliked-lightglue"]["registered"] >= 3

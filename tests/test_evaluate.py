@@ -11,8 +11,13 @@ import pycolmap
 import pytest
 
 from omniglue_sfm import cli
-from omniglue_sfm.evaluate import center_error, evaluate, evaluate_poses, pose_auc, umeyama
-from omniglue_sfm.scenes import CameraPose, read_strecha_camera, read_strecha_dir, write_strecha_camera
+from omniglue_sfm.evaluation.reconstruction import center_error, evaluate, evaluate_poses, pose_auc, umeyama
+from omniglue_sfm.geometry.scenes import (
+    CameraPose,
+    read_strecha_camera,
+    read_strecha_dir,
+    write_strecha_camera,
+)
 
 SAMPLE_GT = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small" / "gt"
 

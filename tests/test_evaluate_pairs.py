@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglue_sfm import cli, compare, io
-from omniglue_sfm.evaluate import relative_pose
-from omniglue_sfm.evaluate_pairs import (
+from omniglue_sfm import cli
+from omniglue_sfm.evaluation import comparison
+from omniglue_sfm.evaluation.reconstruction import relative_pose
+from omniglue_sfm.evaluation.two_view import (
     RESULT_KEYS,
     evaluate_pairs,
     fundamental_matrix,
@@ -20,7 +21,8 @@ from omniglue_sfm.evaluate_pairs import (
     pose_error_deg,
     symmetric_epipolar_distance,
 )
-from omniglue_sfm.scenes import CameraPose, write_strecha_camera
+from omniglue_sfm.formats import matches_h5, sharded
+from omniglue_sfm.geometry.scenes import CameraPose, write_strecha_camera
 
 NAMES = ("a.jpg", "b.jpg", "c.jpg")
 NUM_POINTS = 300
@@ -59,7 +61,7 @@ def make_scene(root: Path, wrong: dict[tuple[str, str], float] | None = None,
     X = rng.uniform(-1.5, 1.5, size=(NUM_POINTS, 3))
     # each image stores the projections in its own order: point j is keypoint index_of[n][j]
     index_of, keypoints = {}, {}
-    with io.ShardedH5(out / "features.h5", "features", {"test": 1}) as store:
+    with sharded.ShardedH5(out / "features.h5", "features", {"test": 1}) as store:
         for n, pose in cams.items():
             shift = (gt_shift or {}).get(n, np.zeros(3))
             write_strecha_camera(gt_dir / f"{n}.camera",
@@ -73,7 +75,7 @@ def make_scene(root: Path, wrong: dict[tuple[str, str], float] | None = None,
                           "scores": np.ones(NUM_POINTS, np.float32),
                           "descriptors": rng.normal(size=(8, NUM_POINTS)).astype(np.float32),
                           "image_size": np.array([round(640 * scale), round(480 * scale)])})
-    with io.ShardedH5(out / "matches.h5", "matches", {"test": 1}) as store:
+    with sharded.ShardedH5(out / "matches.h5", "matches", {"test": 1}) as store:
         for a, b in itertools.combinations(NAMES, 2):
             if (a, b) == missing:
                 continue
@@ -86,9 +88,10 @@ def make_scene(root: Path, wrong: dict[tuple[str, str], float] | None = None,
             m0[bad] = m0[np.roll(bad, 1)]  # a derangement: still one-to-one, each one wrong
             if tuple(sorted((a, b))) in (keep or {}):
                 m0[rng.permutation(NUM_POINTS)[keep[tuple(sorted((a, b)))]:]] = -1
-            mc, sc, (c0, c1) = io.orient_matches(a, b, m0, np.ones(NUM_POINTS, np.float32), NUM_POINTS)
-            item, attrs = io.write_match_item(mc, sc, NUM_POINTS)
-            store.add(io.pair_key(c0, c1), item, attrs)
+            mc, sc, (c0, c1) = matches_h5.orient_matches(a, b, m0, np.ones(NUM_POINTS, np.float32),
+                                                         NUM_POINTS)
+            item, attrs = matches_h5.write_match_item(mc, sc, NUM_POINTS)
+            store.add(matches_h5.pair_key(c0, c1), item, attrs)
     return out, gt_dir
 
 
@@ -218,7 +221,7 @@ def test_cli_json_and_clean_errors(tmp_path, capsys):
 
 def test_compare_rows_get_two_view_metrics(tmp_path):
     out, gt = make_scene(tmp_path)
-    metrics = compare.two_view_metrics(out, gt)
+    metrics = comparison.two_view_metrics(out, gt)
     assert metrics["pair_auc5"] > 0.95 and metrics["epipolar_precision"] == 1.0
     (tmp_path / "sift").mkdir()
-    assert compare.two_view_metrics(tmp_path / "sift", gt) == {}  # no h5 files: "-" in the table
+    assert comparison.two_view_metrics(tmp_path / "sift", gt) == {}  # no h5 files: "-" in the table

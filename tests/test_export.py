@@ -16,9 +16,11 @@ import pytest
 from conftest import resized_sample, small_preset
 from PIL import Image
 
-from omniglue_sfm import cli, export, io, reconstruct
-from omniglue_sfm.images import read_image
-from omniglue_sfm.mapping import SfMOptions
+from omniglue_sfm import cli, export, reconstruct
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.formats import h5io, outputs
+from omniglue_sfm.formats.images import read_image
+from omniglue_sfm.runtime import locks
 
 ROTATED = "0003.jpg"  # stored turned by 90 degrees, EXIF orientation 6 turns it back
 
@@ -33,7 +35,7 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     upright.transpose(Image.Transpose.ROTATE_90).save(images / ROTATED, quality=95, exif=exif)
     out = tmp_path_factory.mktemp("export_run") / "out"
     reconstruct.main(images, out, small_preset("lightglue", max_keypoints=512, resize_max=480),
-                     options=SfMOptions(progress=False), print_summary=False)
+                     sfm_options=SfMOptions(progress=False))
     return out
 
 
@@ -44,7 +46,7 @@ def _observations(out: Path, exported: pycolmap.Reconstruction) -> list[dict]:
     by_name = {img.name: img for img in exported.images.values()}
     obs = []
     for image in original.images.values():
-        kps = io.read_keypoints(out / "features.h5", image.name).astype(np.float64)
+        kps = h5io.read_keypoints(out / "features.h5", image.name).astype(np.float64)
         cam, new = original.cameras[image.camera_id], by_name[image.name]
         new_cam = exported.cameras[new.camera_id]
         idx = [i for i, p in enumerate(image.points2D) if p.has_point3D()]
@@ -87,7 +89,7 @@ def _nerfstudio_errors(transforms: dict, obs: list[dict]) -> np.ndarray:
 def _patch_agreement(out: Path, dest: Path, obs: list[dict], half: int = 6) -> dict[str, float]:
     """Per image, the mean normalised cross-correlation of patches around each keypoint in the
     EXIF-oriented original and around its undistorted position in the exported image."""
-    image_dir = Path(io.read_stats(out)["image_dir"])
+    image_dir = Path(outputs.read_stats(out)["image_dir"])
     scores = {}
     for o in obs:
         a = read_image(image_dir / o["name"]).mean(axis=2)
@@ -188,11 +190,10 @@ def test_a_second_export_into_the_same_destination_stops_at_once(sample_run: Pat
     """One run per output (issue #10): the lock sits beside DEST, since DEST is replaced whole."""
     import fcntl
 
-    from omniglue_sfm import io
 
     dest = tmp_path / "dest"
     with open(tmp_path / ".dest.export.tmp.lock", "a") as held:  # as another export would hold it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(io.OutputLockedError, match="in use by another omniglue-sfm run"):
+        with pytest.raises(locks.OutputLockedError, match="in use by another omniglue-sfm run"):
             export.main(sample_run, dest, export.ExportOptions(format="gsplat"))
     assert not dest.exists() and not (tmp_path / "dest.export.tmp").exists()

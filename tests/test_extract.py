@@ -11,15 +11,17 @@ import pytest
 from conftest import SAMPLE_IMAGES, small_preset
 from PIL import Image
 
-from omniglue_sfm import extract, io
+from omniglue_sfm import extract
 from omniglue_sfm.cli import main as cli_main
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io
 
 
 def test_features_file_contract(small_scene: Path, small_features: Path) -> None:
     out, glob = small_features, small_features.with_name("global.h5")
     names = sorted(p.name for p in small_scene.glob("*.jpg"))
-    assert io.list_names(out) == names and io.list_names(glob, "global") == names
-    assert io.read_config(out)["guidance"] == {"name": "aliked-grid"}
+    assert h5io.list_names(out) == names and h5io.list_names(glob, "global") == names
+    assert h5io.read_config(out)["guidance"] == {"name": "aliked-grid"}
     with h5py.File(out) as h5, h5py.File(glob) as g:
         for name in names:
             grp = h5[name]
@@ -56,18 +58,18 @@ def test_bad_inputs_are_skipped_or_handled(tmp_path: Path, textured) -> None:
     images.mkdir()
     _bad_folder(images, textured)
     out = tmp_path / "f.h5"
-    summary = extract.main(images, out, small_preset(resize_max=640), device="cpu")
+    summary = extract.main(images, out, small_preset(resize_max=640), RunOptions(device="cpu"))
     assert set(summary.failed) == {"corrupt.jpg", "text.jpg"}
-    assert sorted(io.list_names(out)) == sorted(summary.names)
-    huge = io.read_features(out, "sub dir/huge é.png")
+    assert sorted(h5io.list_names(out)) == sorted(summary.names)
+    huge = h5io.read_features(out, "sub dir/huge é.png")
     assert tuple(huge["image_size"]) == (5000, 300)
     kp = huge["keypoints"]
     assert len(kp) > 10 and (kp >= -0.5).all() and (kp[:, 0] <= 4999.5).all() and (kp[:, 1] <= 299.5).all()
     assert kp[:, 0].max() > 4000  # mapped back to full resolution, not left at 640 px
-    tiny = io.read_features(out, "tiny.png")
+    tiny = h5io.read_features(out, "tiny.png")
     assert tiny["keypoints"].shape[1] == 2 and tiny["descriptors"].shape == (128, len(tiny["keypoints"]))
     for name in ("gray.png", "rgba.png", "deep16.png"):
-        assert tuple(io.read_features(out, name)["image_size"]) == (160, 120)
+        assert tuple(h5io.read_features(out, name)["image_size"]) == (160, 120)
 
 
 def test_exif_rotated_keypoints_in_displayed_frame(tmp_path: Path) -> None:
@@ -86,9 +88,9 @@ def test_exif_rotated_keypoints_in_displayed_frame(tmp_path: Path) -> None:
     Image.fromarray(np.rot90(np.asarray(img), k=-1)).save(images / "upright.png")
     img.save(images / "stored.png")
     out = tmp_path / "f.h5"
-    extract.main(images, out, small_preset(max_keypoints=200), device="cpu")
-    rot, upright = io.read_features(out, "rot.png"), io.read_features(out, "upright.png")
-    stored = io.read_features(out, "stored.png")
+    extract.main(images, out, small_preset(max_keypoints=200), RunOptions(device="cpu"))
+    rot, upright = h5io.read_features(out, "rot.png"), h5io.read_features(out, "upright.png")
+    stored = h5io.read_features(out, "stored.png")
     assert tuple(rot["image_size"]) == (160, 240) and tuple(stored["image_size"]) == (240, 160)
     np.testing.assert_array_equal(rot["keypoints"], upright["keypoints"])
     np.testing.assert_array_equal(rot["descriptors"], upright["descriptors"])
@@ -98,14 +100,15 @@ def test_exif_rotated_keypoints_in_displayed_frame(tmp_path: Path) -> None:
 def test_resume_and_config_mismatch(small_scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"
     names = sorted(p.name for p in small_scene.glob("*.jpg"))
-    extract.main(small_scene, out, small_preset(), image_names=names[:1], device="cpu")
+    extract.main(extract.ImageSet(small_scene, names[:1]), out, small_preset(), RunOptions(device="cpu"))
     with h5py.File(out) as h5:
         first = h5[names[0]]["keypoints"][()]
-    summary = extract.main(small_scene, out, small_preset(), image_names=names[:2], device="cpu")
-    assert summary.names == names[:2] and io.list_names(out) == names[:2]
-    np.testing.assert_array_equal(io.read_features(out, names[0])["keypoints"], first)
-    with pytest.raises(io.ConfigMismatchError):
-        extract.main(small_scene, out, small_preset(max_keypoints=128), device="cpu")
+    summary = extract.main(extract.ImageSet(small_scene, names[:2]), out, small_preset(),
+                           RunOptions(device="cpu"))
+    assert summary.names == names[:2] and h5io.list_names(out) == names[:2]
+    np.testing.assert_array_equal(h5io.read_features(out, names[0])["keypoints"], first)
+    with pytest.raises(h5io.ConfigMismatchError):
+        extract.main(small_scene, out, small_preset(max_keypoints=128), RunOptions(device="cpu"))
 
 
 def test_sift_preset_is_not_ours(tmp_path: Path) -> None:
@@ -119,8 +122,8 @@ def test_disk_extractor(tmp_path: Path) -> None:
     shutil.copy(SAMPLE_IMAGES / "0002.jpg", images / "a.jpg")
     out = tmp_path / "f.h5"
     extract.main(images, out, small_preset(features="disk", max_keypoints=128, resize_max=256),
-                 global_path=tmp_path / "g.h5", device="cpu")
-    f = io.read_features(out, "a.jpg")
+                 RunOptions(device="cpu"), global_path=tmp_path / "g.h5")
+    f = h5io.read_features(out, "a.jpg")
     assert f["descriptors"].shape == (128, 128) and tuple(f["image_size"]) == (1024, 683)
     np.testing.assert_allclose(np.linalg.norm(f["descriptors"], axis=0), 1, atol=1e-4)
 
@@ -131,5 +134,5 @@ def test_cli_extract(small_scene: Path, tmp_path: Path) -> None:
     shutil.copy(next(iter(sorted(small_scene.glob("*.jpg")))), one / "x.jpg")
     out = tmp_path / "f.h5"
     assert cli_main(["extract", str(one), str(out), "--preset", "aliked+mnn", "--device", "cpu"]) == 0
-    assert io.list_names(out) == ["x.jpg"]
-    assert io.read_config(out)["features"]["max_keypoints"] == 2048
+    assert h5io.list_names(out) == ["x.jpg"]
+    assert h5io.read_config(out)["features"]["max_keypoints"] == 2048

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omniglue_sfm import runtime
 from omniglue_sfm.matchers.base import collate_pairs
-from omniglue_sfm.matchers.omniglue import OmniGlueMatcher
+from omniglue_sfm.matchers.omniglue_plugin import OmniGlueMatcher
+from omniglue_sfm.runtime import devices as runtime
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,8 +20,11 @@ import pytest
 from conftest import small_preset
 from test_sfm import synthetic_scene
 
-from omniglue_sfm import cli, extract, hloc, io, localize, match, pnp, sfm
-from omniglue_sfm.mapping import SfMOptions
+from omniglue_sfm import cli, extract, localize, match, sfm
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io, hloc, matches_h5, sharded, textfiles
+from omniglue_sfm.geometry import pnp
 
 # names with '/', spaces, non-ASCII; "a-b.jpg" is what hloc's encoding makes of "a/b.jpg"
 ODD_NAMES = ["sub dir/é 1.jpg", "a/b.jpg", "x y/z.PNG", "日本/写真.jpg", "plain.jpg"]
@@ -104,13 +107,14 @@ def _our_matches(path: Path, names: list[str], sizes: dict[str, int], seed: int 
         m = np.stack([rng.choice(sizes[a], k, replace=False), rng.choice(sizes[b], k, replace=False)], 1)
         truth[(a, b)] = m
         part = path.with_name(f"part{i % shards}.h5") if shards > 1 else path
-        with io.ShardedH5(part, "matches", {"m": 1}) as store:
-            m0, s0, (c0, c1) = io.orient_matches(a, b, matches0_of(m, sizes[a]), np.ones(sizes[a]), sizes[b])
-            item, attrs = io.write_match_item(m0, s0, sizes[c1])
-            store.add(io.pair_key(c0, c1), item, attrs)
+        with sharded.ShardedH5(part, "matches", {"m": 1}) as store:
+            m0, s0, (c0, c1) = matches_h5.orient_matches(a, b, matches0_of(m, sizes[a]), np.ones(sizes[a]),
+                                                         sizes[b])
+            item, attrs = matches_h5.write_match_item(m0, s0, sizes[c1])
+            store.add(matches_h5.pair_key(c0, c1), item, attrs)
         parts.append(part)
     if shards > 1:
-        io.merge_h5(sorted(set(parts)), path, "matches")
+        sharded.merge_h5(sorted(set(parts)), path, "matches")
     return truth
 
 
@@ -125,7 +129,7 @@ def _same_rows(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.mark.parametrize("shards", [1, 3])
 def test_hloc_lookup_finds_every_pair_and_image_in_our_files(tmp_path: Path, shards: int) -> None:
     sizes = {n: 6 + i for i, n in enumerate(ODD_NAMES)}
-    with io.ShardedH5(tmp_path / "features.h5", "features", {"x": 1}) as store:
+    with sharded.ShardedH5(tmp_path / "features.h5", "features", {"x": 1}) as store:
         for i, name in enumerate(ODD_NAMES):
             store.add(name, _item(sizes[name], i))
     truth = _our_matches(tmp_path / "matches.h5", ODD_NAMES, sizes, shards=shards)
@@ -139,12 +143,12 @@ def test_hloc_lookup_finds_every_pair_and_image_in_our_files(tmp_path: Path, sha
             got, scores = hloc_get_matches(tmp_path / "matches.h5", x, y)
             assert _same_rows(got, expected), (x, y)
             assert len(scores) == len(m)
-            assert _same_rows(io.read_matches(tmp_path / "matches.h5", x, y)[0], expected)
+            assert _same_rows(matches_h5.read_matches(tmp_path / "matches.h5", x, y)[0], expected)
     with h5py.File(tmp_path / "matches.h5", "r") as f:
-        assert json.loads(f.attrs[io.HLOC_UNREADABLE_ATTR]) == []
-        assert f.attrs[io.HLOC_ALIASES_ATTR] > 0
+        assert json.loads(f.attrs[matches_h5.HLOC_UNREADABLE_ATTR]) == []
+        assert f.attrs[matches_h5.HLOC_ALIASES_ATTR] > 0
     # the aliases are links, not items: nothing is listed or merged twice
-    assert len(list(io.iter_match_keys(tmp_path / "matches.h5"))) == len(truth)
+    assert len(list(matches_h5.iter_match_keys(tmp_path / "matches.h5"))) == len(truth)
 
 
 def test_names_hloc_cannot_tell_apart_are_reported(tmp_path: Path) -> None:
@@ -152,22 +156,22 @@ def test_names_hloc_cannot_tell_apart_are_reported(tmp_path: Path) -> None:
     sizes = dict.fromkeys(names, 8)
     truth = _our_matches(tmp_path / "matches.h5", names, sizes)
     with h5py.File(tmp_path / "matches.h5", "r") as f:
-        unreadable = {tuple(p) for p in json.loads(f.attrs[io.HLOC_UNREADABLE_ATTR])}
+        unreadable = {tuple(p) for p in json.loads(f.attrs[matches_h5.HLOC_UNREADABLE_ATTR])}
     assert ("a/b.jpg", "c.jpg") in unreadable and ("a-b.jpg", "a/b.jpg") in unreadable
     for (a, b), m in truth.items():  # we read every pair right
-        assert _same_rows(io.read_matches(tmp_path / "matches.h5", b, a)[0], m[:, ::-1])
+        assert _same_rows(matches_h5.read_matches(tmp_path / "matches.h5", b, a)[0], m[:, ::-1])
 
 
 def test_our_pairs_file_is_hloc_readable_and_theirs_is_ours(tmp_path: Path) -> None:
     pairs = [("a/b.jpg", "日本/写真.jpg"), ("plain.jpg", "a/b.jpg")]
-    io.write_pairs(tmp_path / "ours.txt", pairs)
+    textfiles.write_pairs(tmp_path / "ours.txt", pairs)
     assert [tuple(line.split()) for line in (tmp_path / "ours.txt").read_text().splitlines()] == pairs
     odd = [("sub dir/é 1.jpg", "100%.jpg"), ("#1.jpg", "tab\there.jpg")]
-    io.write_pairs(tmp_path / "odd.txt", odd)
-    assert io.read_pairs(tmp_path / "odd.txt") == odd
+    textfiles.write_pairs(tmp_path / "odd.txt", odd)
+    assert textfiles.read_pairs(tmp_path / "odd.txt") == odd
     # hloc's pairs file: both orders, as pairs_from_retrieval writes them
     (tmp_path / "hloc.txt").write_text("db/1.jpg q/2.jpg\nq/2.jpg db/1.jpg\ndb/1.jpg db/3.jpg\n")
-    assert io.unique_pairs(io.read_pairs(tmp_path / "hloc.txt")) == [("db/1.jpg", "q/2.jpg"),
+    assert matches_h5.unique_pairs(textfiles.read_pairs(tmp_path / "hloc.txt")) == [("db/1.jpg", "q/2.jpg"),
                                                                      ("db/1.jpg", "db/3.jpg")]
 
 
@@ -177,7 +181,7 @@ def test_our_pairs_file_is_hloc_readable_and_theirs_is_ours(tmp_path: Path) -> N
 
 def _hloc_copy_of(features: Path, rename: dict[str, str], half: bool) -> dict[str, dict[str, np.ndarray]]:
     items = {}
-    with io.read_h5(features) as f:
+    with h5io.read_h5(features) as f:
         for old, new in rename.items():
             items[new] = {k: f[old][k][()] for k in ("keypoints", "scores", "descriptors", "image_size")}
             if half:  # what the float16 file will hold
@@ -187,45 +191,46 @@ def _hloc_copy_of(features: Path, rename: dict[str, str], half: bool) -> dict[st
 
 
 def test_match_reads_hloc_features_and_records_their_hash(small_features: Path, tmp_path: Path) -> None:
-    names = io.list_names(small_features)
+    names = h5io.list_names(small_features)
     rename = dict(zip(names, ["cam 1/a.jpg", "cam-2/b c.jpg", "日本/写真.jpg"], strict=True))
     items = _hloc_copy_of(small_features, rename, half=True)
     write_hloc_features(tmp_path / "hloc_features.h5", items, half=True)
-    with io.ShardedH5(tmp_path / "ours.h5", "features", {"f": 1}) as store:  # the same values, ours
+    with sharded.ShardedH5(tmp_path / "ours.h5", "features", {"f": 1}) as store:  # the same values, ours
         for name, item in items.items():
             store.add(name, item)
     new = list(rename.values())
     # hloc's pairs file: '/' in names, one pair in both orders; no spaces (hloc cannot have them)
-    io.write_pairs(tmp_path / "pairs.txt", [(new[0], new[1]), (new[1], new[0]), (new[2], new[0]),
+    textfiles.write_pairs(tmp_path / "pairs.txt", [(new[0], new[1]), (new[1], new[0]), (new[2], new[0]),
                                             (new[1], new[2])])
     preset = small_preset("mnn")
     match.main(tmp_path / "hloc_features.h5", tmp_path / "pairs.txt", tmp_path / "m_hloc.h5", preset,
-               device="cpu")
-    match.main(tmp_path / "ours.h5", tmp_path / "pairs.txt", tmp_path / "m_ours.h5", preset, device="cpu")
-    config = io.read_config(tmp_path / "m_hloc.h5")["features"]["features"]
+               RunOptions(device="cpu"))
+    match.main(tmp_path / "ours.h5", tmp_path / "pairs.txt", tmp_path / "m_ours.h5", preset,
+               RunOptions(device="cpu"))
+    config = h5io.read_config(tmp_path / "m_hloc.h5")["features"]["features"]
     assert config["name"] == hloc.EXTERNAL and config["descriptor_dim"] == 128
     assert config["sha256"] == hashlib.sha256((tmp_path / "hloc_features.h5").read_bytes()).hexdigest()
     for a, b in [(new[0], new[1]), (new[2], new[0]), (new[1], new[2])]:
-        got = io.read_matches(tmp_path / "m_hloc.h5", a, b)[0]
-        assert len(got) > 20 and _same_rows(got, io.read_matches(tmp_path / "m_ours.h5", a, b)[0])
+        got = matches_h5.read_matches(tmp_path / "m_hloc.h5", a, b)[0]
+        assert len(got) > 20 and _same_rows(got, matches_h5.read_matches(tmp_path / "m_ours.h5", a, b)[0])
     # sfm takes these matches with that features file, identified by its hash
     assert hloc.check_matches_fit(tmp_path / "hloc_features.h5", tmp_path / "m_hloc.h5")["features"] == config
     # the hloc file changes: the old matches are neither resumed into nor mapped with it
     with h5py.File(tmp_path / "hloc_features.h5", "a") as f:
         f[new[0]]["scores"][0] = 0.5
-    with pytest.raises(io.ConfigMismatchError, match="other features"):
+    with pytest.raises(h5io.ConfigMismatchError, match="other features"):
         hloc.check_matches_fit(tmp_path / "hloc_features.h5", tmp_path / "m_hloc.h5")
-    with pytest.raises(io.ConfigMismatchError, match="another configuration"):
+    with pytest.raises(h5io.ConfigMismatchError, match="another configuration"):
         match.main(tmp_path / "hloc_features.h5", tmp_path / "pairs.txt", tmp_path / "m_hloc.h5", preset,
-                   device="cpu")
+                   RunOptions(device="cpu"))
     # and our extraction never writes into an hloc file
-    with pytest.raises(io.ConfigMismatchError, match="not written by omniglue-sfm"):
-        extract.main(tmp_path, tmp_path / "hloc_features.h5", preset, image_names=[])
+    with pytest.raises(h5io.ConfigMismatchError, match="not written by omniglue-sfm"):
+        extract.main(extract.ImageSet(tmp_path, []), tmp_path / "hloc_features.h5", preset)
 
 
 def test_hloc_features_of_the_wrong_size_or_layout_are_refused(tmp_path: Path, capsys) -> None:
     write_hloc_features(tmp_path / "f.h5", {"a.jpg": _item(5, 0, dim=16), "b.jpg": _item(6, 1, dim=16)})
-    io.write_pairs(tmp_path / "pairs.txt", [("a.jpg", "b.jpg")])
+    textfiles.write_pairs(tmp_path / "pairs.txt", [("a.jpg", "b.jpg")])
     code = cli.main(["match", str(tmp_path / "f.h5"), str(tmp_path / "pairs.txt"), str(tmp_path / "m.h5"),
                      "--preset", "aliked+lightglue"])
     assert code == 1 and "16-d descriptors; the matcher expects 128-d" in capsys.readouterr().err
@@ -249,8 +254,8 @@ def hloc_scene(tmp_path_factory):
     items = _hloc_copy_of(root / "src" / "features.h5", rename, half=False)
     write_hloc_features(root / "features.h5", items, half=False)  # fp16 keypoints would cost ~0.1 px here
     pairs, old_form = {}, set()
-    for i, (a, b) in enumerate(io.iter_match_keys(root / "src" / "matches.h5")):
-        m, s = io.read_matches(root / "src" / "matches.h5", a, b)
+    for i, (a, b) in enumerate(matches_h5.iter_match_keys(root / "src" / "matches.h5")):
+        m, s = matches_h5.read_matches(root / "src" / "matches.h5", a, b)
         x, y = rename[a], rename[b]
         if i % 2:  # stored the other way round
             x, y, m = y, x, m[:, ::-1]
@@ -273,12 +278,12 @@ def test_sfm_reads_hloc_features_and_matches(hloc_scene) -> None:
     assert pycolmap_matched_pairs(root / "out" / "database.db") == 15  # every pair, whatever its key form
     # with hloc's pairs file (one pair in both orders) the same pairs are imported
     (root / "pairs.txt").write_text("".join(f"{a} {b}\n{b} {a}\n" for a, b in pairs if " " not in a + b))
-    chosen = sfm.select_pairs(root / "matches.h5", io.list_names(root / "features.h5"), root / "pairs.txt")
+    chosen = sfm.select_pairs(root / "matches.h5", h5io.list_names(root / "features.h5"), root / "pairs.txt")
     assert 0 < len(chosen) == sum(" " not in a + b for a, b in pairs)
 
 
 def pycolmap_matched_pairs(db_path: Path) -> int:
-    from omniglue_sfm.mapping import pair_statistics
+    from omniglue_sfm.colmap.mapper import pair_statistics
 
     return pair_statistics(db_path)["matched_pairs"]
 
@@ -296,19 +301,19 @@ def test_hloc_matches_that_do_not_fit_the_features_are_refused(hloc_scene, tmp_p
     bad[np.flatnonzero(bad >= 0)[0]] = -7  # an int16 overflow, never "no match"
     write_hloc_matches(tmp_path / "m.h5", {(a, b): (bad, s0)})
     with pytest.raises(ValueError, match="int16 overflow"):
-        io.read_matches(tmp_path / "m.h5", b, a)
+        matches_h5.read_matches(tmp_path / "m.h5", b, a)
 
 
 def test_sfm_refuses_matches_made_from_other_features(tmp_path: Path) -> None:
     for tag in ("f1", "f2"):
-        with io.ShardedH5(tmp_path / f"{tag}.h5", "features", {"features": {"name": tag}}) as store:
+        with sharded.ShardedH5(tmp_path / f"{tag}.h5", "features", {"features": {"name": tag}}) as store:
             store.add("a.jpg", _item(5, 0))
             store.add("b.jpg", _item(5, 1))
     config = {"matcher": {}, "features": {"features": {"name": "f1"}}}
-    with io.ShardedH5(tmp_path / "m.h5", "matches", config) as s:
-        s.add(io.pair_key("a.jpg", "b.jpg"), {"matches0": np.arange(5, dtype=np.int32)})
+    with sharded.ShardedH5(tmp_path / "m.h5", "matches", config) as s:
+        s.add(matches_h5.pair_key("a.jpg", "b.jpg"), {"matches0": np.arange(5, dtype=np.int32)})
     assert hloc.check_matches_fit(tmp_path / "f1.h5", tmp_path / "m.h5")["matches"] == "omniglue-sfm"
-    with pytest.raises(io.ConfigMismatchError, match="other features"):
+    with pytest.raises(h5io.ConfigMismatchError, match="other features"):
         hloc.check_matches_fit(tmp_path / "f2.h5", tmp_path / "m.h5")
 
 
@@ -333,7 +338,7 @@ def test_localize_writes_hloc_results_with_names_as_given(tmp_path: Path) -> Non
     saved = json.loads((tmp_path / "localize.json").read_text())
     assert saved["failed"] == {"日本/q2.jpg": "too few PnP inliers (3 < 12)"} == report["failed"]
     assert saved["hloc_results"] == localize.HLOC_RESULTS
-    assert list(io.read_poses(tmp_path / "poses.txt")) == ["dir/q 1.jpg"]
+    assert list(textfiles.read_poses(tmp_path / "poses.txt")) == ["dir/q 1.jpg"]
 
 
 def test_a_file_without_links_gets_them_from_merge(tmp_path: Path) -> None:
@@ -341,8 +346,8 @@ def test_a_file_without_links_gets_them_from_merge(tmp_path: Path) -> None:
     a, b = "sub dir/é 1.jpg", "x y/z.PNG"
     path = tmp_path / "m.h5"
     with h5py.File(path, "w") as f:
-        f.attrs[io.CONFIG_ATTR] = io.config_to_json({"m": 1})
-        group = f.create_group(io.pair_key(a, b))
+        f.attrs[h5io.CONFIG_ATTR] = h5io.config_to_json({"m": 1})
+        group = f.create_group(matches_h5.pair_key(a, b))
         group["matches0"] = np.array([1, -1, 0], np.int32)
         group["matching_scores0"] = np.ones(3, np.float32)
     with pytest.raises(ValueError, match="not found"):

@@ -12,7 +12,8 @@ import pytest
 from conftest import SAMPLE_IMAGES
 from PIL import Image
 
-from omniglue_sfm.images import (
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats.images import (
     ImageReadError,
     list_images,
     read_image,
@@ -105,7 +106,7 @@ def test_broken_links_are_listed_and_reported_by_extract(tmp_path: Path) -> None
     (images / "broken.jpg").symlink_to(images / "gone.jpg")
     (images / "loop.jpg").symlink_to(images / "loop.jpg")
     (images / "empty.jpg").write_bytes(b"")
-    summary = extract.main(images, tmp_path / "features.h5", small_preset(), device="cpu")
+    summary = extract.main(images, tmp_path / "features.h5", small_preset(), RunOptions(device="cpu"))
     assert summary.names == []
     assert summary.failed["broken.jpg"].startswith("broken symbolic link")
     assert summary.failed["loop.jpg"].startswith("symbolic link loop")
@@ -119,7 +120,7 @@ def test_broken_links_are_listed_and_reported_by_extract(tmp_path: Path) -> None
 def test_pillow_bomb_guard_is_lifted_for_our_reads_and_our_limit_applies(tmp_path: Path, monkeypatch) -> None:
     from PIL import Image
 
-    from omniglue_sfm import images
+    from omniglue_sfm.formats import images
 
     Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as if a.png were a 200 MP photo
@@ -134,7 +135,7 @@ def test_pillow_bomb_guard_is_lifted_for_our_reads_and_our_limit_applies(tmp_pat
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_large_image_is_decoded_reduced_in_the_same_frame(tmp_path: Path, monkeypatch, suffix) -> None:
-    from omniglue_sfm import images
+    from omniglue_sfm.formats import images
 
     rng = np.random.default_rng(0)
     arr = np.repeat(np.repeat(rng.integers(0, 255, (20, 25, 3), dtype=np.uint8), 32, 0), 32, 1)  # 800x640
@@ -156,7 +157,7 @@ def test_large_image_is_decoded_reduced_in_the_same_frame(tmp_path: Path, monkey
 
 
 def test_large_exif_rotated_image_reports_its_upright_size(tmp_path: Path, monkeypatch) -> None:
-    from omniglue_sfm import images
+    from omniglue_sfm.formats import images
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -170,7 +171,7 @@ def test_a_100_megapixel_jpeg_is_read_for_extraction_in_bounded_memory(tmp_path:
     """In a fresh process, whose peak RSS (VmHWM: ru_maxrss would keep the parent's across exec)
     is this read's; a full decode alone needs 108 MP x 3 bytes = 324 MB."""
     Image.linear_gradient("L").resize((12000, 9000)).convert("RGB").save(tmp_path / "big.jpg", quality=70)
-    code = ("import sys; from omniglue_sfm.images import read_image_sized; "
+    code = ("import sys; from omniglue_sfm.formats.images import read_image_sized; "
             "arr, size = read_image_sized(sys.argv[1], 1600); "
             "peak = next(int(line.split()[1]) for line in open('/proc/self/status') "
             "if line.startswith('VmHWM')); "

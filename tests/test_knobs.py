@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglue_sfm import cli, io, match, presets
+from omniglue_sfm import cli, match
+from omniglue_sfm.config import presets
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io, matches_h5, textfiles
 
 
 def _errors(capsys) -> list[str]:
@@ -120,9 +123,9 @@ def test_knobs_are_recorded_and_another_value_is_not_resumed_into(small_scene: P
     out = tmp_path / "features.h5"
     assert _run(["extract", small_scene, out, "--preset", "aliked+mnn", "--max-keypoints", "40",
                  "--resize-max", "200", "--device", "cpu"]) == 0
-    recorded = io.read_config(out)["features"]
+    recorded = h5io.read_config(out)["features"]
     assert recorded["max_keypoints"] == 40 and recorded["resize_max"] == 200
-    assert all(0 < len(io.read_keypoints(out, n)) <= 40 for n in io.list_names(out))
+    assert all(0 < len(h5io.read_keypoints(out, n)) <= 40 for n in h5io.list_names(out))
     before = out.stat().st_mtime_ns
     capsys.readouterr()
     assert _run(["extract", small_scene, out, "--preset", "aliked+mnn", "--max-keypoints", "60",
@@ -135,9 +138,9 @@ def test_reconstruct_passes_its_knobs_on(small_scene: Path, tmp_path: Path, monk
     seen = {}
     real = match.main
 
-    def spy(*args, **kwargs):
-        seen["batch_size"] = kwargs.get("batch_size")
-        return real(*args, **kwargs)
+    def spy(features, pairs_path, matches, preset, run, **kwargs):
+        seen["batch_size"] = run.batch_size
+        return real(features, pairs_path, matches, preset, run, **kwargs)
 
     monkeypatch.setattr(match, "main", spy)
     out = tmp_path / "out"
@@ -145,8 +148,8 @@ def test_reconstruct_passes_its_knobs_on(small_scene: Path, tmp_path: Path, monk
                  "--resize-max", "256", "--batch-size", "2", "--device", "cpu"])
     assert code in (0, 2)  # 3 tiny images may not reconstruct; the knobs are what is tested
     assert seen["batch_size"] == 2
-    assert io.read_config(out / "features.h5")["features"]["max_keypoints"] == 64
-    assert io.read_config(out / "matches.h5")["features"]["features"]["max_keypoints"] == 64
+    assert h5io.read_config(out / "features.h5")["features"]["max_keypoints"] == 64
+    assert h5io.read_config(out / "matches.h5")["features"]["features"]["max_keypoints"] == 64
     capsys.readouterr()
     assert _run(["reconstruct", small_scene, out, "--preset", "aliked+mnn", "--max-keypoints", "80",
                  "--resize-max", "256", "--device", "cpu"]) == 1
@@ -157,14 +160,14 @@ def test_reconstruct_passes_its_knobs_on(small_scene: Path, tmp_path: Path, monk
 
 def test_batch_size_does_not_change_the_matches(small_features: Path, tmp_path: Path) -> None:
     """Why --batch-size is not part of the recorded configuration."""
-    names = io.list_names(small_features)
-    io.write_pairs(tmp_path / "pairs.txt", [(a, b) for a in names for b in names if a < b])
+    names = h5io.list_names(small_features)
+    textfiles.write_pairs(tmp_path / "pairs.txt", [(a, b) for a in names for b in names if a < b])
     from conftest import small_preset
 
     preset = small_preset("mnn")
     for size in (1, 3):
-        match.main(small_features, tmp_path / "pairs.txt", tmp_path / f"m{size}.h5", preset, device="cpu",
-                   batch_size=size)
-    for a, b in io.read_pairs(tmp_path / "pairs.txt"):
-        np.testing.assert_array_equal(io.read_matches(tmp_path / "m1.h5", a, b)[0],
-                                      io.read_matches(tmp_path / "m3.h5", a, b)[0])
+        match.main(small_features, tmp_path / "pairs.txt", tmp_path / f"m{size}.h5", preset,
+                   RunOptions(device="cpu", batch_size=size))
+    for a, b in textfiles.read_pairs(tmp_path / "pairs.txt"):
+        np.testing.assert_array_equal(matches_h5.read_matches(tmp_path / "m1.h5", a, b)[0],
+                                      matches_h5.read_matches(tmp_path / "m3.h5", a, b)[0])

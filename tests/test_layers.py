@@ -12,16 +12,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
     # files, data, where work runs
-    ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks", "formats"),
+    ("formats",), ("runtime",),
     # plugins, presets (validated against the plugins), cameras, geometry (orientation: the turn of
     # a photo and its keypoint mapping)
-    ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp", "orientation",
-     "geometry"),
-    ("mapping",),  # mapper and outputs shared by both SfM pipelines
+    ("config", "features", "guidance", "matchers", "geometry"),
+    ("colmap",),  # COLMAP database, mapper and outputs shared by both SfM pipelines
     # stages, pictures
-    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz", "frames"),
-    ("reconstruct", "localize", "export", "triangulate"),  # stages put together
-    ("evaluate", "evaluate_pairs", "evaluate_localization", "compare", "training"),  # reports
+    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "orientation", "viz", "frames"),
+    ("reconstruct", "localize", "export", "triangulate", "capture"),  # stages put together
+    ("evaluation", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -117,3 +116,55 @@ def test_no_import_cycle():
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state and (found := visit(t)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_packages():
+    """The top-level packages (formats, runtime, config, ...) and stage modules form no cycle."""
+    edges: dict[str, set[str]] = {}
+    for m in MODULES:
+        if not m:
+            continue
+        top = m.split(".")[0]
+        edges.setdefault(top,
+                         set()).update(t.split(".")[0] for t in GRAPH[m][0] if t and t.split(".")[0] != top)
+    cycle = _find_cycle(edges)
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_command_line_parses_arguments():
+    users = [m for m, path in MODULES.items() if m.split(".")[0] != "cli"
+             and any(isinstance(n, (ast.Import, ast.ImportFrom)) and "argparse" in
+                     ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""])
+                     for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))]
+    assert not users, f"library modules import argparse: {users}"
+
+
+@pytest.mark.parametrize("stage", ["extract", "match"])
+def test_stage_entry_points_take_few_parameters(stage):
+    """Options travel as dataclasses (RunOptions, ImageSet), not as loose keyword arguments."""
+    tree = ast.parse(MODULES[stage].read_text(encoding="utf-8"))
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    count = len(main.args.args) + len(main.args.kwonlyargs) + len(main.args.posonlyargs)
+    assert count <= 6, f"{stage}.main takes {count} parameters"

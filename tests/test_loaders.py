@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omniglue_sfm import weights
 from omniglue_sfm.matchers.base import collate_pairs
+from omniglue_sfm.runtime import weights
 
 # ------------------------------------------------------------------ official key tables
 
@@ -137,7 +137,7 @@ def test_key_tables_match_our_modules():
 @pytest.mark.parametrize("name", ["superpoint", "superpoint_open", "superglue_outdoor", "superglue_indoor",
                                   "dinov2_vits14", "dinov2_vitb14"])
 def test_missing_weights_name_file_and_url(name):
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     spec = weights.KNOWN[name]
     with pytest.raises(weights.WeightsNotFoundError) as err:
@@ -164,7 +164,7 @@ def _textured_image(h: int = 64, w: int = 80) -> torch.Tensor:
     ("superpoint_open", open_superpoint_keys, "open"),
 ])
 def test_superpoint_loads_both_layouts(tmp_path, monkeypatch, name, table, layout):
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     save_as(tmp_path, monkeypatch, name, random_state(table()))
     ex = registry.extractor({"name": "superpoint", "weights": name, "max_keypoints": 50,
@@ -183,7 +183,7 @@ def test_superpoint_loads_both_layouts(tmp_path, monkeypatch, name, table, layou
 
 
 def test_superpoint_layout_conf_overrides_and_rejects_wrong_file(tmp_path, monkeypatch):
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     save_as(tmp_path, monkeypatch, "superpoint", random_state(magicleap_superpoint_keys()))
     with pytest.raises(weights.WeightsNotFoundError, match="open SuperPoint"):
@@ -244,7 +244,7 @@ def _sg_pair(n0: int, n1: int, seed: int) -> tuple[dict, dict]:
 
 
 def test_superglue_loads_and_pads_like_single_pairs(tmp_path, monkeypatch):
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     save_as(tmp_path, monkeypatch, "superglue_outdoor", random_state(superglue_keys()))
     sg = registry.matcher({"name": "superglue", "weights": "superglue_outdoor", "sinkhorn_iterations": 30,
@@ -287,7 +287,7 @@ def test_superglue_keypoint_normalisation():
 
 
 def test_dinov2_loads_strictly_and_gives_dense_and_global(tmp_path, monkeypatch):
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     # depth comes from the checkpoint: two blocks keep the test fast, the names are the official ones
     save_as(tmp_path, monkeypatch, "dinov2_vits14", random_state(dinov2_keys(384, 2)))
@@ -348,11 +348,11 @@ def test_dinov2_block_matches_the_formula():
 
 
 def test_superpoint_and_dinov2_fit_the_extract_stage(tmp_path, monkeypatch):
-    """Through ``extract.extract_image``: a features.h5 item with 384-d guidance per keypoint."""
+    """Through ``features.image.extract_image``: a features.h5 item with 384-d guidance per keypoint."""
     import numpy as np
 
-    from omniglue_sfm import registry
-    from omniglue_sfm.extract import extract_image
+    from omniglue_sfm.config import registry
+    from omniglue_sfm.features.image import extract_image
 
     save_as(tmp_path, monkeypatch, "superpoint_open", random_state(open_superpoint_keys(), 1))
     save_as(tmp_path, monkeypatch, "dinov2_vits14", random_state(dinov2_keys(384, 1), 2))

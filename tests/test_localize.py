@@ -10,7 +10,11 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from omniglue_sfm import cameras, io, localize, match, pnp
+from omniglue_sfm import localize, match
+from omniglue_sfm.config import presets
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import matches_h5, sharded, textfiles
+from omniglue_sfm.geometry import cameras, pnp
 
 DESC_DIM = 32
 
@@ -32,7 +36,7 @@ def synthetic_map(tmp_path: Path, num_images: int = 4, num_points: int = 400, sp
     desc = rng.normal(size=(num_points, DESC_DIM)).astype(np.float32)
     pids = [rec.add_point3D(p, pycolmap.Track(), np.array([200, 120, 40], np.uint8)) for p in xyz]
     config = {"features": {"name": "synthetic"}}
-    with io.ShardedH5(tmp_path / "features.h5", "features", config) as store:
+    with sharded.ShardedH5(tmp_path / "features.h5", "features", config) as store:
         for i in range(num_images):
             pose = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.0, 0.01 * i, 0.0, 1.0])),
                                     np.array([0.6 * i - 0.9, 0.0, 0.0]))
@@ -66,7 +70,7 @@ def project(pose: pycolmap.Rigid3d, f: float, size: tuple[int, int], xyz: np.nda
 
 
 def write_query(path: Path, name: str, keypoints: np.ndarray, desc: np.ndarray, size=(640, 480)) -> None:
-    with io.ShardedH5(path, "features", {"features": {"name": "synthetic"}}) as store:
+    with sharded.ShardedH5(path, "features", {"features": {"name": "synthetic"}}) as store:
         store.add(name, {"keypoints": keypoints.astype(np.float32), "descriptors": desc.T.astype(np.float32),
                          "scores": np.ones(len(keypoints), np.float32), "image_size": np.array(size)})
 
@@ -126,7 +130,7 @@ def test_unmatchable_query_is_not_localized_and_gets_no_pose(tmp_path):
     assert not result.localized
     assert result.reason
     assert result.qvec is None and result.tvec is None
-    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec) for r in [result] if r.localized])
+    textfiles.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec) for r in [result] if r.localized])
     assert (tmp_path / "poses.txt").read_text() == ""
 
 
@@ -263,8 +267,8 @@ def test_query_lists_and_intrinsics(tmp_path):
 def test_poses_roundtrip_in_colmap_convention(tmp_path):
     r = localize.QueryResult("dir/q 1.jpg", localized=True)
     r.qvec, r.tvec = pnp.rigid_to_lists(QUERY_POSE)
-    io.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec)])
-    poses = io.read_poses(tmp_path / "poses.txt")
+    textfiles.write_poses(tmp_path / "poses.txt", [(r.name, r.qvec, r.tvec)])
+    poses = textfiles.read_poses(tmp_path / "poses.txt")
     assert list(poses) == ["dir/q 1.jpg"]
     assert np.allclose(poses["dir/q 1.jpg"].matrix(), QUERY_POSE.matrix(), atol=1e-8)
     assert r.qvec[0] > 0.99  # (w, x, y, z): a small rotation has w near 1
@@ -272,11 +276,11 @@ def test_poses_roundtrip_in_colmap_convention(tmp_path):
 
 def test_map_preset_from_file_configs(tmp_path):
     feats = {"features": {"name": "aliked", "max_keypoints": 77}}
-    with io.ShardedH5(tmp_path / "features.h5", "features", feats) as s:
+    with sharded.ShardedH5(tmp_path / "features.h5", "features", feats) as s:
         s.add("a.jpg", {"keypoints": np.zeros((1, 2), np.float32)})
     mconf = {"matcher": {"name": "mnn"}, "features": feats}
-    with io.ShardedH5(tmp_path / "matches.h5", "matches", mconf) as s:
-        s.add(io.pair_key("a.jpg", "b.jpg"), {"matches0": np.zeros(1, np.int32)})
+    with sharded.ShardedH5(tmp_path / "matches.h5", "matches", mconf) as s:
+        s.add(matches_h5.pair_key("a.jpg", "b.jpg"), {"matches0": np.zeros(1, np.int32)})
     preset = localize.map_preset(tmp_path)
     assert preset["features"] == feats["features"]
     assert preset["matcher"] == {"name": "mnn"}
@@ -292,12 +296,13 @@ SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small"
 
 @pytest.fixture(scope="module")
 def held_out_run(tmp_path_factory):
-    from omniglue_sfm import evaluate_localization
+    from omniglue_sfm.evaluation import localization as evaluate_localization
 
     out = tmp_path_factory.mktemp("evaluate_localization")
-    report = evaluate_localization.main(
-        SAMPLE / "images", SAMPLE / "gt", 2, out, "aliked+lightglue",
-        {"features": {"max_keypoints": 1024}}, device="cpu", progress=False)
+    preset = presets.resolve("aliked+lightglue", {"features": {"max_keypoints": 1024}})
+    report = evaluate_localization.main(SAMPLE / "images", SAMPLE / "gt", out, preset,
+                                        RunOptions(device="cpu"),
+                                        progress=False)
     return out, report
 
 
@@ -309,7 +314,7 @@ def test_held_out_images_localize_within_gt_thresholds(held_out_run):
         assert r["localized"], (name, r["reason"])
         assert r["position_error"] < 0.25 and r["rotation_error_deg"] < 2.0, (name, r)
     assert report["recall"]["0.25m_2deg"] == 1.0
-    poses = io.read_poses(out / "localize" / "poses.txt")
+    poses = textfiles.read_poses(out / "localize" / "poses.txt")
     assert sorted(poses) == ["0003.jpg", "0005.jpg"]
 
 
@@ -319,7 +324,7 @@ def test_query_from_another_scene_is_not_localized(held_out_run, tmp_path):
     rng = np.random.default_rng(3)
     coarse = rng.integers(0, 256, size=(86, 128, 3), dtype=np.uint8)
     Image.fromarray(coarse).resize((1024, 683), Image.Resampling.BICUBIC).save(tmp_path / "noise.jpg")
-    report = localize.main(out / "map", tmp_path, tmp_path / "loc", device="cpu")
+    report = localize.main(out / "map", tmp_path, tmp_path / "loc", run=RunOptions(device="cpu"))
     r = report["queries"]["noise.jpg"]
     assert not r["localized"] and r["reason"]
     assert (tmp_path / "loc" / "poses.txt").read_text() == ""
@@ -330,7 +335,7 @@ def test_query_from_another_scene_is_not_localized(held_out_run, tmp_path):
 
 
 def test_held_out_choice_is_deterministic_and_spares_the_first_two():
-    from omniglue_sfm.evaluate_localization import choose_held_out
+    from omniglue_sfm.evaluation.localization import choose_held_out
 
     names = [f"{i:04d}.jpg" for i in range(8)]
     assert choose_held_out(names, 2) == ["0003.jpg", "0005.jpg"]
@@ -343,8 +348,8 @@ def test_held_out_choice_is_deterministic_and_spares_the_first_two():
 
 def test_query_errors_are_zero_for_a_pose_in_a_similar_frame():
     """A map that is the GT world scaled, rotated and moved: errors vanish after alignment."""
-    from omniglue_sfm.evaluate_localization import query_errors, similarity_to_gt
-    from omniglue_sfm.scenes import CameraPose
+    from omniglue_sfm.evaluation.localization import query_errors, similarity_to_gt
+    from omniglue_sfm.geometry.scenes import CameraPose
 
     rng = np.random.default_rng(0)
     def rotation(q: np.ndarray) -> np.ndarray:

@@ -13,10 +13,12 @@ import pytest
 from conftest import resized_sample, small_preset
 from PIL import Image
 
-from omniglue_sfm import cli, export, extract, io, match, pairs, reconstruct
-from omniglue_sfm.images import list_images
-from omniglue_sfm.mapping import SfMOptions
-from omniglue_sfm.masks import MaskSet, keypoints_inside, mask_name
+from omniglue_sfm import cli, export, extract, match, pairs, reconstruct
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io
+from omniglue_sfm.formats.images import list_images
+from omniglue_sfm.formats.masks import MaskSet, keypoints_inside, mask_name
 
 
 def _half_masks(image_dir: Path, mask_dir: Path, blank: str = "left") -> Path:
@@ -63,12 +65,12 @@ def test_extract_drops_masked_keypoints_and_records_the_masks(small_scene: Path,
     preset = small_preset("mnn")
     masks = _half_masks(small_scene, (tmp_path / "masks").mkdir() or tmp_path / "masks")
     out = tmp_path / "features.h5"
-    extract.main(small_scene, out, preset, device="cpu", masks=masks)
-    assert io.read_config(out)["masks"] == str(masks.resolve())
+    extract.main(small_scene, out, {**preset, "masks": masks}, RunOptions(device="cpu"))
+    assert h5io.read_config(out)["masks"] == str(masks.resolve())
     names = list_images(small_scene)
     before = {}
     for name in names:
-        feats = io.read_features(out, name)
+        feats = h5io.read_features(out, name)
         w = int(feats["image_size"][0])
         n = len(feats["keypoints"])
         assert n > 30 and (feats["keypoints"][:, 0] >= w / 2 - 0.5).all()  # none in the blank half
@@ -83,17 +85,17 @@ def test_extract_drops_masked_keypoints_and_records_the_masks(small_scene: Path,
     pairs_path = tmp_path / "pairs.txt"
     pairs.main(None, pairs_path, names=names)
     matches = tmp_path / "matches.h5"
-    match.main(out, pairs_path, matches, preset, device="cpu")
+    match.main(out, pairs_path, matches, preset, RunOptions(device="cpu"))
     with Image.open(masks / mask_name(names[0])) as img:
         flipped = np.asarray(img)[:, ::-1].copy()
     Image.fromarray(flipped).save(masks / mask_name(names[0]))
-    extract.main(small_scene, out, preset, device="cpu", masks=masks)
-    changed = io.read_features(out, names[0])
+    extract.main(small_scene, out, {**preset, "masks": masks}, RunOptions(device="cpu"))
+    changed = h5io.read_features(out, names[0])
     w = int(changed["image_size"][0])
     assert (changed["keypoints"][:, 0] <= w / 2 - 0.5).all()
     for name in names[1:]:
-        np.testing.assert_array_equal(io.read_features(out, name)["keypoints"], before[name])
-    again = match.main(out, pairs_path, matches, preset, device="cpu")
+        np.testing.assert_array_equal(h5io.read_features(out, name)["keypoints"], before[name])
+    again = match.main(out, pairs_path, matches, preset, RunOptions(device="cpu"))
     assert again.num_pairs == 2 and again.num_skipped_existing == 1  # the pairs of names[0]
     # a missing mask is an error before any work
     (masks / mask_name(names[1])).unlink()
@@ -112,9 +114,8 @@ def test_masked_reconstruction_and_export(tmp_path: Path) -> None:
     images = resized_sample((tmp_path / "images").mkdir() or tmp_path / "images", 8, 480)
     masks = _half_masks(images, (tmp_path / "masks").mkdir() or tmp_path / "masks")
     out = tmp_path / "out"
-    result = reconstruct.main(images, out, small_preset("lightglue", max_keypoints=512, resize_max=480),
-                              options=SfMOptions(progress=False), print_summary=False,
-                              run=reconstruct.RunOptions(masks=masks))
+    preset = {**small_preset("lightglue", max_keypoints=512, resize_max=480), "masks": masks}
+    result = reconstruct.main(images, out, preset, sfm_options=SfMOptions(progress=False))
     assert result.reconstruction.num_reg_images() >= 6, result.stats
     assert result.stats["mean_reprojection_error"] < 1.5
     with h5py.File(out / "features.h5") as h5:

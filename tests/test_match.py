@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import small_preset
 
-from omniglue_sfm import io, match, weights
+from omniglue_sfm import match
 from omniglue_sfm.cli import main as cli_main
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io, matches_h5, sharded, textfiles
 from omniglue_sfm.matchers.base import collate_pairs, features_to_tensors
 from omniglue_sfm.matchers.lightglue import LightGlueMatcher
 from omniglue_sfm.matchers.mnn import MutualNearestNeighbour
+from omniglue_sfm.runtime import weights
 
 
 def _random_feats(n: int, seed: int, dim: int = 32) -> dict[str, torch.Tensor]:
@@ -55,7 +58,7 @@ def test_mnn_batching_equivalence(conf: dict) -> None:
 
 
 def _real_feats(path: Path) -> list[dict[str, torch.Tensor]]:
-    return [features_to_tensors(io.read_features(path, n)) for n in io.list_names(path)]
+    return [features_to_tensors(h5io.read_features(path, n)) for n in h5io.list_names(path)]
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
@@ -78,65 +81,67 @@ def test_lightglue_batching_equivalence(small_features: Path, adaptive: bool) ->
 def _pairs_file(tmp_path: Path, names: list[str]) -> Path:
     path = tmp_path / "pairs.txt"
     a, b, c = names[:3]
-    io.write_pairs(path, [(b, a), (a, c), (c, b), (a, b)])  # (a, b) repeats (b, a): 3 unique pairs
+    textfiles.write_pairs(path, [(b, a), (a, c), (c, b), (a, b)])  # (a, b) repeats (b, a): 3 unique pairs
     return path
 
 
 def test_match_main_mnn_and_lightglue(small_features: Path, tmp_path: Path) -> None:
-    names = io.list_names(small_features)
+    names = h5io.list_names(small_features)
     pairs_path = _pairs_file(tmp_path, names)
     for matcher in ("mnn", "lightglue"):
         out = tmp_path / f"{matcher}.h5"
-        s = match.main(small_features, pairs_path, out, small_preset(matcher), device="cpu", batch_size=2)
+        s = match.main(small_features, pairs_path, out, small_preset(matcher), RunOptions(device="cpu",
+                                                                                          batch_size=2))
         assert s.num_pairs == 3 and s.num_skipped_existing == 0 and s.mean_matches > 20
-        assert sorted(io.iter_match_keys(out)) == sorted(io.canonical_pair(a, b) for a, b in
-                                                          io.unique_pairs(io.read_pairs(pairs_path)))
-        fwd, _ = io.read_matches(out, names[1], names[0])
-        back, _ = io.read_matches(out, names[0], names[1])
+        assert sorted(matches_h5.iter_match_keys(out)) == sorted(matches_h5.canonical_pair(a, b) for a, b in
+                                                          matches_h5.unique_pairs(textfiles.read_pairs(pairs_path)))
+        fwd, _ = matches_h5.read_matches(out, names[1], names[0])
+        back, _ = matches_h5.read_matches(out, names[0], names[1])
         assert {tuple(r) for r in fwd} == {tuple(r[::-1]) for r in back}
-        cfg = io.read_config(out)
-        assert cfg["matcher"]["name"] == matcher and cfg["features"] == io.read_config(small_features)
-        again = match.main(small_features, pairs_path, out, small_preset(matcher), device="cpu")
+        cfg = h5io.read_config(out)
+        assert cfg["matcher"]["name"] == matcher and cfg["features"] == h5io.read_config(small_features)
+        again = match.main(small_features, pairs_path, out, small_preset(matcher), RunOptions(device="cpu"))
         assert again.num_pairs == 0 and again.num_skipped_existing == 3
-    with pytest.raises(io.ConfigMismatchError):
+    with pytest.raises(h5io.ConfigMismatchError):
         match.main(small_features, pairs_path, tmp_path / "mnn.h5", small_preset("mnn", min_similarity=0.9))
 
 
 def test_empty_image_needs_no_model(small_features: Path, tmp_path: Path, monkeypatch) -> None:
     feats = tmp_path / "f.h5"
-    with io.ShardedH5(feats, "features", io.read_config(small_features)) as store:
-        store.add("real.jpg", io.read_features(small_features, io.list_names(small_features)[0]))
+    with sharded.ShardedH5(feats, "features", h5io.read_config(small_features)) as store:
+        store.add("real.jpg", h5io.read_features(small_features, h5io.list_names(small_features)[0]))
         store.add("blank.jpg", {
             "keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
             "descriptors": np.zeros((128, 0), np.float32), "image_size": np.array([64, 64]),
         })
-    io.write_pairs(tmp_path / "p.txt", [("real.jpg", "blank.jpg")])
+    textfiles.write_pairs(tmp_path / "p.txt", [("real.jpg", "blank.jpg")])
     # superpoint LightGlue weights are absent here: building the matcher would raise
     monkeypatch.setenv("OMNIGLUE_SFM_OFFLINE", "1")
     monkeypatch.setenv("OMNIGLUE_SFM_CACHE", str(tmp_path / "cache"))
     preset = small_preset("lightglue", features="superpoint")
-    s = match.main(feats, tmp_path / "p.txt", tmp_path / "m.h5", preset, device="cpu")
+    s = match.main(feats, tmp_path / "p.txt", tmp_path / "m.h5", preset, RunOptions(device="cpu"))
     assert s.num_pairs == 1 and s.mean_matches == 0
-    m, _ = io.read_matches(tmp_path / "m.h5", "blank.jpg", "real.jpg")
+    m, _ = matches_h5.read_matches(tmp_path / "m.h5", "blank.jpg", "real.jpg")
     assert m.shape == (0, 2)
     with pytest.raises(weights.WeightsNotFoundError, match="superpoint_lightglue.pth"):
         LightGlueMatcher({"features": "superpoint"})
 
 
 def test_matcher_must_fit_features(small_features: Path, tmp_path: Path) -> None:
-    pairs_path = _pairs_file(tmp_path, io.list_names(small_features))
+    pairs_path = _pairs_file(tmp_path, h5io.list_names(small_features))
     with pytest.raises(ValueError, match="disk"):
         match.main(small_features, pairs_path, tmp_path / "m.h5", small_preset("lightglue", features="disk"),
-                   device="cpu")
-    io.write_pairs(tmp_path / "bad.txt", [("nope.jpg", io.list_names(small_features)[0])])
+                   RunOptions(device="cpu"))
+    textfiles.write_pairs(tmp_path / "bad.txt", [("nope.jpg", h5io.list_names(small_features)[0])])
     with pytest.raises(KeyError, match="nope.jpg"):
-        match.main(small_features, tmp_path / "bad.txt", tmp_path / "m2.h5", small_preset(), device="cpu")
+        match.main(small_features, tmp_path / "bad.txt", tmp_path / "m2.h5", small_preset(),
+                   RunOptions(device="cpu"))
 
 
 def test_shards_merge_to_the_full_result(small_features: Path, tmp_path: Path) -> None:
-    pairs_path = _pairs_file(tmp_path, io.list_names(small_features))
+    pairs_path = _pairs_file(tmp_path, h5io.list_names(small_features))
     full = tmp_path / "full.h5"
-    match.main(small_features, pairs_path, full, small_preset(), device="cpu")
+    match.main(small_features, pairs_path, full, small_preset(), RunOptions(device="cpu"))
     out = tmp_path / "m.h5"
     for i in range(2):
         assert cli_main(["match", str(small_features), str(pairs_path), str(out), "--preset", "aliked+mnn",
@@ -145,15 +150,15 @@ def test_shards_merge_to_the_full_result(small_features: Path, tmp_path: Path) -
     assert all(p.exists() for p in shards)
     # the CLI preset (aliked+mnn, min_similarity 0.75) differs from the test preset: compare like with like
     full_cli = tmp_path / "full_cli.h5"
-    match.main(small_features, pairs_path, full_cli, "aliked+mnn", device="cpu")
+    match.main(small_features, pairs_path, full_cli, "aliked+mnn", RunOptions(device="cpu"))
     assert cli_main(["merge", str(out), *map(str, shards)]) == 0
     with h5py.File(out) as merged, h5py.File(full_cli) as ref:
-        keys = io.list_names(out, "matches")
-        assert keys == io.list_names(full_cli, "matches") and len(keys) == 3
+        keys = h5io.list_names(out, "matches")
+        assert keys == h5io.list_names(full_cli, "matches") and len(keys) == 3
         for key in keys:
             np.testing.assert_array_equal(merged[key]["matches0"][()], ref[key]["matches0"][()])
-    with pytest.raises(io.ConfigMismatchError):
-        io.merge_h5([full, full_cli], tmp_path / "mixed.h5", "matches")
+    with pytest.raises(h5io.ConfigMismatchError):
+        sharded.merge_h5([full, full_cli], tmp_path / "mixed.h5", "matches")
     with pytest.raises(ValueError, match="0 <= i < n"):
         match.parse_shard("2/2")
     with pytest.raises(ValueError, match="i/n"):
@@ -163,18 +168,19 @@ def test_shards_merge_to_the_full_result(small_features: Path, tmp_path: Path) -
 def test_new_checkpoint_under_the_same_name_is_not_resumed_into(small_features: Path, tmp_path: Path) -> None:
     """matches.h5 records the checkpoint's hash: retraining OmniGlue into the same file name must
     not silently reuse matches made by the old weights."""
-    from omniglue_sfm.matchers.omniglue import OmniGlue, save_checkpoint
+    from omniglue_sfm.matchers.omniglue import OmniGlue
+    from omniglue_sfm.matchers.omniglue_plugin import save_checkpoint
 
-    pairs_path = _pairs_file(tmp_path, io.list_names(small_features))
+    pairs_path = _pairs_file(tmp_path, h5io.list_names(small_features))
     ckpt = tmp_path / "og.pt"
     torch.manual_seed(0)
     save_checkpoint(OmniGlue({"n_layers": 1}), ckpt, {"test": True})
     preset = small_preset("omniglue", guidance=True, weights=str(ckpt))
     out = tmp_path / "m.h5"
-    match.main(small_features, pairs_path, out, preset, device="cpu")
-    assert io.read_config(out)["matcher_checkpoint_sha256"] == weights.fingerprint(preset["matcher"])
-    match.main(small_features, pairs_path, out, preset, device="cpu")  # same weights: resumes
+    match.main(small_features, pairs_path, out, preset, RunOptions(device="cpu"))
+    assert h5io.read_config(out)["matcher_checkpoint_sha256"] == weights.fingerprint(preset["matcher"])
+    match.main(small_features, pairs_path, out, preset, RunOptions(device="cpu"))  # same weights: resumes
     torch.manual_seed(1)
     save_checkpoint(OmniGlue({"n_layers": 1}), ckpt, {"test": True})
-    with pytest.raises(io.ConfigMismatchError):
-        match.main(small_features, pairs_path, out, preset, device="cpu")
+    with pytest.raises(h5io.ConfigMismatchError):
+        match.main(small_features, pairs_path, out, preset, RunOptions(device="cpu"))

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from omniglue_sfm.matchers.base import collate_pairs
-from omniglue_sfm.matchers.omniglue import OmniGlue, OmniGlueMatcher, load_model, save_checkpoint, warm_start
+from omniglue_sfm.matchers.omniglue import OmniGlue
+from omniglue_sfm.matchers.omniglue_plugin import OmniGlueMatcher, load_model, save_checkpoint, warm_start
 from omniglue_sfm.matchers.sinkhorn import log_optimal_transport
 
 SIZE = torch.tensor([640.0, 480.0])
@@ -178,7 +179,7 @@ def test_matcher_config_typos_are_errors() -> None:
 
 
 def test_old_checkpoints_are_refused_with_a_clear_message(tmp_path) -> None:
-    from omniglue_sfm import weights
+    from omniglue_sfm.runtime import weights
 
     path = tmp_path / "v1.pt"
     torch.save({"conf": {"d_model": 256, "guidance_ratio": 0.5}, "state_dict": {}}, path)

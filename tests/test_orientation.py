@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_IMAGES, small_preset
 from PIL import Image
+from turned_scene import write_turned_scene
 
-from omniglue_sfm import extract, io, orientation
+from omniglue_sfm import extract, orientation
+from omniglue_sfm.config import presets
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.config.rotation import OrientationOptions, options_from_preset
+from omniglue_sfm.features.image import extract_image
+from omniglue_sfm.formats import h5io, provenance
+from omniglue_sfm.geometry.scenes import CameraPose
+from omniglue_sfm.geometry.turns import from_upright, to_upright, turn_camera, turn_image
 from omniglue_sfm.matchers.base import features_to_tensors
-from omniglue_sfm.orientation import OrientationOptions
 from omniglue_sfm.pairs import exhaustive
-from omniglue_sfm.scenes import CameraPose
 
 
 def _candidates(names: list[str]) -> list[tuple[str, str]]:
@@ -27,13 +33,13 @@ def test_keypoints_follow_the_pixels_for_each_quarter_turn(turn):
     rng = np.random.default_rng(turn)
     h, w = 5, 8
     img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
-    turned = orientation.turn_image(img, turn)
+    turned = turn_image(img, turn)
     xy = np.array([(x, y) for y in range(h) for x in range(w)], dtype=np.float64)
-    up, size = orientation.to_upright(xy, (w, h), turn)
+    up, size = to_upright(xy, (w, h), turn)
     assert size == (turned.shape[1], turned.shape[0])
     cols, rows = up[:, 0].astype(int), up[:, 1].astype(int)
     assert np.array_equal(turned[rows, cols], img[xy[:, 1].astype(int), xy[:, 0].astype(int)])
-    back, back_size = orientation.from_upright(up, size, turn)
+    back, back_size = from_upright(up, size, turn)
     assert back_size == (w, h)
     np.testing.assert_allclose(back, xy)
 
@@ -47,7 +53,7 @@ def test_turned_camera_projects_where_the_pixels_went(turn):
     angle = 0.3
     R = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
     pose = CameraPose(R=R, t=np.array([0.2, -0.1, 3.0]), K=K, size=(1024, 683))
-    turned = orientation.turn_camera(pose, turn)
+    turned = turn_camera(pose, turn)
     np.testing.assert_allclose(turned.center, pose.center, atol=1e-9)
     points = rng.normal(size=(20, 3))
 
@@ -56,7 +62,7 @@ def test_turned_camera_projects_where_the_pixels_went(turn):
         uv = (p.K @ cam.T).T
         return uv[:, :2] / uv[:, 2:]
 
-    expected, size = orientation.to_upright(project(pose), pose.size, turn)
+    expected, size = to_upright(project(pose), pose.size, turn)
     np.testing.assert_allclose(project(turned), expected, atol=1e-6)
     assert turned.size == size
 
@@ -128,14 +134,14 @@ def test_unclear_group_is_left_as_stored():
 
 
 def test_options_from_preset_and_errors():
-    assert orientation.options_from_preset({"rotation": "off"}) is None
-    assert orientation.options_from_preset({}) is None
-    assert orientation.options_from_preset({"rotation": "auto"}) == OrientationOptions()
-    assert orientation.options_from_preset({"rotation": {"min_inliers": 50}}).min_inliers == 50
+    assert options_from_preset({"rotation": "off"}) is None
+    assert options_from_preset({}) is None
+    assert options_from_preset({"rotation": "auto"}) == OrientationOptions()
+    assert options_from_preset({"rotation": {"min_inliers": 50}}).min_inliers == 50
     with pytest.raises(ValueError, match="rotation mode"):
-        orientation.options_from_preset({"rotation": "sideways"})
+        options_from_preset({"rotation": "sideways"})
     with pytest.raises(ValueError, match="unknown rotation option"):
-        orientation.options_from_preset({"rotation": {"angle": 3}})
+        options_from_preset({"rotation": {"angle": 3}})
 
 
 def test_features_reach_the_matcher_upright():
@@ -159,7 +165,7 @@ def _scene(folder: Path, turned_cw: dict[int, int], long_side: int = 320) -> Pat
             f = long_side / max(img.size)
             arr = np.asarray(img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BOX))
         k = -(turned_cw.get(i, 0) // 90) % 4
-        Image.fromarray(orientation.turn_image(arr, k)).save(folder / f"{src.stem}.png")
+        Image.fromarray(turn_image(arr, k)).save(folder / f"{src.stem}.png")
     return folder
 
 
@@ -172,7 +178,7 @@ def _preset(rotation: str = "auto") -> dict:
 def upright_features(tmp_path_factory) -> Path:
     folder = _scene(tmp_path_factory.mktemp("upright") / "images", {})
     out = folder.parent / "features.h5"
-    summary = extract.main(folder, out, _preset("off"), device="cpu")
+    summary = extract.main(folder, out, _preset("off"), RunOptions(device="cpu"))
     assert not summary.failed and summary.turns == {}
     return out
 
@@ -182,16 +188,16 @@ def upright_features(tmp_path_factory) -> Path:
 def test_extract_finds_the_turn_and_stores_original_pixels(tmp_path, upright_features, degrees):
     folder = _scene(tmp_path / "images", {1: degrees})
     out = tmp_path / "features.h5"
-    summary = extract.main(folder, out, _preset(), device="cpu")
+    summary = extract.main(folder, out, _preset(), RunOptions(device="cpu"))
     assert summary.turns == {"0000.png": 0, "0001.png": degrees // 90, "0002.png": 0}
     assert summary.orientation["turned"] == {"0001.png": degrees}
-    assert io.read_turn(out, "0001.png") == degrees // 90
-    assert io.read_config(out)["rotation"]["mode"] == "auto"
+    assert provenance.read_turn(out, "0001.png") == degrees // 90
+    assert h5io.read_config(out)["rotation"]["mode"] == "auto"
     # the turned image was extracted upright: its keypoints, mapped to the upright view, are the
     # upright image's own; stored, they are in the turned file's pixels and size
-    stored = io.read_features(out, "0001.png")
-    ref = io.read_features(upright_features, "0001.png")
-    up, size = orientation.to_upright(stored["keypoints"], stored["image_size"], degrees // 90)
+    stored = h5io.read_features(out, "0001.png")
+    ref = h5io.read_features(upright_features, "0001.png")
+    up, size = to_upright(stored["keypoints"], stored["image_size"], degrees // 90)
     assert tuple(size) == tuple(ref["image_size"])
     np.testing.assert_allclose(up, ref["keypoints"], atol=1e-3)
     np.testing.assert_allclose(stored["descriptors"], ref["descriptors"], atol=1e-5)
@@ -202,21 +208,21 @@ def test_extract_finds_the_turn_and_stores_original_pixels(tmp_path, upright_fea
 def test_upright_scene_costs_little_and_resume_skips_the_pass(tmp_path, upright_features):
     folder = _scene(tmp_path / "images", {})
     out = tmp_path / "features.h5"
-    summary = extract.main(folder, out, _preset(), device="cpu")
+    summary = extract.main(folder, out, _preset(), RunOptions(device="cpu"))
     assert set(summary.turns.values()) == {0}
     assert summary.orientation["extractions"] == 3 and summary.orientation["matched_pairs"] <= 3
-    np.testing.assert_allclose(io.read_keypoints(out, "0002.png"),
-                               io.read_keypoints(upright_features, "0002.png"))
-    again = extract.main(folder, out, _preset(), device="cpu")
+    np.testing.assert_allclose(h5io.read_keypoints(out, "0002.png"),
+                               h5io.read_keypoints(upright_features, "0002.png"))
+    again = extract.main(folder, out, _preset(), RunOptions(device="cpu"))
     assert again.orientation is None and again.turns == summary.turns
 
 
 def test_rotation_setting_is_part_of_the_features_config(tmp_path):
     folder = _scene(tmp_path / "images", {})
     out = tmp_path / "features.h5"
-    extract.main(folder, out, _preset("off"), device="cpu", image_names=["0000.png"])
-    with pytest.raises(io.ConfigMismatchError):
-        extract.main(folder, out, _preset("auto"), device="cpu")
+    extract.main(extract.ImageSet(folder, ["0000.png"]), out, _preset("off"), RunOptions(device="cpu"))
+    with pytest.raises(h5io.ConfigMismatchError):
+        extract.main(folder, out, _preset("auto"), RunOptions(device="cpu"))
 
 
 def test_rotation_on_the_command_line(tmp_path, capsys):
@@ -225,7 +231,7 @@ def test_rotation_on_the_command_line(tmp_path, capsys):
     folder = _scene(tmp_path / "images", {})
     out = tmp_path / "features.h5"
     assert cli.main(["extract", str(folder), str(out), "--preset", "aliked-mnn", "--rotation", "off"]) == 0
-    assert "rotation" not in io.read_config(out)
+    assert "rotation" not in h5io.read_config(out)
     capsys.readouterr()
     # the preset's default (auto) is another configuration than the file's: a clear error, exit 1
     assert cli.main(["extract", str(folder), str(out), "--preset", "aliked-mnn"]) == 1
@@ -239,23 +245,23 @@ def test_rotation_on_the_command_line(tmp_path, capsys):
 def test_an_image_whose_turn_changed_is_re_extracted(tmp_path):
     folder = _scene(tmp_path / "images", {})
     out = tmp_path / "features.h5"
-    extract.main(folder, out, _preset(), device="cpu")
-    before = io.read_keypoints(out, "0001.png")
+    extract.main(folder, out, _preset(), RunOptions(device="cpu"))
+    before = h5io.read_keypoints(out, "0001.png")
     # the same name now holds the photo turned by 180 degrees (new content: re-extracted, new turn)
     _scene(tmp_path / "turned", {1: 180})
     (folder / "0001.png").write_bytes((tmp_path / "turned" / "0001.png").read_bytes())
-    summary = extract.main(folder, out, _preset(), device="cpu")
+    summary = extract.main(folder, out, _preset(), RunOptions(device="cpu"))
     assert summary.turns["0001.png"] == 2
-    after = io.read_keypoints(out, "0001.png")
-    w, h = io.read_features(out, "0001.png")["image_size"]
-    np.testing.assert_allclose(after, orientation.from_upright(before, (w, h), 2)[0], atol=1e-3)
+    after = h5io.read_keypoints(out, "0001.png")
+    w, h = h5io.read_features(out, "0001.png")["image_size"]
+    np.testing.assert_allclose(after, from_upright(before, (w, h), 2)[0], atol=1e-3)
 
 
 def test_turned_scene_writer(tmp_path):
-    from omniglue_sfm.scenes import read_strecha_dir
+    from omniglue_sfm.geometry.scenes import read_strecha_dir
 
     sample = SAMPLE_IMAGES.parent
-    out = orientation.write_turned_scene(sample, tmp_path / "scene", {"0001.jpg": 90, "0002.jpg": 180},
+    out = write_turned_scene(sample, tmp_path / "scene", {"0001.jpg": 90, "0002.jpg": 180},
                                          long_side=256)
     gt, src = read_strecha_dir(out / "gt"), read_strecha_dir(sample / "gt")
     with Image.open(out / "images" / "0001.jpg") as img:
@@ -263,7 +269,7 @@ def test_turned_scene_writer(tmp_path):
     for name in ("0000.jpg", "0001.jpg", "0002.jpg"):
         np.testing.assert_allclose(gt[name].center, src[name].center, atol=1e-4)
     with pytest.raises(ValueError, match="multiples of 90"):
-        orientation.write_turned_scene(sample, tmp_path / "bad", {"0001.jpg": 45})
+        write_turned_scene(sample, tmp_path / "bad", {"0001.jpg": 45})
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,13 +283,13 @@ TURNED = {"0000.jpg": 90, "0003.jpg": 180, "0006.jpg": 270}
 @pytest.mark.slow
 def test_turned_sample_reconstructs_like_the_upright_one(tmp_path):
     from omniglue_sfm import reconstruct
-    from omniglue_sfm.evaluate import evaluate
-    from omniglue_sfm.mapping import SfMOptions
+    from omniglue_sfm.colmap.mapper import SfMOptions
+    from omniglue_sfm.evaluation.reconstruction import evaluate
 
-    scene = orientation.write_turned_scene(SAMPLE, tmp_path / "scene", TURNED)
+    scene = write_turned_scene(SAMPLE, tmp_path / "scene", TURNED)
     out = tmp_path / "out"
-    result = reconstruct.main(scene / "images", out, "omniglue", preset_overrides=FAST,
-                              options=SfMOptions(progress=False), print_summary=False)
+    result = reconstruct.main(scene / "images", out, presets.resolve("omniglue", FAST),
+                              sfm_options=SfMOptions(progress=False))
     expected = {f"{i:04d}.jpg": TURNED.get(f"{i:04d}.jpg", 0) for i in range(8)}
     assert result.stats["image_turns_deg"] == expected
     assert result.stats["orientation"]["turned"] == TURNED
@@ -295,9 +301,9 @@ def test_turned_sample_reconstructs_like_the_upright_one(tmp_path):
     rec = pycolmap.Reconstruction(out / "sparse")
     cams = {rec.image(i).name: rec.image(i).camera for i in rec.reg_image_ids()}
     assert cams["0000.jpg"].height > cams["0000.jpg"].width
-    off = reconstruct.main(scene / "images", tmp_path / "off", "omniglue",
-                           preset_overrides={**FAST, "rotation": "off"}, options=SfMOptions(progress=False),
-                           print_summary=False)
+    off_preset = presets.resolve("omniglue", {**FAST, "rotation": "off"})
+    off = reconstruct.main(scene / "images", tmp_path / "off", off_preset,
+                           sfm_options=SfMOptions(progress=False))
     assert "image_turns_deg" not in off.stats and "orientation" not in off.stats
 
 
@@ -305,12 +311,12 @@ def test_turned_sample_reconstructs_like_the_upright_one(tmp_path):
 def test_query_turned_by_180_degrees_localizes(tmp_path):
     """The held-out images of the sample (0003, 0005) are queries, turned by 180 and 270 degrees;
     the map is built from the upright others (aliked+lightglue, as evaluate-localization does)."""
-    from omniglue_sfm import evaluate_localization
+    from omniglue_sfm.evaluation import localization as evaluate_localization
 
-    scene = orientation.write_turned_scene(SAMPLE, tmp_path / "scene", {"0003.jpg": 180, "0005.jpg": 270})
-    report = evaluate_localization.main(scene / "images", scene / "gt", 2, tmp_path / "run",
-                                        "aliked+lightglue", {"features": {"max_keypoints": 1024}},
-                                        device="cpu", progress=False)
+    scene = write_turned_scene(SAMPLE, tmp_path / "scene", {"0003.jpg": 180, "0005.jpg": 270})
+    preset = presets.resolve("aliked+lightglue", {"features": {"max_keypoints": 1024}})
+    report = evaluate_localization.main(scene / "images", scene / "gt", tmp_path / "run", preset,
+                                        RunOptions(device="cpu"), progress=False)
     assert report["held_out"] == ["0003.jpg", "0005.jpg"]
     for name, r in report["per_query"].items():
         assert r["localized"], (name, r["reason"])
@@ -325,15 +331,15 @@ def test_a_large_image_decoded_reduced_is_extracted_upright_in_the_same_frame(tu
     full image's size turned, so keypoints land where a full decode puts them."""
     import torch
 
-    from omniglue_sfm import registry
+    from omniglue_sfm.config import registry
 
     rng = np.random.default_rng(0)
     full = np.repeat(np.repeat(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), 16, 0), 16, 1)  # 800x640
     reduced = full.reshape(320, 2, 400, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)  # a 1/2 decode
     extractor = registry.extractor(small_preset(max_keypoints=128)["features"]).eval()
     cpu = torch.device("cpu")
-    a, _ = extract.extract_image(full, extractor, None, 200, cpu, None, turn)
-    b, _ = extract.extract_image(reduced, extractor, None, 200, cpu, (800, 640), turn)
+    a, _ = extract_image(full, extractor, None, 200, cpu, None, turn)
+    b, _ = extract_image(reduced, extractor, None, 200, cpu, (800, 640), turn)
     assert list(a["image_size"]) == list(b["image_size"]) == [800, 640]
     # the same resized picture up to rounding: most keypoints agree to within a pixel of the original
     dist = np.linalg.norm(a["keypoints"][:, None] - b["keypoints"][None], axis=2).min(axis=1)
@@ -351,8 +357,10 @@ def test_given_turns_are_estimated_only_when_features_are_new(tmp_path):
         calls.append(list(names))
         return {"0002.png": 2}
 
-    first = extract.main(folder, out, _preset(), device="cpu", turns=probe)
+    first = extract.main(extract.ImageSet(folder, None, turns=probe), out, _preset(),
+                         RunOptions(device="cpu"))
     assert calls == [["0000.png", "0001.png", "0002.png"]] and first.turns["0002.png"] == 2
     assert first.orientation is None  # the caller's estimate, not the pass
-    again = extract.main(folder, out, _preset(), device="cpu", turns=probe)
+    again = extract.main(extract.ImageSet(folder, None, turns=probe), out, _preset(),
+                         RunOptions(device="cpu"))
     assert len(calls) == 1 and again.turns == first.turns

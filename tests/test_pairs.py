@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 from conftest import SHARED_SCENES, need_shared_scenes, save_resized, small_preset
 
-from omniglue_sfm import extract, io, pairs
+from omniglue_sfm import extract, pairs
 from omniglue_sfm.cli import main as cli_main
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import matches_h5, textfiles
 
 NAMES = [f"{i:03d}.jpg" for i in range(12)]
 
 
 def test_exhaustive() -> None:
     got = pairs.exhaustive(NAMES)
-    assert len(got) == 66 and len(io.unique_pairs(got)) == 66
+    assert len(got) == 66 and len(matches_h5.unique_pairs(got)) == 66
 
 
 def test_sequential_window_and_quadratic() -> None:
@@ -43,7 +45,7 @@ def test_retrieval_and_loop_closure(tmp_path: Path) -> None:
     vecs = centres[labels] + 0.1 * rng.normal(size=(len(NAMES), 16))
     _write_global(tmp_path / "g.h5", NAMES, vecs)
     got = pairs.retrieval(tmp_path / "g.h5", NAMES, num_matched=3)
-    assert all(a != b for a, b in got) and len(got) == len(io.unique_pairs(got))
+    assert all(a != b for a, b in got) and len(got) == len(matches_h5.unique_pairs(got))
     assert all(labels[NAMES.index(a)] == labels[NAMES.index(b)] for a, b in got)
     # every image has its 3 neighbours (some pairs are shared, hence <= 36)
     assert 18 <= len(got) <= 36
@@ -70,11 +72,11 @@ def test_covisibility(tmp_path: Path) -> None:
 def test_cli_pairs(small_scene: Path, small_features: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.txt"
     assert cli_main(["pairs", str(small_scene), str(out), "--mode", "exhaustive"]) == 0
-    assert len(io.read_pairs(out)) == 3
+    assert len(textfiles.read_pairs(out)) == 3
     glob = small_features.with_name("global.h5")
     assert cli_main(["pairs", str(small_scene), str(out), "--mode", "retrieval", "--global", str(glob),
                      "--num-matched", "1"]) == 0
-    assert 2 <= len(io.read_pairs(out)) <= 3
+    assert 2 <= len(textfiles.read_pairs(out)) <= 3
     with pytest.raises(ValueError, match="--global"):
         pairs.main(small_scene, out, pairs.PairsOptions("retrieval"))
 
@@ -89,7 +91,8 @@ def test_retrieval_separates_two_scenes(tmp_path: Path) -> None:
         for src in sorted((SHARED_SCENES / scene / "images").glob("*.jpg"))[:6]:
             save_resized(src, images / scene / src.name, 256)
     glob = tmp_path / "g.h5"
-    extract.main(images, tmp_path / "f.h5", small_preset(max_keypoints=64), global_path=glob, device="cpu")
+    extract.main(images, tmp_path / "f.h5", small_preset(max_keypoints=64), RunOptions(device="cpu"),
+                 global_path=glob)
     got = pairs.retrieval(glob, None, num_matched=5)
     same = [a.split("/")[0] == b.split("/")[0] for a, b in got]
     assert np.mean(same) >= 0.9, f"{np.mean(same):.2f} of {len(got)} retrieval pairs within a scene"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omniglue_sfm import presets
+from omniglue_sfm.config import presets
 
 
 def test_resolve_names_dicts_and_overrides():

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from conftest import resized_sample, small_preset
 
-from omniglue_sfm import cli, executors, extract, match, pairs
+from omniglue_sfm import cli, extract, match, pairs
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.runtime import executors
 
 ray = pytest.importorskip("ray")
 
@@ -50,10 +52,10 @@ def local_ray():
 
 
 def run_stages(images: Path, out: Path, preset: dict, executor: executors.ExecutorOptions) -> None:
-    extract.main(images, out / "features.h5", preset, device="cpu", executor=executor)
+    extract.main(images, out / "features.h5", preset, RunOptions(device="cpu", executor=executor))
     pairs.main(images, out / "pairs.txt")
-    match.main(out / "features.h5", out / "pairs.txt", out / "matches.h5", preset, device="cpu",
-               batch_size=2, executor=executor)
+    match.main(out / "features.h5", out / "pairs.txt", out / "matches.h5", preset,
+               RunOptions(device="cpu", batch_size=2, executor=executor))
 
 
 def test_ray_gives_the_local_arrays(tmp_path: Path, local_ray: None) -> None:
@@ -67,8 +69,8 @@ def test_ray_gives_the_local_arrays(tmp_path: Path, local_ray: None) -> None:
     assert_same_arrays(tmp_path / "local" / "matches.h5", tmp_path / "ray" / "matches.h5")
     # the Ray run resumes like a local one: nothing left to do
     again = match.main(tmp_path / "ray" / "features.h5", tmp_path / "ray" / "pairs.txt",
-                       tmp_path / "ray" / "matches.h5", preset, device="cpu", batch_size=2,
-                       executor=ray_options)
+                       tmp_path / "ray" / "matches.h5", preset, RunOptions(device="cpu", batch_size=2,
+                                                                           executor=ray_options))
     assert again.num_pairs == 0 and again.num_skipped_existing == 6
 
 
@@ -98,8 +100,8 @@ def test_ray_address_needs_executor_ray(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def load_ray_check():
-    """pipelines/ray_check.py (the loopback cluster and the worker killer) as a module."""
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "ray_check.py"
+    """benchmarks/ray_check.py (the loopback cluster and the worker killer) as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ray_check.py"
     spec = importlib.util.spec_from_file_location("ray_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -145,6 +147,5 @@ def test_sift_pipeline_refuses_executor_ray(tmp_path: Path) -> None:
     images = resized_sample(tmp_path, 2, 128)
     with pytest.raises(ValueError, match="leave --executor out"):
         reconstruct.main(images, tmp_path / "out", "sift",
-                         run=reconstruct.RunOptions(executor=executors.ExecutorOptions("ray")),
-                         print_summary=False)
+                         RunOptions(executor=executors.ExecutorOptions("ray")))
     assert not (tmp_path / "out").exists()

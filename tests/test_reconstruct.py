@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from omniglue_sfm import cli, reconstruct
-from omniglue_sfm.evaluate import evaluate
-from omniglue_sfm.mapping import SfMOptions
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.config import presets
+from omniglue_sfm.evaluation.reconstruction import evaluate
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small"
 # Fewer keypoints and smaller extraction images keep each run well under a minute on 2 CPU
@@ -38,18 +39,19 @@ def _check_sample_model(out: Path, result) -> None:
 
 def test_sample_scene_aliked_lightglue(tmp_path, capsys):
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, "aliked+lightglue", preset_overrides=FAST,
-                              options=SfMOptions(progress=False))
-    _check_sample_model(out, result)
+    # the command line prints the summary table
+    assert cli.main(["reconstruct", str(SAMPLE / "images"), str(out), "--preset", "aliked+lightglue",
+                     "--max-keypoints", "512", "--resize-max", "768"]) == 0
+    table = capsys.readouterr().out
+    assert "images registered" in table and "8 / 8" in table
     for f in ("features.h5", "pairs.txt", "matches.h5"):
         assert (out / f).exists(), f
     assert len((out / "pairs.txt").read_text().splitlines()) == 28  # 8 images: exhaustive
-    table = capsys.readouterr().out
-    assert "images registered" in table and "8 / 8" in table
-    # a re-run finds every stage done and reuses the model
-    again = reconstruct.main(SAMPLE / "images", out, "aliked+lightglue", preset_overrides=FAST,
-                             options=SfMOptions(progress=False), print_summary=False)
+    # a re-run (the library's entry point) finds every stage done and reuses the model
+    again = reconstruct.main(SAMPLE / "images", out, presets.resolve("aliked+lightglue", FAST),
+                             sfm_options=SfMOptions(progress=False))
     assert again.skipped
+    _check_sample_model(out, again)
     assert again.stats["registered"] == 8
 
 
@@ -58,18 +60,16 @@ def test_sample_scene_omniglue_shipped_checkpoint(tmp_path, preset):
     """The default preset (unguided) and the guided one (ALIKED + aliked-grid guidance + the
     shipped guidance scales) end to end."""
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, preset, preset_overrides=FAST,
-                              options=SfMOptions(progress=False),
-                              print_summary=False)
+    result = reconstruct.main(SAMPLE / "images", out, presets.resolve(preset, FAST),
+                              sfm_options=SfMOptions(progress=False))
     _check_sample_model(out, result)
     assert result.stats["preset"]["matcher"]["name"] == "omniglue"
 
 
 def test_sample_scene_colmap_sift(tmp_path):
     out = tmp_path / "out"
-    result = reconstruct.main(SAMPLE / "images", out, "sift", preset_overrides=FAST_SIFT,
-                              options=SfMOptions(progress=False),
-                              print_summary=False)
+    result = reconstruct.main(SAMPLE / "images", out, presets.resolve("sift", FAST_SIFT),
+                              sfm_options=SfMOptions(progress=False))
     _check_sample_model(out, result)
     assert set(result.stats["stage_seconds"]) >= {"extract", "match", "sfm"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_h5, resized_sample
 
-from omniglue_sfm import io
+from omniglue_sfm.formats import h5io, sharded, textfiles
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -46,16 +46,16 @@ def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
     extract = ["extract", str(images)]
     _run_and_kill(_cli(*extract, str(killed), "--preset", "aliked+lightglue"),
                   tmp_path / "killed.h5.parts", min_shards=2)
-    assert not killed.exists() and len(io.ShardedH5(killed, "features", _cfg(killed)).done) >= 2
+    assert not killed.exists() and len(sharded.ShardedH5(killed, "features", _cfg(killed)).done) >= 2
     subprocess.run(_cli(*extract, str(killed), "--preset", "aliked+lightglue"), env=ENV, check=True,
                    capture_output=True)
     subprocess.run(_cli(*extract, str(clean), "--preset", "aliked+lightglue"), env=ENV, check=True,
                    capture_output=True)
     assert_same_h5(killed, clean, "features")
 
-    names = io.list_names(clean)
+    names = h5io.list_names(clean)
     pairs = tmp_path / "pairs.txt"
-    io.write_pairs(pairs, [(names[i], names[i + 1]) for i in range(5)])
+    textfiles.write_pairs(pairs, [(names[i], names[i + 1]) for i in range(5)])
     mk, mc = tmp_path / "m_killed.h5", tmp_path / "m_clean.h5"
     match = ["match", str(clean), str(pairs)]
     _run_and_kill(_cli(*match, str(mk), "--preset", "aliked+lightglue", "--batch-size", "1"),
@@ -69,4 +69,4 @@ def test_kill_and_resume_extract_and_match(tmp_path: Path) -> None:
 
 def _cfg(path: Path) -> dict:
     shard = next(iter(sorted(path.with_name(path.name + ".parts").glob("shard-*.h5"))))
-    return io.read_config(shard)
+    return h5io.read_config(shard)

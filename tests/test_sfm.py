@@ -11,11 +11,12 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from omniglue_sfm import cli, io, sfm
-from omniglue_sfm.cameras import CameraOptions
-from omniglue_sfm.evaluate import evaluate_poses
-from omniglue_sfm.mapping import SfMOptions
-from omniglue_sfm.scenes import CameraPose, model_poses
+from omniglue_sfm import cli, sfm
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.evaluation.reconstruction import evaluate_poses
+from omniglue_sfm.formats import matches_h5, sharded, textfiles
+from omniglue_sfm.geometry.cameras import CameraOptions
+from omniglue_sfm.geometry.scenes import CameraPose, model_poses
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 W, H, F = 640, 480, 600.0
@@ -30,7 +31,7 @@ def _look_at(center: np.ndarray) -> CameraPose:
 
 
 def _write_features(path: Path, keypoints: dict[str, np.ndarray]) -> None:
-    with io.ShardedH5(path, "features", {"synthetic": True}) as store:
+    with sharded.ShardedH5(path, "features", {"synthetic": True}) as store:
         for name, kp in keypoints.items():
             n = len(kp)
             store.add(name, {"keypoints": kp.astype(np.float32), "scores": np.ones(n, np.float32),
@@ -39,13 +40,13 @@ def _write_features(path: Path, keypoints: dict[str, np.ndarray]) -> None:
 
 
 def _write_matches(path: Path, matches: dict[tuple[str, str], np.ndarray], sizes: dict[str, int]) -> None:
-    with io.ShardedH5(path, "matches", {"synthetic": True}) as store:
+    with sharded.ShardedH5(path, "matches", {"synthetic": True}) as store:
         for (a, b), m in matches.items():
             m0 = np.full(sizes[a], -1, np.int32)
             m0[m[:, 0]] = m[:, 1]
-            m0, s0, (ca, cb) = io.orient_matches(a, b, m0, np.ones(sizes[a], np.float32), sizes[b])
-            item, attrs = io.write_match_item(m0, s0, sizes[b])
-            store.add(io.pair_key(ca, cb), item, attrs)
+            m0, s0, (ca, cb) = matches_h5.orient_matches(a, b, m0, np.ones(sizes[a], np.float32), sizes[b])
+            item, attrs = matches_h5.write_match_item(m0, s0, sizes[b])
+            store.add(matches_h5.pair_key(ca, cb), item, attrs)
 
 
 def synthetic_scene(root: Path, n_images: int = 6, n_points: int = 800, noise: float = 0.3, seed: int = 0):
@@ -153,7 +154,7 @@ def test_unrelated_images_exit_2_with_explanation(tmp_path, capsys):
 def test_pairs_file_restricts_the_pairs(scene, tmp_path):
     root = scene[0]
     pairs = [("000.jpg", "002.jpg"), ("002.jpg", "004.jpg"), ("004.jpg", "000.jpg"), ("000.jpg", "999.jpg")]
-    io.write_pairs(tmp_path / "pairs.txt", pairs)
+    textfiles.write_pairs(tmp_path / "pairs.txt", pairs)
     # 999.jpg is not among the images: the pair is ignored, not an error
     result = sfm.main(root / "images", root / "features.h5", root / "matches.h5", tmp_path / "out",
                       pairs_path=tmp_path / "pairs.txt", options=SfMOptions(progress=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -11,12 +12,15 @@ import pycolmap
 import pytest
 from conftest import SAMPLE_IMAGES, resized_sample, save_resized, small_preset
 
-from omniglue_sfm import cli, colmap_sift, extract, io, localize, reconstruct
-from omniglue_sfm.mapping import SfMOptions
+from omniglue_sfm import cli, colmap_sift, extract, localize, reconstruct
+from omniglue_sfm.colmap.mapper import SfMOptions
+from omniglue_sfm.config import presets
+from omniglue_sfm.config.options import RunOptions
+from omniglue_sfm.formats import h5io, outputs, sharded
 
 SIFT = {"features": {"max_keypoints": 1024, "resize_max": 400}}
 OPTS = SfMOptions(progress=False)
-CPU = reconstruct.RunOptions(device="cpu")
+CPU = RunOptions(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +41,15 @@ def _sift_database_is_consistent(db_path: Path) -> bool:
 def test_sift_after_learned_run_rebuilds_the_database(scene, tmp_path):
     """sift, then aliked+mnn (--overwrite), then sift: the last database is SIFT's, not a mix."""
     out = tmp_path / "out"
-    reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
-    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, overwrite=True,
-                     run=CPU, print_summary=False)
+    reconstruct.main(scene, out, presets.resolve("sift", SIFT), sfm_options=OPTS)
+    reconstruct.main(scene, out, small_preset(resize_max=400), replace(CPU, overwrite=True), sfm_options=OPTS)
     result = colmap_sift.main(scene, out, reconstruct.presets.resolve("sift", SIFT), options=OPTS)
     assert not result.skipped
     assert _sift_database_is_consistent(out / "database.db")
 
 
 def _learned_out(scene: Path, out: Path) -> None:
-    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, run=CPU,
-                     print_summary=False)
+    reconstruct.main(scene, out, small_preset(resize_max=400), CPU, sfm_options=OPTS)
 
 
 def test_switching_pipeline_in_one_output_is_refused_without_overwrite(scene, tmp_path, capsys):
@@ -58,22 +60,22 @@ def test_switching_pipeline_in_one_output_is_refused_without_overwrite(scene, tm
     err = capsys.readouterr().err
     assert "--overwrite" in err and "Traceback" not in err and "sift" in err
     assert (learned / "sparse" / "images.bin").read_bytes() == before
-    assert io.read_stats(learned)["preset"]["name"] == "test-aliked-mnn"
+    assert outputs.read_stats(learned)["preset"]["name"] == "test-aliked-mnn"
 
-    reconstruct.main(scene, sift, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
-    with pytest.raises(io.ConfigMismatchError, match="--overwrite"):
+    reconstruct.main(scene, sift, presets.resolve("sift", SIFT), sfm_options=OPTS)
+    with pytest.raises(h5io.ConfigMismatchError, match="--overwrite"):
         _learned_out(scene, sift)
-    assert io.read_stats(sift)["preset"]["name"] == "sift"
+    assert outputs.read_stats(sift)["preset"]["name"] == "sift"
 
     # --overwrite starts afresh: no learned file is left beside the SIFT model
     assert cli.main(["reconstruct", str(scene), str(learned), "--preset", "sift", "--overwrite"]) == 0
-    assert io.read_stats(learned)["preset"]["name"] == "sift"
+    assert outputs.read_stats(learned)["preset"]["name"] == "sift"
     assert not any((learned / f).exists() for f in ("features.h5", "matches.h5", "global.h5"))
 
 
 def _h5_items(path: Path, kind: str, dataset: str) -> dict:
     with h5py.File(path, "r") as h5:
-        return {k: h5[k][dataset][()] for k in io.list_names(path, kind)}
+        return {k: h5[k][dataset][()] for k in h5io.list_names(path, kind)}
 
 
 def test_replaced_image_is_reextracted_and_its_matches_redone(scene, tmp_path):
@@ -101,14 +103,14 @@ def test_features_without_source_record_are_kept(scene, tmp_path):
     for src in sorted(scene.glob("*.jpg"))[:2]:
         shutil.copy(src, images / src.name)
     features = tmp_path / "features.h5"
-    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    extract.main(images, features, small_preset(resize_max=400), RunOptions(device="cpu"))
     with h5py.File(features, "r+") as h5:  # an older features.h5: no record of the source
-        for name in io.list_names(features):
+        for name in h5io.list_names(features):
             for attr in list(h5[name].attrs):
                 del h5[name].attrs[attr]
     before = _h5_items(features, "features", "keypoints")
     save_resized(sorted(SAMPLE_IMAGES.glob("*.jpg"))[5], images / "0001.jpg", 400)
-    extract.main(images, features, small_preset(resize_max=400), device="cpu")
+    extract.main(images, features, small_preset(resize_max=400), RunOptions(device="cpu"))
     after = _h5_items(features, "features", "keypoints")
     assert before.keys() == after.keys()
     for name in before:
@@ -128,21 +130,21 @@ def test_truncated_h5_is_a_clean_error_naming_the_file(scene, tmp_path, damaged)
     assert cli.exit_code(caught.value) == 1
     assert str(path) in message and "--overwrite" in message
     # and --overwrite recovers
-    reconstruct.main(scene, out, small_preset(resize_max=400), options=OPTS, run=CPU,
-                     overwrite=True, print_summary=False)
+    reconstruct.main(scene, out, small_preset(resize_max=400), replace(CPU, overwrite=True), sfm_options=OPTS)
 
 
 @pytest.mark.parametrize("preset", [None, "sift"])
 @pytest.mark.parametrize("stale_features", [False, True])
 def test_localize_on_a_sift_map_says_sift_maps_cannot_localize(scene, tmp_path, preset, stale_features):
     out = tmp_path / "out"
-    reconstruct.main(scene, out, "sift", preset_overrides=SIFT, options=OPTS, print_summary=False)
+    reconstruct.main(scene, out, presets.resolve("sift", SIFT), sfm_options=OPTS)
     if stale_features:  # left by a learned run into the same folder before it was refused
-        with io.ShardedH5(out / "features.h5", "features", {"features": small_preset()["features"]}) as s:
+        with sharded.ShardedH5(out / "features.h5", "features",
+                               {"features": small_preset()["features"]}) as s:
             s.add("0000.jpg", {"keypoints": np.zeros((1, 2), np.float32)})
     query = sorted(scene.glob("*.jpg"))[0]
     with pytest.raises(localize.LocalizationError, match="COLMAP's own SIFT") as caught:
-        localize.main(out, query, tmp_path / "loc", preset=preset, device="cpu")
+        localize.main(out, query, tmp_path / "loc", run=CPU, preset=preset)
     assert "extract" not in str(caught.value)
 
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import omniglue_sfm
 from omniglue_sfm.training import data as D
+from omniglue_sfm.training import finetune as FT
 from omniglue_sfm.training import homography as Hm
 from omniglue_sfm.training import train as T
 from omniglue_sfm.training.losses import nll_loss
@@ -276,7 +278,7 @@ def test_dinov2_guided_pool_trains(tmp_path, textured) -> None:
 def test_guidance_only_training_ships_as_a_difference_to_lightglue(tmp_path) -> None:
     """The shipped recipe: LightGlue warm start, only the guidance scales learn; the export
     stores just those and loads back to the trained model exactly."""
-    from omniglue_sfm.matchers.omniglue import load_model
+    from omniglue_sfm.matchers.omniglue_plugin import load_model
 
     recs = _synthetic_records(2, dim=128, gdim=16)
     cfg = _cfg(tmp_path, steps=2, warm_start="aliked_lightglue", trainable=["guidance_scale"], lr=0.05)
@@ -284,7 +286,7 @@ def test_guidance_only_training_ships_as_a_difference_to_lightglue(tmp_path) -> 
     last = T.train(cfg, records=recs, val_records=recs, progress=False)
     state = torch.load(last, weights_only=False)
     assert state["model"]["guidance_scale"].abs().sum() > 0
-    out = T.export(last, tmp_path / "og.pt")
+    out = FT.export(last, tmp_path / "og.pt")
     ckpt = torch.load(out, weights_only=False)
     assert ckpt["base"] == "aliked_lightglue" and set(ckpt["state_dict"]) == {"guidance_scale"}
     loaded = load_model(str(out))[0].state_dict()
@@ -295,7 +297,7 @@ def test_guidance_only_training_ships_as_a_difference_to_lightglue(tmp_path) -> 
 
 def test_export_and_finetune_cli(tmp_path, textured) -> None:
     from omniglue_sfm import cli
-    from omniglue_sfm.matchers.omniglue import load_checkpoint
+    from omniglue_sfm.matchers.omniglue_plugin import load_checkpoint
 
     cfg = _cfg(tmp_path, steps=1)
     cfg["model"].update(input_dim=128)
@@ -303,7 +305,7 @@ def test_export_and_finetune_cli(tmp_path, textured) -> None:
     cfg["guidance"] = {"name": "aliked-grid"}
     cfg["data"] = {"patch_size": [96, 72], "shifts": [60.0], "augment": 0.5}
     recs = _synthetic_records(2, dim=128, gdim=128)
-    init = T.export(T.train(cfg, records=recs, val_records=[], progress=False), tmp_path / "init.pt")
+    init = FT.export(T.train(cfg, records=recs, val_records=[], progress=False), tmp_path / "init.pt")
     assert load_checkpoint(str(init))["metadata"]["steps"] == 1
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -337,10 +339,10 @@ def test_heldout_list_matches_the_split() -> None:
 
 
 def test_init_checkpoint_starts_from_exported_weights(tmp_path) -> None:
-    from omniglue_sfm.matchers.omniglue import load_model
+    from omniglue_sfm.matchers.omniglue_plugin import load_model
 
     recs = _synthetic_records(2)
-    first = T.export(T.train(_cfg(tmp_path / "a", steps=1), records=recs, val_records=[], progress=False),
+    first = FT.export(T.train(_cfg(tmp_path / "a", steps=1), records=recs, val_records=[], progress=False),
                      tmp_path / "a.pt", quantize=False)
     cfg = _cfg(tmp_path / "b", steps=1, lr=0.0, init_checkpoint=str(first))
     state = torch.load(T.train(cfg, records=recs, val_records=[], progress=False), weights_only=False)
@@ -354,12 +356,12 @@ def test_shipped_checkpoint_metadata_names_the_omniglue_preset_plugins() -> None
     import json
     from pathlib import Path
 
-    from omniglue_sfm import presets, registry
-    from omniglue_sfm.matchers.omniglue import load_checkpoint
+    from omniglue_sfm.config import presets, registry
+    from omniglue_sfm.matchers.omniglue_plugin import load_checkpoint
 
     preset = presets.get("omniglue-guided")
     assert presets.get("omniglue")["features"] == preset["features"]  # default: same features, unguided
-    shipped = Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"
+    shipped = Path(omniglue_sfm.__file__).parent / "weights" / "omniglue_aliked.pt"
     meta = load_checkpoint(str(shipped))["metadata"]
     sidecar = json.loads(shipped.with_suffix(".json").read_text())["metadata"]
     for m in (meta, sidecar):
@@ -375,11 +377,10 @@ def test_bundled_configs_load_and_build_the_shipped_architecture() -> None:
     architecture (only the match threshold is chosen after training)."""
     from pathlib import Path
 
-    from omniglue_sfm import registry
-    from omniglue_sfm.matchers.omniglue import load_checkpoint
+    from omniglue_sfm.matchers.omniglue_plugin import load_checkpoint
 
     configs = sorted((Path(D.__file__).parent / "configs").glob("*.toml"))
-    shipped = load_checkpoint(str(Path(registry.__file__).parent / "weights" / "omniglue_aliked.pt"))
+    shipped = load_checkpoint(str(Path(omniglue_sfm.__file__).parent / "weights" / "omniglue_aliked.pt"))
     arch = ("input_dim", "descriptor_dim", "n_layers", "num_heads", "guidance")
     assert len(configs) >= 2
     for path in configs:

@@ -11,9 +11,9 @@ import pycolmap
 import pytest
 import torch
 
-from omniglue_sfm import io
+from omniglue_sfm.formats import h5io, sharded
 from omniglue_sfm.training import data as D
-from omniglue_sfm.training import scenes as S
+from omniglue_sfm.training import scene_pairs as S
 from omniglue_sfm.training.losses import precision_recall
 
 W, H, F = 640, 480, 500.0
@@ -113,7 +113,7 @@ def build_scene(root: Path, perturb: str | None = None,
     (root / "sparse").mkdir(parents=True)
     rec.write(root / "sparse")
 
-    with io.ShardedH5(root / "features.h5", "features", {"features": {"name": "synthetic"}}) as store:
+    with sharded.ShardedH5(root / "features.h5", "features", {"features": {"name": "synthetic"}}) as store:
         for name in NAMES:
             n = len(xy[name])
             scores = rng.uniform(0.5, 1.0, n).astype(np.float32)
@@ -163,7 +163,7 @@ def _rec(root: Path) -> pycolmap.Reconstruction:
 
 
 def _kp(root: Path, name: str) -> np.ndarray:
-    return io.read_features(root / "features.h5", name)["keypoints"]
+    return h5io.read_features(root / "features.h5", name)["keypoints"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_records_share_views_and_carry_labels(scene) -> None:
     ab, ac, bc = records
     assert ab["view0"] is ac["view0"] and ab["view1"] is bc["view0"] and ac["view1"] is bc["view1"]
     assert "H_0to1" not in ab and ab["scene"] == "scene_out"
-    feats = io.read_features(root / "features.h5", "a.jpg")
+    feats = h5io.read_features(root / "features.h5", "a.jpg")
     v = ab["view0"]
     np.testing.assert_array_equal(v["keypoints"].numpy(), feats["keypoints"])
     assert v["descriptors"].shape == (len(feats["keypoints"]), DESC_DIM)

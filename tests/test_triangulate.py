@@ -12,8 +12,10 @@ import pytest
 from conftest import resized_sample, small_preset
 from PIL import Image
 
-from omniglue_sfm import cli, io, scenes, triangulate
-from omniglue_sfm.images import list_images
+from omniglue_sfm import cli, triangulate
+from omniglue_sfm.formats import h5io
+from omniglue_sfm.formats.images import list_images
+from omniglue_sfm.geometry import scenes
 
 SAMPLE_GT = Path(__file__).resolve().parents[1] / "datasets" / "herzjesu_p8_small" / "gt"
 
@@ -132,7 +134,7 @@ def test_reference_with_its_own_keypoints(gt_scene: tuple[Path, Path], gt_run: t
     assert abs(stats["num_points3D"] - gt_run[1]["num_points3D"]) < 0.05 * gt_run[1]["num_points3D"]
     got = pycolmap.Reconstruction(out / "sparse")
     for image in got.images.values():
-        kps = io.read_keypoints(out / "features.h5", image.name)
+        kps = h5io.read_keypoints(out / "features.h5", image.name)
         np.testing.assert_allclose(np.array([p.xy for p in image.points2D]), kps + 0.5, atol=1e-4)
 
 

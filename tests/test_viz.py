@@ -12,7 +12,11 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from omniglue_sfm import io, viz
+from omniglue_sfm.formats import matches_h5, outputs, sharded
+from omniglue_sfm.viz.draw import GREEN, RED, viz_keypoints, viz_matches
+from omniglue_sfm.viz.files import write_html, write_ply
+from omniglue_sfm.viz.render import render_model
+from omniglue_sfm.viz.scene import MAP_CAMERA, QUERY_CAMERA
 
 W, H, F = 320, 240, 280.0
 
@@ -60,27 +64,27 @@ def _count(img: np.ndarray, rgb: tuple[int, int, int], tol: float = 40) -> int:
 
 
 def test_software_render_shows_points_and_cameras(model_dir, tmp_path):
-    info = viz.render_model(model_dir, tmp_path / "r.png", size=(480, 360), backend="software")
+    info = render_model(model_dir, tmp_path / "r.png", size=(480, 360), backend="software")
     img = _picture(tmp_path / "r.png")
     assert info["backend"] == "software" and info["cameras"] == 4 and info["points"] > 250
     assert img.std() > 10  # not blank
-    assert _count(img, viz.MAP_CAMERA) > 200  # frustum lines are drawn
+    assert _count(img, MAP_CAMERA) > 200  # frustum lines are drawn
     assert (img < 250).any(axis=2).mean() > 0.02
 
 
 def test_render_with_query_poses(model_dir, tmp_path):
     (tmp_path / "poses.txt").write_text("q.jpg 1 0 0 0 0.1 0.2 0.3\n")
-    viz.render_model(model_dir, tmp_path / "r.png", size=(480, 360), poses=tmp_path / "poses.txt",
+    render_model(model_dir, tmp_path / "r.png", size=(480, 360), poses=tmp_path / "poses.txt",
                      backend="software")
-    assert _count(_picture(tmp_path / "r.png"), viz.QUERY_CAMERA) > 50
+    assert _count(_picture(tmp_path / "r.png"), QUERY_CAMERA) > 50
 
 
 def test_auto_render_is_a_real_picture(model_dir, tmp_path):
     """Open3D offscreen when it works here, else the software rasteriser: never a blank PNG."""
-    info = viz.render_model(model_dir, tmp_path / "r.png", size=(400, 300))
+    info = render_model(model_dir, tmp_path / "r.png", size=(400, 300))
     img = _picture(tmp_path / "r.png")
     assert info["backend"] in ("open3d", "software")
-    assert img.std() > 10 and _count(img, viz.MAP_CAMERA, tol=60) > 50
+    assert img.std() > 10 and _count(img, MAP_CAMERA, tol=60) > 50
 
 
 @pytest.mark.slow
@@ -89,14 +93,14 @@ def test_open3d_render_when_available(model_dir, tmp_path):
                            capture_output=True, timeout=120)
     if probe.returncode != 0:
         pytest.skip("open3d cannot be imported here (needs libusb-1.0-0); the software renderer is used")
-    info = viz.render_model(model_dir, tmp_path / "r.png", size=(400, 300), backend="open3d")
+    info = render_model(model_dir, tmp_path / "r.png", size=(400, 300), backend="open3d")
     assert info["backend"] == "open3d"
     img = _picture(tmp_path / "r.png")
-    assert img.std() > 10 and _count(img, viz.MAP_CAMERA, tol=60) > 50
+    assert img.std() > 10 and _count(img, MAP_CAMERA, tol=60) > 50
 
 
 def test_ply_has_points_and_frustum_edges(model_dir, tmp_path):
-    info = viz.write_ply(model_dir, tmp_path / "m.ply")
+    info = write_ply(model_dir, tmp_path / "m.ply")
     data = (tmp_path / "m.ply").read_bytes()
     header = data[: data.index(b"end_header\n")].decode()
     nv = int(re.search(r"element vertex (\d+)", header).group(1))
@@ -111,19 +115,19 @@ def test_ply_has_points_and_frustum_edges(model_dir, tmp_path):
 
 
 def test_html_is_a_plotly_page(model_dir, tmp_path):
-    viz.write_html(model_dir, tmp_path / "m.html", offline=False)
+    write_html(model_dir, tmp_path / "m.html", offline=False)
     text = (tmp_path / "m.html").read_text()
     assert "plotly" in text.lower() and "map cameras" in text and "img0.png" in text
 
 
 def test_keypoints_by_track_length(model_dir, tmp_path):
-    info = viz.viz_keypoints(model_dir, tmp_path / "k.png", image_dir=model_dir / "images")
+    info = viz_keypoints(model_dir, tmp_path / "k.png", image_dir=model_dir / "images")
     img = _picture(tmp_path / "k.png")
     assert info["images"] == ["img0.png", "img1.png", "img2.png", "img3.png"]
     assert 2 <= info["max_track_length"] <= 4
     assert img.std() > 10
     with pytest.raises(KeyError, match="not registered"):
-        viz.viz_keypoints(model_dir, tmp_path / "x.png", ["nope.png"], image_dir=model_dir / "images")
+        viz_keypoints(model_dir, tmp_path / "x.png", ["nope.png"], image_dir=model_dir / "images")
 
 
 def test_match_picture_inliers_green_outliers_red(model_dir, tmp_path):
@@ -138,28 +142,28 @@ def test_match_picture_inliers_green_outliers_red(model_dir, tmp_path):
     matches = np.vstack([np.array(good), bad])
     kp0 = np.array([p.xy for p in a.points2D]) - 0.5
     kp1 = np.array([p.xy for p in b.points2D]) - 0.5
-    with io.ShardedH5(model_dir / "features.h5", "features", {"features": {"name": "synthetic"}}) as s:
+    with sharded.ShardedH5(model_dir / "features.h5", "features", {"features": {"name": "synthetic"}}) as s:
         s.add("img0.png", {"keypoints": kp0.astype(np.float32)})
         s.add("img1.png", {"keypoints": kp1.astype(np.float32)})
     m0 = np.full(len(kp0), -1, np.int32)
     m0[matches[:, 0]] = matches[:, 1]
     ones = np.ones(len(kp0), np.float32)
-    m0c, s0c, (n0, n1) = io.orient_matches("img0.png", "img1.png", m0, ones, len(kp1))
-    item, attrs = io.write_match_item(m0c, s0c, len(kp1) if n0 == "img0.png" else len(kp0))
-    with io.ShardedH5(model_dir / "matches.h5", "matches", {"matcher": {"name": "x"}}) as s:
-        s.add(io.pair_key("img0.png", "img1.png"), item, attrs)
-    info = viz.viz_matches(model_dir, "img0.png", "img1.png", tmp_path / "m.png", model_dir / "images")
+    m0c, s0c, (n0, n1) = matches_h5.orient_matches("img0.png", "img1.png", m0, ones, len(kp1))
+    item, attrs = matches_h5.write_match_item(m0c, s0c, len(kp1) if n0 == "img0.png" else len(kp0))
+    with sharded.ShardedH5(model_dir / "matches.h5", "matches", {"matcher": {"name": "x"}}) as s:
+        s.add(matches_h5.pair_key("img0.png", "img1.png"), item, attrs)
+    info = viz_matches(model_dir, "img0.png", "img1.png", tmp_path / "m.png", model_dir / "images")
     assert info["inlier_source"].startswith("fundamental")  # no database.db: fitted here
-    stored, _ = io.read_matches(model_dir / "matches.h5", "img0.png", "img1.png")
+    stored, _ = matches_h5.read_matches(model_dir / "matches.h5", "img0.png", "img1.png")
     assert info["matches"] == len(stored)
     # exact true matches, random wrong ones: F RANSAC keeps most of the first and few of the second
     assert 0.8 * len(good) <= info["inliers"] <= len(good) + 10
     img = _picture(tmp_path / "m.png")
-    assert _count(img, viz.GREEN, 50) > 200 and _count(img, viz.RED, 60) > 20
+    assert _count(img, GREEN, 50) > 200 and _count(img, RED, 60) > 20
 
 
 def test_missing_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no COLMAP model"):
-        viz.render_model(tmp_path, tmp_path / "r.png")
+        render_model(tmp_path, tmp_path / "r.png")
     with pytest.raises(FileNotFoundError, match="--images"):
-        io.recorded_image_dir(tmp_path, None)
+        outputs.recorded_image_dir(tmp_path, None)

@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglue_sfm import io, pairs, vlad
+from omniglue_sfm import pairs, vlad
+from omniglue_sfm.formats import h5io
 
 
 def test_vlad_file_serves_retrieval(small_features: Path, tmp_path: Path) -> None:
     out = tmp_path / "vlad.h5"
     assert vlad.main(small_features, out, num_words=8) == 3
-    names = io.list_names(small_features)
+    names = h5io.list_names(small_features)
     desc = pairs.load_global(out, names)
     assert desc.shape == (3, 8 * 128)
-    with io.read_h5(out) as h5:
+    with h5io.read_h5(out) as h5:
         raw = np.stack([h5[n]["global_descriptor"][()] for n in names])
     np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 1.0, rtol=1e-5)
     assert len(pairs.retrieval(out, None, 1)) >= 2

@@ -7,7 +7,7 @@ from typing import ClassVar
 import kornia.feature as KF
 import torch
 
-from .. import weights
+from ..runtime import weights
 from .base import Extractor
 
 # kornia derives this buffer from the image size at run time; the official files do not hold it

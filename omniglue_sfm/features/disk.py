@@ -8,7 +8,7 @@ import kornia.feature as KF
 import torch
 import torch.nn.functional as F
 
-from .. import weights
+from ..runtime import weights
 from .base import Extractor
 
 

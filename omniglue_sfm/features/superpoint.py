@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import weights
+from ..runtime import weights
 from .base import Extractor
 
 _CELL = 8  # the encoder downsamples by 8; each coarse cell predicts an 8x8 block of pixels

@@ -199,7 +199,7 @@ def write_views(pano_path: Path, pano_name: str, out_dir: Path, options: Panoram
     """Cut the panorama at ``pano_path`` into ``out_dir/view_<k>/<pano_name>``; returns the names."""
     from PIL import Image
 
-    from ..images import read_image
+    from ..formats.images import read_image
 
     pano = read_image(pano_path)
     names = []

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import weights
+from ..runtime import weights
 from .base import Guidance
 
 PATCH = 14

@@ -51,7 +51,7 @@ def features_to_tensors(feats: dict[str, np.ndarray], turn: int = 0) -> dict[str
     """
     keypoints, size = np.asarray(feats["keypoints"], np.float32), np.asarray(feats["image_size"])
     if turn % 4:
-        from ..orientation import to_upright  # the one home of the mapping
+        from ..geometry.turns import to_upright  # the one home of the mapping
 
         upright, upright_size = to_upright(keypoints, size, turn)
         keypoints, size = upright.astype(np.float32), np.asarray(upright_size)

@@ -9,7 +9,7 @@ from typing import ClassVar
 import kornia.feature as KF
 import torch
 
-from .. import weights
+from ..runtime import weights
 from .base import Matcher, unpadded_pairs
 
 # kornia builds this buffer from the config; the official files do not hold it

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Matcher, mutual_matches, unpadded_pairs
+from .adaptive import ActivePairs, any_or_all, key_mask
+from .base import mutual_matches, unpadded_pairs
 
 VERSION = 2
 
@@ -151,8 +152,8 @@ class MatchAssignment(nn.Module):
         sim = (f0 / c**0.25) @ (f1 / c**0.25).transpose(-1, -2)  # (B, N, M)
         z0, z1 = self.matchability(d0), self.matchability(d1)  # (B, N, 1), (B, M, 1)
         if mask0 is not None and mask1 is not None:  # mask keys only: no row is all -inf
-            s0 = sim.masked_fill(~_any_or_all(mask1)[:, None, :], float("-inf")).log_softmax(2)
-            s1 = sim.masked_fill(~_any_or_all(mask0)[:, :, None], float("-inf")).log_softmax(1)
+            s0 = sim.masked_fill(~any_or_all(mask1)[:, None, :], float("-inf")).log_softmax(2)
+            s1 = sim.masked_fill(~any_or_all(mask0)[:, :, None], float("-inf")).log_softmax(1)
         else:
             s0, s1 = sim.log_softmax(2), sim.log_softmax(1)
         b, n, m = sim.shape
@@ -257,7 +258,7 @@ class OmniGlue(nn.Module):
     def _forward_train(self, data: dict) -> dict:
         mask0, mask1 = data.get("mask0"), data.get("mask1")
         d0, d1, r0, r1 = self._embed(data)
-        self0, self1 = _key_mask(mask0), _key_mask(mask1)
+        self0, self1 = key_mask(mask0), key_mask(mask1)
         sim_g = self.guidance_similarity(data)
         log_ps, tokens = [], []
         for i, layer in enumerate(self.transformers):
@@ -284,7 +285,7 @@ class OmniGlue(nn.Module):
             return self._forward_pairwise(data, mask0, mask1)
         d0, d1, r0, r1 = self._embed(data)
         sim_g = self.guidance_similarity(data)
-        state = _Active(d0, d1, r0, r1, sim_g, mask0, mask1)
+        state = ActivePairs(d0, d1, r0, r1, sim_g, mask0, mask1)
         n_points = (mask0.sum(1) + mask1.sum(1)).float()  # (B,) per pair, as at the start
         matches0 = torch.full((b, n), -1, dtype=torch.long, device=dev)
         scores0 = torch.zeros(b, n, device=dev)
@@ -341,7 +342,7 @@ class OmniGlue(nn.Module):
             out["pruned0"][k, :n0], out["pruned1"][k, :n1] = one["pruned0"][0], one["pruned1"][0]
         return out
 
-    def _finish(self, state: _Active, done: torch.Tensor, layer: int, matches0: torch.Tensor,
+    def _finish(self, state: ActivePairs, done: torch.Tensor, layer: int, matches0: torch.Tensor,
                 scores0: torch.Tensor, stop: torch.Tensor) -> None:
         """Assign the pairs ``done`` (over the active pairs) with the head of ``layer``."""
         sel = done.nonzero()[:, 0]
@@ -358,240 +359,7 @@ class OmniGlue(nn.Module):
         stop[ids] = layer + 1
 
 
-def _any_or_all(mask: torch.Tensor) -> torch.Tensor:
-    """(B, N) key mask; an image without real points lets all be attended to (no NaN; its
-    outputs are discarded)."""
-    return mask | ~mask.any(-1, keepdim=True)
-
-
-def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, N) bool -> (B, 1, 1, N) additive 0 / -inf key mask for SDPA; None when all real."""
-    if mask is None or bool(mask.all()):
-        return None
-    mask = _any_or_all(mask)
-    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))[:, None, None]
-
-
-class _Active:
-    """The pairs still running and their points: ids (B') into the batch, idx0/idx1 (B', N')
-    original keypoint indices of the compacted points, with masks marking the real ones."""
-
-    def __init__(self, d0, d1, r0, r1, sim_g, mask0, mask1) -> None:
-        self.d0, self.d1, self.r0, self.r1, self.sim_g = d0, d1, r0, r1, sim_g
-        self.mask0, self.mask1 = mask0, mask1
-        b, n, m = mask0.shape[0], mask0.shape[1], mask1.shape[1]
-        dev = mask0.device
-        self.ids = torch.arange(b, device=dev)
-        self.idx0 = torch.arange(n, device=dev)[None].expand(b, -1)
-        self.idx1 = torch.arange(m, device=dev)[None].expand(b, -1)
-        self.pruned0 = ~mask0.clone()
-        self.pruned1 = ~mask1.clone()
-        self._masks()
-
-    @property
-    def empty(self) -> bool:
-        return len(self.ids) == 0
-
-    def _masks(self) -> None:
-        self.self0, self.self1 = _key_mask(self.mask0), _key_mask(self.mask1)
-
-    def layer(self, layer: TransformerLayer, mask01: torch.Tensor | None,
-              mask10: torch.Tensor | None) -> None:
-        self.d0 = layer.self_attn(self.d0, self.r0, self.self0)
-        self.d1 = layer.self_attn(self.d1, self.r1, self.self1)
-        self.d0, self.d1 = layer.cross_attn(self.d0, self.d1, mask01, mask10)
-
-    def keep_pairs(self, keep: torch.Tensor) -> None:
-        for name in ("d0", "d1", "mask0", "mask1", "ids", "idx0", "idx1"):
-            setattr(self, name, getattr(self, name)[keep])
-        self.r0, self.r1 = self.r0[:, keep], self.r1[:, keep]
-        if self.sim_g is not None:
-            self.sim_g = (self.sim_g[0][keep], self.sim_g[1][keep])
-        self._masks()
-
-    def keep_points(self, side: int, keep: torch.Tensor) -> None:
-        """Compact side 0 or 1 to the points ``keep`` (B', N) of each pair (real ones first)."""
-        if bool((keep == (self.mask0 if side == 0 else self.mask1)).all()):
-            return  # nothing pruned: padding alone is no reason to re-compact
-        count = keep.sum(1)
-        width = max(1, int(count.max()))
-        # stable sort puts kept points first, in their original order
-        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
-        new_mask = torch.arange(width, device=keep.device)[None] < count[:, None]
-        d, r, idx = (self.d0, self.r0, self.idx0) if side == 0 else (self.d1, self.r1, self.idx1)
-        pruned = self.pruned0 if side == 0 else self.pruned1
-        dropped = ~keep & (self.mask0 if side == 0 else self.mask1)  # real points pruned now
-        pruned[self.ids[:, None].expand_as(idx)[dropped], idx[dropped]] = True
-        d = d.gather(1, order[..., None].expand(-1, -1, d.shape[-1]))
-        r = r.gather(3, order[None, :, None, :, None].expand(2, -1, 1, -1, r.shape[-1]))
-        idx = idx.gather(1, order)
-        if side == 0:
-            self.d0, self.r0, self.idx0, self.mask0 = d, r, idx, new_mask
-            if self.sim_g is not None:
-                self.sim_g = _gather_points(self.sim_g, order, rows_first=True)
-        else:
-            self.d1, self.r1, self.idx1, self.mask1 = d, r, idx, new_mask
-            if self.sim_g is not None:
-                self.sim_g = _gather_points(self.sim_g, order, rows_first=False)
-        self._masks()
-
-
-def _gather_points(sim_g: tuple[torch.Tensor, torch.Tensor], order: torch.Tensor, rows_first: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the points ``order`` (B, N') of image 0 (``rows_first``) or 1 in (G, G^T)."""
-    g01, g10 = sim_g
-    if not rows_first:
-        g01, g10 = g10, g01
-    g01 = g01.gather(1, order[..., None].expand(-1, -1, g01.shape[2]))
-    g10 = g10.gather(2, order[:, None, :].expand(-1, g10.shape[1], -1))
-    return (g01, g10) if rows_first else (g10, g01)
-
-
-def _output(matches0: torch.Tensor, scores0: torch.Tensor, stop: torch.Tensor, state: _Active) -> dict:
+def _output(matches0: torch.Tensor, scores0: torch.Tensor, stop: torch.Tensor, state: ActivePairs) -> dict:
     return {"matches0": matches0, "matching_scores0": scores0, "stop": stop,
             "pruned0": state.pruned0, "pruned1": state.pruned1}
 
-
-class OmniGlueMatcher(Matcher):
-    """The ``omniglue`` matcher plugin: an :class:`OmniGlue` with a checkpoint.
-
-    Config keys: ``weights`` (a name in ``weights.KNOWN`` or a path), and any model conf key
-    to override (``depth_confidence``, ``width_confidence``, ``filter_threshold``, ``guidance``).
-    """
-
-    default_conf: ClassVar[dict] = {"weights": "omniglue"}
-    required_inputs: ClassVar[tuple[str, ...]] = ("keypoints", "descriptors", "guidance")
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """What a preset's [matcher] may set: the checkpoint and any model conf key."""
-        return set(cls.default_conf) | set(OmniGlue.default_conf)
-
-    def __init__(self, conf: dict) -> None:
-        super().__init__(conf)
-        unknown = set(self.conf) - set(OmniGlue.default_conf) - {"weights"}
-        if unknown:  # a typo such as "guidence" must not silently run the default
-            raise ValueError(f"unknown omniglue matcher keys {sorted(unknown)}; "
-                             f"known: weights, {', '.join(sorted(OmniGlue.default_conf))}")
-        self.model, self.metadata = load_model(
-            self.conf["weights"], {k: v for k, v in self.conf.items() if k in OmniGlue.default_conf})
-        self.model.eval()
-        if not self.model.conf["guidance"]:
-            self.required_inputs = ("keypoints", "descriptors")
-
-    @torch.inference_mode()
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.model(data)
-        return {"matches0": out["matches0"], "matching_scores0": out["matching_scores0"]}
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints: {"conf", "state_dict", "metadata"} and optionally "base", the name of a LightGlue
-# checkpoint the state dict is applied on top of. A model that differs from LightGlue only in a
-# few tensors (the guidance scales, retrained heads) then ships as those tensors alone: exact,
-# and a few kilobytes instead of 12 M parameters. A full state dict stores 2-D weights as int8
-# with one float scale per output row, to stay under the 20 MB we allow inside the package.
-
-
-def load_checkpoint(weights: str) -> dict:
-    """Resolve ``weights`` (a ``weights.KNOWN`` name or a file path) and read the checkpoint."""
-    from pathlib import Path
-
-    from .. import weights as W
-
-    path = W.resolve_known(weights) if weights in W.KNOWN else W.resolve(
-        W.WeightSpec(Path(weights).name, "OMNIGLUE_SFM_OMNIGLUE"), explicit=weights
-    )
-    ckpt = W.load_state_dict(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "conf" not in ckpt:
-        raise W.WeightsNotFoundError(
-            f"{path} is not an omniglue-sfm OmniGlue checkpoint (expected keys 'conf' and 'state_dict')"
-        )
-    if ckpt["conf"].get("version", 1) != VERSION:
-        raise W.WeightsNotFoundError(
-            f"{path} is an OmniGlue v{ckpt['conf'].get('version', 1)} checkpoint; this release reads "
-            f"v{VERSION} (LightGlue-compatible trunk, docs/omniglue.md): retrain it or use the shipped one")
-    return ckpt
-
-
-def load_model(weights: str, overrides: dict | None = None) -> tuple[OmniGlue, dict]:
-    """An :class:`OmniGlue` with the checkpoint ``weights`` applied (base first); its metadata."""
-    ckpt = load_checkpoint(weights)
-    model = OmniGlue({**ckpt["conf"], **(overrides or {})})
-    state = dequantize_state_dict(ckpt["state_dict"])
-    if ckpt.get("base"):
-        warm_start(model, ckpt["base"])
-        missing = set(model.state_dict()) - set(state)
-        state = {**{k: v for k, v in model.state_dict().items() if k in missing}, **state}
-    model.load_state_dict(state)
-    return model, ckpt.get("metadata", {})
-
-
-def warm_start(model: OmniGlue, checkpoint: str = "aliked_lightglue") -> list[str]:
-    """Load a LightGlue checkpoint (a ``weights.KNOWN`` name or a path) into ``model``.
-
-    The parameter names are LightGlue's, so this is an exact copy; returns the keys left as
-    initialised (the guidance scales, zero: the model then computes exactly LightGlue)."""
-    from .lightglue import load_lightglue_state
-
-    state = load_lightglue_state(checkpoint)
-    own = model.state_dict()
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(f"{checkpoint}: {key} has shape {tuple(value.shape)}, model expects "
-                             f"{tuple(own[key].shape)}")
-    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return sorted(result.missing_keys)
-
-
-def quantize_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        value = value.detach().float().cpu()
-        if value.ndim == 2 and value.numel() >= 4096:
-            scale = value.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
-            out[key + ".int8"] = (value / scale).round().clamp(-127, 127).to(torch.int8)
-            out[key + ".scale"] = scale.squeeze(1)
-        else:
-            out[key] = value
-    return out
-
-
-def dequantize_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith(".int8"):
-            base = key[: -len(".int8")]
-            out[base] = value.float() * state_dict[base + ".scale"].float()[:, None]
-        elif not key.endswith(".scale") or key[: -len(".scale")] + ".int8" not in state_dict:
-            out[key] = value.float()
-    return out
-
-
-def save_checkpoint(model: OmniGlue, path, metadata: dict, quantize: bool = True,
-                    base: str | None = None) -> None:
-    """Write ``{"conf", "state_dict", "metadata"[, "base"]}`` atomically.
-
-    With ``base`` (a LightGlue checkpoint name) only the tensors that differ from it are stored;
-    otherwise the whole state dict. With ``quantize``, 2-D weights of 4096+ entries are stored
-    as int8 either way (small tensors such as the guidance scales stay exact)."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt: dict = {"conf": dict(model.conf), "metadata": dict(metadata)}
-    if base:
-        ref = OmniGlue(dict(model.conf))
-        warm_start(ref, base)
-        ref_state = ref.state_dict()
-        state = {k: v for k, v in state.items() if k not in ref_state or not torch.equal(v, ref_state[k])}
-        ckpt["base"] = base
-        if quantize:  # a large difference (a retrained trunk) is stored like a full state dict
-            state = quantize_state_dict(state)
-    elif quantize:
-        state = quantize_state_dict(state)
-    ckpt["state_dict"] = state
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import weights
+from ..runtime import weights
 from .base import Matcher, mutual_matches
 from .sinkhorn import log_optimal_transport
 

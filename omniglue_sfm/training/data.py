@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..formats.images import list_images, read_image
 from ..guidance.base import sample_dense
-from ..images import list_images, read_image
 from .homography import photometric_augment, render_views, to_uint8_like, warp_points
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FeatureFn:
     """
 
     def __init__(self, features_conf: dict, guidance_conf: dict | None) -> None:
-        from .. import registry
+        from ..config import registry
 
         self.features_conf = dict(features_conf)
         self.guidance_conf = dict(guidance_conf) if guidance_conf else None

@@ -19,14 +19,10 @@ filling the pool.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import hashlib
 import json
 import logging
-import math
 import os
-import platform
 import time
 import tomllib
 from pathlib import Path
@@ -35,10 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..matchers.omniglue import OmniGlue, save_checkpoint, warm_start
+from ..matchers.omniglue import OmniGlue
+from ..matchers.omniglue_plugin import warm_start
 from .data import FeatureFn, PoolConfig, build_pool, collate_records, load_pool
 from .losses import match_counts, nll_loss, precision_recall
-from .scenes import label_precision_recall, records_from_scene
+from .scene_pairs import label_precision_recall, records_from_scene
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +281,7 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
 
     torch.manual_seed(cfg["seed"])
     if init_state is None and t["init_checkpoint"]:
-        from ..matchers.omniglue import load_model
+        from ..matchers.omniglue_plugin import load_model
 
         init_state = load_model(t["init_checkpoint"])[0].state_dict()
     model = make_model(cfg) if init_state is None else OmniGlue(dict(cfg["model"]))
@@ -369,132 +366,3 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
     bar.close()
     log_f.close()
     return ckpt_path
-
-
-# --------------------------------------------------------------------------------------------
-# export and finetuning
-
-
-def export(ckpt_path: Path | str, out_path: Path | str, metadata: dict | None = None,
-           quantize: bool = True) -> Path:
-    """Write the shippable ``{"conf", "state_dict", "metadata"}`` file (+ ``.json`` metadata)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    conf = dict(state["conf"])
-    cfg = state["config"]
-    model = OmniGlue(conf)
-    model.load_state_dict(state["model"])
-    features = cfg.get("features")
-    if features is None and cfg["data"].get("scenes"):  # what the scenes' features.h5 hold
-        from .. import io
-
-        features = io.read_config(Path(cfg["data"]["scenes"][0]) / "features.h5").get("features")
-    meta = {
-        "features": features, "guidance": cfg.get("guidance"), "steps": state["step"],
-        "pairs_seen": state["extra"]["pairs_seen"], "train_wall_s": round(state["extra"]["elapsed_s"]),
-        "val": state["extra"].get("val"), "data": cfg["data"], "train": cfg["train"],
-        "warm_start": cfg["train"]["warm_start"], "unique_pairs_cached": state["extra"].get("pool_size"),
-        "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}",
-        **(metadata or {}),
-    }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # a model trained on top of a LightGlue warm start with frozen parts ships as the difference
-    # only a base every user can resolve (a known name, not a local path) makes a portable file
-    from .. import weights
-
-    ws = cfg["train"]["warm_start"]
-    frozen_trunk = cfg["train"].get("trainable") and not cfg["train"].get("init_checkpoint")
-    base = ws if frozen_trunk and ws in weights.KNOWN else None
-    save_checkpoint(model, out_path, meta, quantize=quantize, base=base)
-    out_path.with_suffix(".json").write_text(json.dumps({"conf": conf, "metadata": meta}, indent=2,
-                                                        default=str) + "\n")
-    return out_path
-
-
-def finetune(images: Path | str, init: str, out: Path | str, steps: int, lr: float = 3e-5,
-             batch_size: int = 2, cache_dir: Path | str | None = None, seed: int = 0,
-             progress: bool = True) -> Path:
-    """Few-shot adaptation (paper §4.4): homography pairs of the user's photos, from ``init``.
-
-    Features are extracted with the configuration recorded in ``init``'s metadata, so the
-    adapted model sees the same features it was trained on.
-    """
-    from ..images import list_images
-    from ..matchers.omniglue import load_checkpoint, load_model
-
-    images = Path(images)
-    names = list_images(images)
-    if not names:
-        raise FileNotFoundError(f"no images in {images}")
-    ckpt = load_checkpoint(init)
-    meta = ckpt.get("metadata", {})
-    feats = meta.get("features") or {"name": "aliked", "model": "aliked-n16", "max_keypoints": 512}
-    guidance = meta.get("guidance")
-    data = meta.get("data", {})
-    key = f"{images.resolve()}:{json.dumps(feats, sort_keys=True)}:{seed}"
-    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
-    cache_dir = Path(cache_dir) if cache_dir else Path(out).parent / f".finetune_{tag}"
-    cfg = {
-        "name": f"finetune_{tag}", "seed": seed, "out_dir": str(cache_dir / "run"),
-        "features": feats, "guidance": guidance, "model": dict(ckpt["conf"]),
-        "data": {"roots": [str(images)], "patch_size": data.get("patch_size", [320, 240]),
-                 "shifts": data.get("shifts", [100.0, 200.0]), "augment": data.get("augment", 1.0),
-                 "repeats": max(1, math.ceil(steps * batch_size / (2 * len(names)))), "train_seed": seed},
-        "train": {**DEFAULT_TRAIN, "steps": steps, "lr": lr, "batch_size": batch_size,
-                  "warmup_steps": max(1, steps // 10), "warm_start": "", "val_every": 10**9,
-                  "checkpoint_every": max(1, min(25, steps))},
-    }
-    pool_cfg = PoolConfig(roots=[str(images)], split="all", seed=seed, shifts=cfg["data"]["shifts"],
-                          patch_size=tuple(cfg["data"]["patch_size"]), augment=cfg["data"]["augment"],
-                          repeats=min(cfg["data"]["repeats"], 8), shard_size=4)
-    build_pool(pool_cfg, cache_dir / "pairs", FeatureFn(feats, guidance), progress=progress)
-    records = load_pool([cache_dir / "pairs"])
-    last = train(cfg, records=records, val_records=[], progress=progress,
-                 init_state=load_model(init)[0].state_dict())
-    return export(last, out, {"finetuned_from": str(init), "finetune_images": str(images),
-                              "finetune_photos": len(names), "base_metadata": meta})
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    if args.steps:
-        cfg["train"]["steps"] = args.steps
-    if args.stage in ("all", "cache"):
-        build_caches(cfg)
-    if args.stage in ("all", "train"):
-        last = train(cfg)
-        print(f"checkpoint: {last}")
-        if args.export:
-            print(f"exported: {export(last, args.export)}")
-    return 0
-
-
-def _run_finetune(args: argparse.Namespace) -> int:
-    out = finetune(args.images, args.init, args.out, args.steps, lr=args.lr, batch_size=args.batch_size,
-                   cache_dir=args.cache_dir)
-    print(f"finetuned checkpoint: {out}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train OmniGlue on homographies or COLMAP scenes (TOML config)")
-    p.add_argument("config", help="training config, e.g. omniglue_sfm/training/configs/aliked_sh.toml")
-    p.add_argument("--stage", choices=["all", "cache", "train"], default="all",
-                   help="cache: only extract the pair pools; train: only train on what is cached")
-    p.add_argument("--steps", type=int, default=0, help="override [train] steps")
-    p.add_argument("--export", default="", help="also write a shippable checkpoint here when done")
-    p.set_defaults(func=_run_train)
-
-    f = subparsers.add_parser("finetune", help="adapt an OmniGlue checkpoint to your own photos")
-    f.add_argument("images", help="folder of photos (homography pairs are made from them)")
-    f.add_argument("--init", default="omniglue", help="checkpoint to start from (default: shipped)")
-    f.add_argument("--out", required=True, help="where to write the adapted checkpoint (.pt)")
-    f.add_argument("--steps", type=int, default=200)
-    f.add_argument("--lr", type=float, default=3e-5)
-    f.add_argument("--batch-size", type=int, default=2)
-    f.add_argument("--cache-dir", default=None, help="feature cache (default: beside --out)")
-    f.set_defaults(func=_run_finetune)

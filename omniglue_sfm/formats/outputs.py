@@ -1,0 +1,53 @@
+"""An output folder's own records: ``stats.json``, its model folder, its recorded image folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_json(path: Path | str, data: dict) -> None:
+    """A JSON report, written under a temporary name and renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_stats(output_dir: Path | str, stats: dict) -> None:
+    """``OUT/stats.json``."""
+    write_json(Path(output_dir) / "stats.json", stats)
+
+
+def find_model(source: Path | str) -> Path:
+    """The model of a ``reconstruct`` / ``sfm`` / ``triangulate`` folder (``sparse/``), or ``source``
+    itself when it is a COLMAP model folder."""
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"model folder {source} does not exist")
+    for candidate in (source / "sparse", source):
+        if any((candidate / f"images{ext}").is_file() for ext in (".bin", ".txt")):
+            return candidate
+    raise FileNotFoundError(f"no COLMAP model in {source} (looked for sparse/images.bin and images.bin)")
+
+
+def recorded_image_dir(output_dir: Path | str, given: Path | str | None = None) -> Path:
+    """The photos' folder: ``given``, else the one ``reconstruct`` recorded in ``stats.json``."""
+    image_dir = given or (read_stats(output_dir) or {}).get("image_dir")
+    if not image_dir:
+        raise FileNotFoundError(f"{output_dir} does not record its image folder (no image_dir in "
+                                "stats.json); pass --images")
+    if not Path(image_dir).is_dir():
+        raise FileNotFoundError(f"image folder does not exist: {image_dir}; pass --images")
+    return Path(image_dir)
+
+
+def read_stats(output_dir: Path | str) -> dict | None:
+    """``OUT/stats.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((Path(output_dir) / "stats.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
