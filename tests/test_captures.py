@@ -103,6 +103,17 @@ def test_changed_gps_tag_redoes_what_depends_on_it(gps_run, tmp_path):
                             sfm_options=QUIET).skipped
 
 
+def test_mapping_without_priors_is_still_georegistered(gps_run, tmp_path):
+    scene, out, _ = gps_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    result = reconstruct.main(scene.images, copy, PRESET, pair_options=PairsOptions(num_matched=4),
+                              sfm_options=SfMOptions(progress=False, prior_position=False))
+    assert not result.skipped and result.stats["pose_priors"]["used_by_mapper"] is False
+    assert result.stats["registered"] == 8
+    assert geo.read_georef(copy).alignment["residual_m"]["max"] < 6.0
+
+
 def test_gps_off_ignores_tags(gps_run, tmp_path):
     scene, _, _ = gps_run
     from omniglue_sfm import capture
