@@ -247,6 +247,8 @@ def main(video: Path | str, output_dir: Path | str, options: FrameOptions | None
         raise FileNotFoundError(f"video does not exist: {video}")
     digest = provenance.file_digest(video)
     opts = asdict(options)
+    if options.fps is not None:
+        opts["num_frames"] = None  # not used: another --num-frames changes nothing
     previous = _same_previous(output_dir, digest, opts)
     if previous is not None:
         log.info("frames: reusing %d frames in %s (same video and options)", len(previous.frames), output_dir)
