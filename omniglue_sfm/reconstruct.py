@@ -184,7 +184,9 @@ def run_learned(images: extract.ImageSet, output_dir: Path, preset: dict, run: R
         chosen = pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names,
                             positions=cap.positions if cap else None)
         if cap is not None and cap.kind == "panoramas":  # views of one panorama share no baseline
-            textfiles.write_pairs(pairs_path, cap.filter_pairs(chosen))
+            kept = cap.filter_pairs(chosen)
+            textfiles.write_pairs(pairs_path, kept)
+            logger.info("%d pairs between views of different panoramas", len(kept))
     with stage("match", timings):
         match.main(features_path, pairs_path, matches_path, preset, run)
     with stage("sfm", timings):
