@@ -120,7 +120,7 @@ def main(
     sfm_options = sfm_options or SfMOptions()
     run = run or RunOptions()
     if not image_dir.exists():
-        raise FileNotFoundError(f"image folder does not exist: {image_dir}")
+        raise FileNotFoundError(f"{image_dir} does not exist (give a folder of photos or a video file)")
     pair_options = pair_options or pairs.PairsOptions()
     if pair_options.mode is not None and pair_options.mode not in pairs.IMAGE_MODES:
         raise ValueError(f"unknown pairs mode {pair_options.mode!r}; choose one of {pairs.IMAGE_MODES}")
