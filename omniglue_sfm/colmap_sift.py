@@ -87,6 +87,9 @@ def native_pairs_mode(mode: str) -> str:
     if mode not in pairs.IMAGE_MODES:
         raise ValueError(f"sift preset: pairs mode {mode!r} not supported; choose one of {pairs.IMAGE_MODES} "
                          "or give a pairs file")
+    if mode == "spatial":
+        raise ValueError("sift preset: no spatial pairs (COLMAP matches inside its own database); choose "
+                         "--pairs exhaustive or sequential, or a learned-feature preset")
     if mode == "retrieval":
         # COLMAP's retrieval needs a vocabulary tree we cannot ship; exhaustive is the fallback
         logger.warning("the sift preset has no retrieval pairs; matching exhaustively")

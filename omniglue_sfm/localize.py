@@ -21,6 +21,9 @@ Outputs: ``OUT/poses.txt`` (``name qw qx qy qz tx ty tz``, cam_from_world, local
 names escaped as in pairs.txt), ``OUT/hloc_results.txt`` (the same lines in hloc's results format:
 names as given, unescaped) and ``OUT/localize.json`` (per query: localized, inliers,
 correspondences, retrieved images, reason when failed; ``failed`` lists the queries without a pose).
+Each localized query also has its camera ``position`` in the map's frame, which for a georegistered
+map (``georef.json``, see :mod:`omniglue_sfm.geometry.geo`) is east-north-up metres, with its
+``lat_lon_alt`` (WGS84); the header's ``frame`` says which.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .config import presets
 from .config.options import RunOptions
 from .config.rotation import options_from_preset
 from .formats import h5io, outputs, provenance, textfiles
+from .geometry import geo
 from .geometry.cameras import Query, camera_dict, guess_camera, read_intrinsics, resolve_queries
 from .geometry.pnp import (
     MapExtent,
@@ -200,6 +204,8 @@ class QueryResult:
     num_clusters: int | None = None
     turn_deg: int = 0  # how far the query was turned (counter-clockwise) to extract it upright
     seconds: float = 0.0
+    position: list[float] | None = None  # camera centre in the map's frame (ENU metres when georegistered)
+    lat_lon_alt: list[float] | None = None  # the same in WGS84, when the map is georegistered
 
 
 @dataclass(frozen=True)
@@ -356,8 +362,12 @@ def main(
         if ok:
             results.update(localize_all(lmap, image_dir, ok, output_dir, opts, run))
         ordered = [results[q.name] for q in qlist]
+        georef = geo.read_georef(model_dir)
+        add_positions(ordered, georef)
         header = {"model_dir": str(Path(model_dir)), "preset": lmap.preset.get("name"),
-                  "options": asdict(opts), "seconds": time.perf_counter() - t_start}
+                  "options": asdict(opts), "seconds": time.perf_counter() - t_start,
+                  "frame": ({"crs": geo.CRS, "origin": georef.frame.todict()} if georef is not None
+                            else "the map's own (not georegistered)")}
         return write_outputs(output_dir, ordered, header)
 
 
@@ -403,6 +413,21 @@ def localize_all(lmap: LocalizationMap, image_dir: Path, queries: Sequence[Query
     finally:
         map_features.close()
     return results
+
+
+def add_positions(results: Sequence[QueryResult], georef: geo.Georef | None) -> None:
+    """Each localized query's camera centre in the map's frame, and its latitude, longitude and
+    altitude when the map is georegistered (``georef.json``)."""
+    for r in results:
+        if not r.localized or r.qvec is None or r.tvec is None:
+            continue
+        w, x, y, z = r.qvec
+        rotation = pycolmap.Rotation3d(np.array([x, y, z, w], dtype=np.float64)).matrix()
+        centre = -np.asarray(rotation).T @ np.asarray(r.tvec, dtype=np.float64)
+        r.position = [round(float(v), 6) for v in centre]
+        if georef is not None:
+            lat, lon, alt = georef.to_lla(centre)[0]
+            r.lat_lon_alt = [round(float(lat), 9), round(float(lon), 9), round(float(alt), 4)]
 
 
 def write_outputs(output_dir: Path, ordered: Sequence[QueryResult], header: dict) -> dict:

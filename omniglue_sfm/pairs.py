@@ -10,6 +10,10 @@ Modes:
   window, which closes loops when the camera comes back to a place (needs ``global.h5``).
 * ``retrieval``: each image with its ``num_matched`` most similar images (cosine similarity of
   the global descriptors written by ``extract --global``).
+* ``spatial``: by GPS (photos' EXIF, see :mod:`omniglue_sfm.formats.gps`): each image with its
+  ``num_matched`` nearest images within ``radius`` metres (horizontal distance: GPS altitude is the
+  noisiest coordinate), like COLMAP's spatial matcher; ``with_retrieval`` adds the retrieval pairs
+  too. Images without a position get retrieval pairs (they would be left out otherwise).
 * ``covisibility``: from an existing COLMAP model, each image with the ``num_matched`` images
   that share the most 3D points with it (e.g. to re-match a model with another matcher).
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +37,11 @@ log = logging.getLogger(__name__)
 
 # the pair modes of every pipeline; IMAGE_MODES need only the images (and their descriptors),
 # covisibility needs an existing model
-IMAGE_MODES = ("exhaustive", "sequential", "retrieval")
+IMAGE_MODES = ("exhaustive", "sequential", "retrieval", "spatial")
 MODES = (*IMAGE_MODES, "covisibility")
 DEFAULT_WINDOW = 10  # sequential: neighbours per image (COLMAP's sequential overlap)
-DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility and loop closure: pairs per image
+DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility, spatial and loop closure: pairs per image
+DEFAULT_RADIUS_M = 100.0  # spatial: farthest neighbour, metres (COLMAP's spatial matcher default)
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,14 @@ class PairsOptions:
     loop_closure: bool = False
     quadratic: bool = False
     num_matched: int = DEFAULT_NUM_MATCHED
+    radius: float = DEFAULT_RADIUS_M  # spatial
+    with_retrieval: bool = False  # spatial: also the retrieval pairs
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not self.radius > 0:
+            raise ValueError(f"--radius must be positive (metres), got {self.radius}")
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:
@@ -88,6 +97,24 @@ def sequential(
         sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
         pairs += _top_k_pairs(sim, names, names, num_matched)
     return matches_h5.unique_pairs(pairs)
+
+
+def spatial(
+    names: Sequence[str], positions: Mapping[str, np.ndarray], num_matched: int,
+    radius: float = DEFAULT_RADIUS_M,
+) -> list[tuple[str, str]]:
+    """Each image of ``names`` that has a position (ENU metres) with its ``num_matched`` nearest
+    others within ``radius`` (horizontal distance); images without a position get none here."""
+    if num_matched < 1:
+        raise ValueError(f"num_matched must be >= 1, got {num_matched}")
+    located = [n for n in names if n in positions]
+    if len(located) < 2:
+        return []
+    xy = np.array([np.asarray(positions[n], dtype=np.float64)[:2] for n in located])
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    dist[dist > radius] = np.inf
+    return matches_h5.unique_pairs(_top_k_pairs(-dist, located, located, num_matched))
 
 
 def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
@@ -185,8 +212,10 @@ def main(
     global_path: Path | None = None,
     model_dir: Path | None = None,
     names: list[str] | None = None,
+    positions: Mapping[str, np.ndarray] | None = None,
 ) -> list[tuple[str, str]]:
-    """Make pairs for ``names`` (default: every image in ``image_dir``) and write ``pairs_path``."""
+    """Make pairs for ``names`` (default: every image in ``image_dir``) and write ``pairs_path``.
+    ``positions``: spatial mode's ENU positions (default: read from the images' EXIF GPS)."""
     options = options or PairsOptions()
     mode, num_matched = options.mode or "exhaustive", options.num_matched
     if names is None and image_dir is not None and mode != "covisibility":
@@ -196,6 +225,8 @@ def main(
     elif mode == "sequential":
         pairs = sequential(_need(names), options.window, options.loop_closure, options.quadratic,
                            global_path, num_matched)
+    elif mode == "spatial":
+        pairs = spatial_pairs(_need(names), image_dir, positions, options, global_path)
     elif mode == "retrieval":
         if global_path is None:
             raise ValueError("retrieval pairs need global descriptors: run `extract --global GLOBAL_H5` "
@@ -215,6 +246,40 @@ def main(
     textfiles.write_pairs(pairs_path, pairs)
     log.info("%d pairs (%s) -> %s", len(pairs), mode, pairs_path)
     return pairs
+
+
+def spatial_pairs(
+    names: list[str], image_dir: Path | None, positions: Mapping[str, np.ndarray] | None,
+    options: PairsOptions, global_path: Path | None,
+) -> list[tuple[str, str]]:
+    """Spatial mode: GPS neighbours, retrieval pairs for the images without GPS (and for all with
+    ``with_retrieval``)."""
+    if positions is None:
+        from .formats import gps
+        from .geometry.geo import LocalFrame
+
+        if image_dir is None:
+            raise ValueError("spatial pairs need the images (their EXIF GPS) or positions")
+        scan = gps.scan(image_dir, names)
+        if scan.bad:
+            raise ValueError(scan.bad_message())
+        if len(scan.fixes) < 2:
+            raise ValueError(f"spatial pairs need GPS in the photos' EXIF; {len(scan.fixes)} of "
+                             f"{len(names)} have it: choose another --mode")
+        frame = LocalFrame.around(np.array([f.lla() for f in scan.fixes.values()]))
+        positions = {n: frame.to_enu(f.lla())[0] for n, f in scan.fixes.items()}
+    pairs = spatial(names, positions, options.num_matched, options.radius)
+    without = [n for n in names if n not in positions]
+    if without or options.with_retrieval:
+        if global_path is None:
+            why = (f"{len(without)} image(s) have no GPS position: spatial pairs pair them by retrieval"
+                   if without else "--with-retrieval")
+            raise ValueError(f"{why}, which needs global descriptors (--global GLOBAL_H5)")
+        queries = names if options.with_retrieval else without
+        pairs += retrieval(global_path, names, options.num_matched, query_names=queries)
+        if without:
+            log.info("spatial pairs: %d image(s) without GPS paired by retrieval", len(without))
+    return matches_h5.unique_pairs(pairs)
 
 
 def _need(names: list[str] | None) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from .colmap.database import fresh_database
 from .colmap.mapper import (
     DB_STAMP,
     STATS_VERSION,
+    MappingInputs,
     ReconstructionError,
     SfMOptions,
     SfMResult,
@@ -129,6 +130,34 @@ def write_matches(
     return written
 
 
+def write_pose_priors(
+    db: pycolmap.Database, priors: Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]],
+    image_ids: dict[str, int],
+) -> int:
+    """Position priors (local ENU metres and their 3x3 covariance, see
+    :mod:`omniglue_sfm.geometry.geo`) of the images that have one. Returns how many were written."""
+    written = 0
+    for name, (position, covariance) in sorted(priors.items()):
+        if name not in image_ids:
+            continue
+        prior = pycolmap.PosePrior(position=np.asarray(position, dtype=np.float64),
+                                   position_covariance=np.asarray(covariance, dtype=np.float64),
+                                   coordinate_system=pycolmap.PosePriorCoordinateSystem.CARTESIAN)
+        prior.corr_data_id = db.read_image(image_ids[name]).data_id
+        db.write_pose_prior(prior)
+        written += 1
+    return written
+
+
+def prior_key(priors: Mapping[str, tuple] | None) -> dict | None:
+    """The priors as they enter the fingerprint (millimetres): a moved GPS tag changes it."""
+    if not priors:
+        return None
+    return {n: [round(float(v), 3) for v in np.asarray(p, dtype=np.float64).ravel()]
+            + [round(float(v), 3) for v in np.asarray(c, dtype=np.float64).ravel()]
+            for n, (p, c) in sorted(priors.items())}
+
+
 def verify(db_path: Path) -> None:
     """Geometric verification (E/F/H model selection with RANSAC) of every matched pair."""
     pycolmap.geometric_verification(
@@ -151,8 +180,14 @@ def main(
     pairs_path: Path | str | None = None,
     options: SfMOptions | None = None,
     image_names: Sequence[str] | None = None,
+    priors: Mapping[str, tuple] | None = None,
+    rig: pycolmap.RigConfig | None = None,
 ) -> SfMResult:
-    """Database, verification and mapping of the images of ``image_names`` (default: all features)."""
+    """Database, verification and mapping of the images of ``image_names`` (default: all features).
+
+    ``priors``: name -> (ENU position, 3x3 covariance), written as pose priors and used by the
+    incremental mapper unless ``options.prior_position`` is off; ``rig``: a rig of fixed geometry
+    (panorama views), applied to the database and kept fixed while mapping."""
     options = options or SfMOptions()
     image_dir, features_path, matches_path, output_dir = map(
         Path, (image_dir, features_path, matches_path, output_dir))
@@ -169,6 +204,8 @@ def main(
         "version": STATS_VERSION, "names": names, "pairs": pairs, "camera_mode": camera.mode,
         "camera_model": camera.model, "camera_params": camera.params, "mapper": options.mapper,
         "features": file_signature(features_path), "matches": file_signature(matches_path),
+        **({"priors": prior_key(priors), "prior_position": options.prior_position} if priors else {}),
+        **({"rig": str(rig.todict())} if rig is not None else {}),
     })
     with locks.locked_output_dir(output_dir):  # one run per output folder (a no-op under reconstruct)
         previous = load_previous(output_dir, key)
@@ -180,12 +217,17 @@ def main(
                        "camera_model": camera.model, "inputs": inputs, "seconds": {}}
         t0 = time.perf_counter()
         db_path = build_database(output_dir / "database.db", image_dir, features_path, matches_path,
-                                 names, pairs, camera)
+                                 names, pairs, camera, priors, rig)
         stats["seconds"]["database"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         verify(db_path)
         stats["seconds"]["verification"] = time.perf_counter() - t0
-        return map_and_write(db_path, image_dir, output_dir, names, options.mapper, stats, options.progress)
+        inputs = MappingInputs(use_priors=bool(priors) and options.prior_position, fixed_rigs=rig is not None)
+        if priors:
+            stats["pose_priors"] = {"images": len(priors), "used_by_mapper": inputs.use_priors
+                                    and options.mapper == "incremental"}
+        return map_and_write(db_path, image_dir, output_dir, names, options.mapper, stats, options.progress,
+                             inputs)
 
 
 def build_database(
@@ -196,8 +238,11 @@ def build_database(
     names: Sequence[str],
     pairs: Sequence[tuple[str, str]],
     camera: CameraOptions,
+    priors: Mapping[str, tuple] | None = None,
+    rig: pycolmap.RigConfig | None = None,
 ) -> Path:
-    """A fresh database (written under a temporary name, then renamed)."""
+    """A fresh database (written under a temporary name, then renamed); with ``priors`` (pose
+    priors) and ``rig`` (applied with ``pycolmap.apply_rig_config``) when given."""
     infos = read_image_infos(features_path, names)
     cameras, assignment = make_cameras(image_dir, infos, camera)
     # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
@@ -206,4 +251,8 @@ def build_database(
         image_ids = write_images(db, infos, cameras, assignment)
         counts = write_keypoints(db, features_path, image_ids)
         write_matches(db, matches_path, pairs, image_ids, counts)
+        if priors:
+            write_pose_priors(db, priors, image_ids)
+        if rig is not None:
+            pycolmap.apply_rig_config([rig], db)
     return db_path

@@ -15,6 +15,7 @@ from omniglue_sfm.runtime import locks
 
 # one user error per command: (argv with {tmp} for a fresh empty folder, words the message must hold)
 USER_ERRORS = {
+    "frames": (["frames", "{tmp}/missing.mp4", "{tmp}/frames"], "missing.mp4"),
     "extract": (["extract", "{tmp}", "{tmp}/features.h5", "--preset", "sift"], "COLMAP's own SIFT"),
     "pairs": (["pairs", "{tmp}", "{tmp}/pairs.txt", "--mode", "retrieval"], "global descriptors"),
     "match": (["match", "{tmp}/missing.h5", "{tmp}/pairs.txt", "{tmp}/matches.h5"], "missing.h5"),

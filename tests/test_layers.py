@@ -17,8 +17,9 @@ LAYERS = [
     # a photo and its keypoint mapping)
     ("config", "features", "guidance", "matchers", "geometry"),
     ("colmap",),  # COLMAP database, mapper and outputs shared by both SfM pipelines
-    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "orientation", "viz"),  # stages, pictures
-    ("reconstruct", "localize", "export", "triangulate"),  # stages put together
+    # stages, pictures
+    ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "orientation", "viz", "frames"),
+    ("reconstruct", "localize", "export", "triangulate", "capture"),  # stages put together
     ("evaluation", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line
 ]

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import frames
+from ..capture import GPS_MODES, PANORAMA_MODES, CaptureOptions
 from ..colmap.mapper import MAPPERS, SfMOptions
 from ..config import presets
 from ..config.options import RunOptions
 from ..config.rotation import ROTATION_MODES
 from ..formats.masks import MASK_SUFFIX
 from ..geometry.cameras import CAMERA_MODES, CameraOptions
-from ..pairs import DEFAULT_NUM_MATCHED, DEFAULT_WINDOW, PairsOptions
+from ..geometry.panorama import PanoramaOptions
+from ..pairs import DEFAULT_NUM_MATCHED, DEFAULT_RADIUS_M, DEFAULT_WINDOW, PairsOptions
 from ..runtime.executors import EXECUTORS, ExecutorOptions
 
 
@@ -143,13 +146,18 @@ def add_pairs(parser: argparse.ArgumentParser) -> None:
                         help="sequential: also the --num-matched most similar images (needs global "
                              "descriptors)")
     parser.add_argument("--num-matched", type=int, default=DEFAULT_NUM_MATCHED,
-                        help="retrieval/covisibility/loop closure: pairs per image")
+                        help="retrieval/covisibility/spatial/loop closure: pairs per image")
+    parser.add_argument("--radius", type=float, default=DEFAULT_RADIUS_M, metavar="METRES",
+                        help="spatial: neighbours within this horizontal GPS distance")
+    parser.add_argument("--with-retrieval", action="store_true",
+                        help="spatial: also the --num-matched most similar images by appearance")
 
 
 def pairs_options(args: argparse.Namespace, mode: str | None = None) -> PairsOptions:
     """From the arguments of :func:`add_pairs` (``mode``: the parsed pairs mode)."""
     return PairsOptions(mode, args.window, args.loop_closure, getattr(args, "quadratic", False),
-                        args.num_matched)
+                        args.num_matched, getattr(args, "radius", DEFAULT_RADIUS_M),
+                        getattr(args, "with_retrieval", False))
 
 
 def add_sfm(parser: argparse.ArgumentParser) -> None:
@@ -162,9 +170,64 @@ def add_sfm(parser: argparse.ArgumentParser) -> None:
                         help="known intrinsics, comma separated in the model's order (e.g. 'f,cx,cy,k')")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
                         help="incremental (COLMAP) or global (GLOMAP, pycolmap >= 4)")
+    parser.add_argument("--no-prior-position", dest="prior_position", action="store_false",
+                        help="map without the photos' GPS positions as pose priors (the model is still "
+                             "aligned to GPS afterwards)")
 
 
 def sfm_options(args: argparse.Namespace) -> SfMOptions:
     """From the arguments of :func:`add_sfm` (and the global ``--verbose``)."""
     return SfMOptions(CameraOptions(args.camera_mode, args.camera_model, args.camera_params), args.mapper,
-                      verbose=bool(getattr(args, "verbose", False)))
+                      verbose=bool(getattr(args, "verbose", False)),
+                      prior_position=bool(getattr(args, "prior_position", True)))
+
+
+# --------------------------------------------------------------------------------------------
+# field captures: GPS, panoramas, video frames
+
+
+def add_capture(parser: argparse.ArgumentParser) -> None:
+    """``--gps``, ``--panoramas``, ``--pano-views``, ``--pano-fov``, ``--pano-view-size`` and the
+    frame rule's options (:func:`add_frames`)."""
+    parser.add_argument("--gps", choices=GPS_MODES, default="auto",
+                        help="auto: when most photos have EXIF GPS, pair by position, map with GPS priors "
+                             "and georegister the model (metres, georef.json); off: ignore GPS")
+    parser.add_argument("--panoramas", choices=PANORAMA_MODES, default="auto",
+                        help="auto: images that are all 2:1 are equirectangular panoramas, cut into a rig of "
+                             "pinhole views; on / off: say so")
+    defaults = PanoramaOptions()
+    parser.add_argument("--pano-views", type=int, default=defaults.views, metavar="N",
+                        help=f"panoramas: pinhole views around the horizon (default {defaults.views})")
+    parser.add_argument("--pano-fov", type=float, default=defaults.fov, metavar="DEG",
+                        help=f"panoramas: field of view of each view, degrees (default {defaults.fov:g})")
+    parser.add_argument("--pano-view-size", type=int, default=None, metavar="PX",
+                        help="panoramas: view side in pixels (default: the panorama's angular resolution)")
+    add_frames(parser)
+
+
+def capture_options(args: argparse.Namespace) -> CaptureOptions:
+    return CaptureOptions(args.gps, args.panoramas,
+                          PanoramaOptions(args.pano_views, args.pano_fov, args.pano_view_size),
+                          frame_options(args))
+
+
+def add_frames(parser: argparse.ArgumentParser) -> None:
+    """The video frame rule's options (see :mod:`omniglue_sfm.frames`)."""
+    parser.add_argument("--num-frames", type=int, default=frames.DEFAULT_NUM_FRAMES, metavar="N",
+                        help=f"video: frames to keep, one per equal time window (default "
+                             f"{frames.DEFAULT_NUM_FRAMES})")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="video: frames per second of video to keep, instead of --num-frames")
+    parser.add_argument("--min-sharpness", type=float, default=frames.DEFAULT_MIN_SHARPNESS, metavar="F",
+                        help=f"video: drop a frame less sharp than F x the median as blurred (default "
+                             f"{frames.DEFAULT_MIN_SHARPNESS})")
+    parser.add_argument("--duplicate-threshold", type=float, default=frames.DEFAULT_DUPLICATE_THRESHOLD,
+                        metavar="D",
+                        help=f"video: drop a frame whose thumbnail differs from the last kept one by less "
+                             f"than D (mean absolute difference, 0..1): the camera stood still (default "
+                             f"{frames.DEFAULT_DUPLICATE_THRESHOLD})")
+
+
+def frame_options(args: argparse.Namespace) -> frames.FrameOptions:
+    return frames.FrameOptions(args.num_frames, args.fps, args.min_sharpness, args.duplicate_threshold,
+                               getattr(args, "max_size", None))

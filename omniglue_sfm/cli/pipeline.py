@@ -1,11 +1,11 @@
-"""Commands of the pipeline's stages: extract, pairs, vlad, match, merge, sfm, reconstruct."""
+"""Commands of the pipeline's stages: frames, extract, pairs, vlad, match, merge, sfm, reconstruct."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import extract, match, pairs, reconstruct, sfm, vlad
+from .. import extract, frames, match, pairs, reconstruct, sfm, vlad
 from ..colmap.summary import print_sfm_summary
 from ..formats import sharded
 from ..formats.images import none_readable
@@ -13,7 +13,7 @@ from . import args as A
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    for add in (_extract, _pairs, _vlad, _match, _merge, _sfm, _reconstruct):
+    for add in (_frames, _extract, _pairs, _vlad, _match, _merge, _sfm, _reconstruct):
         add(sub)
 
 
@@ -28,7 +28,25 @@ def _described(sub: argparse._SubParsersAction, name: str, help_text: str, modul
 
 
 # --------------------------------------------------------------------------------------------
-# extract
+# frames, extract
+
+
+def _frames(sub: argparse._SubParsersAction) -> None:
+    p = _described(sub, "frames", "video -> sharp, distinct frames (JPEG) + frames.json", frames)
+    p.add_argument("video", type=Path, help="video file")
+    p.add_argument("output", type=Path, help="folder for the frames (re-run to resume)")
+    A.add_frames(p)
+    p.add_argument("--max-size", type=A.positive_int, default=None, metavar="PX",
+                   help="scale the frames down to this long side")
+    p.set_defaults(func=_run_frames)
+
+
+def _run_frames(args: argparse.Namespace) -> int:
+    result = frames.main(args.video, args.output, A.frame_options(args))
+    dropped = ", ".join(f"{v} {k}" for k, v in result.dropped.items())
+    print(f"{len(result.frames)} frames of {result.decoded} decoded ({dropped} dropped) -> {args.output}"
+          + (" (reused)" if result.skipped else ""))
+    return 0
 
 
 def _extract(sub: argparse._SubParsersAction) -> None:
@@ -164,16 +182,20 @@ def _run_sfm(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = _described(sub, "reconstruct", "image folder -> COLMAP model, all stages", reconstruct, whole=False)
-    p.add_argument("images", type=Path, help="image folder (searched recursively)")
+    p = _described(sub, "reconstruct", "image folder or video -> COLMAP model, all stages", reconstruct,
+                   whole=False)
+    p.add_argument("images", type=Path, help="image folder (searched recursively; 2:1 panoramas are cut into "
+                                             "views) or a video file")
     p.add_argument("output", type=Path, help="output folder (re-run to resume)")
     A.add_preset(p)
     A.add_batch_size(p)
     p.add_argument("--pairs", choices=pairs.IMAGE_MODES, default=None,
-                   help=f"pair selection (default: exhaustive up to {reconstruct.EXHAUSTIVE_MAX_IMAGES} "
+                   help=f"pair selection (default: spatial when most photos have GPS, sequential with loop "
+                        f"closure for a video, else exhaustive up to {reconstruct.EXHAUSTIVE_MAX_IMAGES} "
                         "images, else retrieval)")
     A.add_pairs(p)
     A.add_sfm(p)
+    A.add_capture(p)
     A.add_masks(p)
     A.add_rotation(p)
     A.add_overwrite(p)
@@ -185,6 +207,7 @@ def _reconstruct(sub: argparse._SubParsersAction) -> None:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     preset = A.resolved_preset(args)  # validated before any work
     result = reconstruct.main(args.images, args.output, preset, A.run_options(args),
-                              pair_options=A.pairs_options(args, args.pairs), sfm_options=A.sfm_options(args))
+                              pair_options=A.pairs_options(args, args.pairs), sfm_options=A.sfm_options(args),
+                              capture=A.capture_options(args))
     print_sfm_summary(result, result.failed_images, result.stage_seconds)
     return 0

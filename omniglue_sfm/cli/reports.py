@@ -44,6 +44,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"registered      {result['registered']} / {result['total']}")
         print(f"pose AUC@5/10/20 {result['auc5']:.3f} / {result['auc10']:.3f} / {result['auc20']:.3f}")
         print(f"centre error    {result['center_error']:.4g} (median, GT units, after Sim3 alignment)")
+        if "georef_residual_m" in result:
+            r = result["georef_residual_m"]
+            print(f"GPS alignment   residual median {r['median']:.3g} m, max {r['max']:.3g} m, "
+                  f"rmse {r['rmse']:.3g} m (georef.json)")
     return 0
 
 

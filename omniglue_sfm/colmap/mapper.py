@@ -43,6 +43,7 @@ class SfMOptions:
     mapper: str = "incremental"  # see MAPPERS
     verbose: bool = False  # COLMAP's log on the terminal too (always in OUT/colmap.log)
     progress: bool = True  # a progress bar while mapping
+    prior_position: bool = True  # the incremental mapper uses GPS pose priors when the database has them
 
     def __post_init__(self) -> None:
         if self.mapper not in MAPPERS:
@@ -130,10 +131,21 @@ class _MappingProgress:
         self.bar.close()
 
 
+@dataclass(frozen=True)
+class MappingInputs:
+    """What the database holds beyond images and matches: pose priors (used when ``use_priors``)
+    and rigs of known geometry (``fixed_rigs``: sensor poses and intrinsics are not refined)."""
+
+    use_priors: bool = False
+    fixed_rigs: bool = False
+
+
 def run_mapping(
-    db_path: Path, image_dir: Path, work_dir: Path, mapper: str, num_images: int, progress: bool = True
+    db_path: Path, image_dir: Path, work_dir: Path, mapper: str, num_images: int, progress: bool = True,
+    inputs: MappingInputs | None = None,
 ) -> list[pycolmap.Reconstruction]:
     """Run the mapper; models sorted by registered images, largest first."""
+    inputs = inputs or MappingInputs()
     if mapper not in MAPPERS:
         raise ValueError(f"unknown mapper {mapper!r}; choose one of {MAPPERS}")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +164,12 @@ def run_mapping(
         # COLMAP drops models under min(0.8 * images, 10) images; keep fragments of 3 and more
         # (the largest becomes sparse/, the rest sparse_models/)
         options.min_model_size = MIN_MODEL_SIZE
+        # GPS priors: bundle adjustment keeps the cameras near them (the model comes out in their frame)
+        options.use_prior_position = inputs.use_priors
+        if inputs.fixed_rigs:  # panorama views: their relative poses and intrinsics are exact
+            options.ba_refine_sensor_from_rig = False
+            options.ba_refine_focal_length = False
+            options.ba_refine_extra_params = False
         bar = _MappingProgress(num_images, progress)
         try:
             models = pycolmap.incremental_mapping(
@@ -244,6 +262,7 @@ def map_and_write(
     mapper: str,
     stats: dict,
     progress: bool = True,
+    inputs: MappingInputs | None = None,
 ) -> SfMResult:
     """Mapping + outputs, or a :class:`ReconstructionError` that says why nothing came out."""
     pair_stats = pair_statistics(db_path)
@@ -252,7 +271,7 @@ def map_and_write(
     shutil.rmtree(work_dir, ignore_errors=True)
     t0 = time.perf_counter()
     models = [] if pair_stats["verified_pairs"] == 0 else run_mapping(
-        db_path, image_dir, work_dir, mapper, pair_stats["num_images"], progress)
+        db_path, image_dir, work_dir, mapper, pair_stats["num_images"], progress, inputs)
     stats["seconds"]["mapping"] = time.perf_counter() - t0
     shutil.rmtree(work_dir, ignore_errors=True)
     models = [m for m in models if m.num_reg_images() >= 2]

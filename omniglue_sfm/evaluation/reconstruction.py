@@ -6,6 +6,8 @@
   with an unregistered image has infinite error, so missing images lower the AUC.
 * Median camera-centre error (ground-truth units) after a similarity transform that aligns the
   registered centres to the ground truth (Umeyama, least squares).
+* For a georegistered model (``georef.json`` beside ``sparse/``): the residual of its alignment to
+  the photos' GPS positions (metres: mean, median, max, rmse), ``georef_residual_m``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry.geo import read_georef
 from ..geometry.scenes import CameraPose, model_poses, read_strecha_dir
 
 THRESHOLDS = (5.0, 10.0, 20.0)
@@ -119,7 +122,22 @@ def _match_names(est: dict[str, CameraPose], gt: Mapping[str, CameraPose]) -> di
 
 
 def evaluate(model_dir: Path | str, gt_dir: Path | str) -> dict:
-    """Keys: registered, total, auc5, auc10, auc20, center_error."""
+    """Keys: registered, total, auc5, auc10, auc20, center_error (and georef_residual_m for a
+    georegistered model)."""
     gt = read_strecha_dir(gt_dir)
     est = _match_names(model_poses(model_dir), gt)
-    return evaluate_poses(est, gt)
+    result = evaluate_poses(est, gt)
+    residual = georef_residual(model_dir)
+    if residual is not None:
+        result["georef_residual_m"] = residual
+    return result
+
+
+def georef_residual(model_dir: Path | str) -> dict | None:
+    """The GPS alignment residual (metres) recorded in ``georef.json`` beside the model, if any."""
+    model_dir = Path(model_dir)
+    for folder in (model_dir, model_dir.parent):
+        georef = read_georef(folder)
+        if georef is not None:
+            return georef.alignment.get("residual_m")
+    return None
