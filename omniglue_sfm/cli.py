@@ -37,6 +37,7 @@ STAGE_MODULES = [
     "training.train",
     "export",
     "triangulate",
+    "weights_cli",
 ]
 
 

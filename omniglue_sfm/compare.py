@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import extract, pairs, presets, reconstruct, sfm, weights
+from . import extract, official_runtime, pairs, presets, reconstruct, sfm, weights
 from .mapping import SfMOptions
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,8 @@ def main(
         out_dir = output_dir / label
         print(f"==> compare: {label}", file=sys.stderr, flush=True)
         try:
-            reconstruct.check_weights(preset)  # before any work: missing weights -> skipped
-        except weights.WeightsNotFoundError as err:
+            reconstruct.check_weights(preset)  # before any work: missing weights or extras -> skipped
+        except (weights.WeightsNotFoundError, official_runtime.ExtraMissingError) as err:
             rows[label] = {"status": "skipped", "reason": str(err).splitlines()[0]}
             log.warning("%s skipped: %s", label, rows[label]["reason"])
             continue

@@ -54,12 +54,50 @@ def features_config(preset: dict) -> dict:
     if "features" not in preset:
         raise ValueError("preset has no [features] section")
     config = {"features": preset["features"]}
+    if registry.reads_original(preset):
+        check_reads_original(preset)
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
     rotation = orientation.options_from_preset(preset)
     if rotation is not None:  # absent when off: files made before rotation handling stay valid
         config["rotation"] = rotation.record()
     return config
+
+
+def check_reads_original(preset: dict) -> None:
+    """An extractor that reads the original image (the released OmniGlue's front end) sees it as
+    its authors' code does: full size, as stored; the knobs that would change that are errors."""
+    name = preset.get("name", "?")
+    if preset["features"].get("resize_max"):
+        raise ValueError(f"preset {name!r} extracts from the full-resolution image, as the released "
+                         "model's authors do; --resize-max / resize_max do not apply to it")
+    if orientation.options_from_preset(preset) is not None:
+        raise ValueError(f"preset {name!r} takes images as stored (the released model's authors do not "
+                         "turn them); leave --rotation out or set it to off")
+
+
+def extract_original(
+    img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
+    full_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """:func:`extract_image` for an extractor (and guidance) that reads the original uint8 image
+    itself (``reads_original``): keypoints come back in its pixels, guidance is sampled by the
+    guidance plugin at them and stored float32 (the released OmniGlue's input, as its authors
+    compute it)."""
+    if full_size is not None and tuple(full_size) != (img.shape[1], img.shape[0]):
+        raise ValueError(f"{type(extractor).__name__} needs the image decoded at full size")
+    pred = extractor.extract_original(img)
+    item = {
+        "keypoints": pred["keypoints"].astype(np.float32),
+        "scores": pred["scores"].astype(np.float32),
+        "descriptors": pred["descriptors"].T.astype(np.float32),  # (D, N)
+        "image_size": np.array([img.shape[1], img.shape[0]], dtype=np.int64),
+    }
+    gvec = None
+    if guidance is not None:
+        sampled, gvec = guidance.describe_original(img, pred["keypoints"])
+        item["guidance"] = sampled.T.astype(np.float32)  # (C, N)
+    return item, gvec
 
 
 def extract_image(
@@ -72,6 +110,10 @@ def extract_image(
     With ``turn`` the image is extracted upright (turned ``turn`` quarter-turns counter-clockwise)
     and its keypoints are mapped back to the original pixels; ``image_size`` stays the original's.
     """
+    if getattr(extractor, "reads_original", False):
+        if turn:
+            raise ValueError(f"{type(extractor).__name__} takes images as stored, not turned")
+        return extract_original(img, extractor, guidance, full_size)
     full_w, full_h = full_size or (img.shape[1], img.shape[0])
     img = orientation.turn_image(img, turn) if turn else img
     upright_size = (full_h, full_w) if turn % 2 else (full_w, full_h)  # full size, turned upright

@@ -12,13 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omniglue_sfm"
 # lower layers never import higher ones; a module may import its own layer (without a cycle)
 LAYERS = [
     # files, data, where work runs
-    ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks"),
+    ("io", "hloc", "images", "runtime", "executors", "weights", "scenes", "masks", "official_runtime",
+     "weights_fetch"),
     # plugins, presets (validated against the plugins), cameras, geometry (orientation: the turn of
     # a photo and its keypoint mapping)
     ("registry", "presets", "features", "guidance", "matchers", "cameras", "pnp", "orientation"),
     ("mapping",),  # mapper and outputs shared by both SfM pipelines
     ("extract", "pairs", "vlad", "match", "sfm", "colmap_sift", "summary", "viz"),  # stages, pictures
-    ("reconstruct", "localize", "export", "triangulate"),  # stages put together
+    ("reconstruct", "localize", "export", "triangulate", "weights_cli"),  # stages put together
     ("evaluate", "evaluate_pairs", "evaluate_localization", "compare", "training"),  # reports
     ("cli", "__main__"),  # the command line
 ]
