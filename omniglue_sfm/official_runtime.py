@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
+import sys
 from types import ModuleType
 
 INSTALL = 'pip install "omniglue-sfm[official]"  (tensorflow-cpu and opencv-python-headless)'
@@ -22,8 +24,10 @@ class ExtraMissingError(ImportError, ValueError):
 
 def _import(module: str) -> ModuleType:
     if module == "tensorflow":
-        # TensorFlow's C++ start-up notices (CPU features, oneDNN) are no news to our users
+        # TensorFlow's C++ start-up notices (CPU features, oneDNN) and its Python deprecation and
+        # SavedModel-loading notices are no news to our users
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -46,5 +50,16 @@ def check_installed() -> None:
     """Raise :class:`ExtraMissingError` unless every package of the extra imports (TensorFlow's
     import takes seconds: call this once, before work that needs it)."""
     for module in _MODULES:
-        if importlib.util.find_spec(module) is None:
+        if not _installed(module):
             _import(module)  # raises with the message
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (a ``None`` entry in
+    ``sys.modules`` blocks an import, as in tests that take a package away)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

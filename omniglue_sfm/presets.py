@@ -33,12 +33,14 @@ def _load() -> dict[str, dict]:
         return tomllib.load(f)
 
 
-def names() -> list[str]:
-    """Every accepted preset name, canonical names and aliases (``aliked+lightglue``)."""
+def names(aliases: bool = True) -> list[str]:
+    """Every accepted preset name, canonical names and (``aliases``) their other spellings
+    (``aliked+lightglue``), which are accepted but not listed in help and messages."""
     out = []
     for name, preset in _load().items():
         out.append(name)
-        out.extend(preset.get("aliases", []))
+        if aliases:
+            out.extend(preset.get("aliases", []))
     return out
 
 
@@ -46,7 +48,7 @@ def canonical_name(name: str) -> str:
     for canonical, preset in _load().items():
         if name == canonical or name in preset.get("aliases", []):
             return canonical
-    raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(names())}")
+    raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(names(aliases=False))}")
 
 
 def get(name: str) -> dict:
@@ -142,7 +144,7 @@ def _resolve_user(name: str, body: dict, where: str) -> dict:
     if base is not None:
         if base not in names():
             raise ValueError(f"{where}: base = {base!r} is not a built-in preset; choose one of: "
-                             f"{', '.join(names())}")
+                             f"{', '.join(names(aliases=False))}")
         body = merge_overrides(get(base), body)
     body["name"] = name
     validate(body, where)
@@ -249,7 +251,8 @@ class PresetChoice:
             return resolve(user[self.name], self.overrides())
         if self.name not in names():
             extra = f" or one of {self.preset_file}: {', '.join(user)}" if user else ""
-            raise ValueError(f"unknown preset {self.name!r}; choose one of: {', '.join(names())}{extra}")
+            raise ValueError(f"unknown preset {self.name!r}; choose one of: "
+                             f"{', '.join(names(aliases=False))}{extra}")
         return resolve(self.name, self.overrides())
 
 
@@ -267,7 +270,7 @@ def positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser, knobs: bool = True, default: str = "omniglue") -> None:
     """``--preset``, ``--preset-file`` and (``knobs``) ``--max-keypoints`` / ``--resize-max``."""
     parser.add_argument("--preset", default=default, metavar="NAME",
-                        help=f"pipeline preset: {', '.join(names())}, or one of --preset-file "
+                        help=f"pipeline preset: {', '.join(names(aliases=False))}, or one of --preset-file "
                              f"(default: {default})")
     parser.add_argument("--preset-file", type=Path, default=None, metavar="TOML",
                         help="your own presets, in presets.toml's shape (base = \"NAME\" starts from a "
