@@ -277,7 +277,7 @@ def small_run(standin_paths, tmp_path_factory):
     images = folder / "images"
     images.mkdir()
     Image.fromarray(odd_image("0002.jpg")).save(images / "a.png")
-    Image.fromarray(odd_image("0003.jpg", (517, 347))).save(images / "b.png")
+    Image.fromarray(odd_image("0003.jpg", (517, 349))).save(images / "b.png")  # both sides round up
     with pytest.MonkeyPatch.context() as mp:
         standins.use(mp, standin_paths)
         mp.setenv("OMNIGLUE_SFM_CACHE", str(folder / "cache"))
