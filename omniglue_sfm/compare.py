@@ -34,7 +34,7 @@ from .config import presets
 from .config.options import RunOptions
 from .evaluation.comparison import gt_metrics, markdown_table
 from .formats import outputs
-from .runtime import weights
+from .runtime import extras, weights
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def main(
         out_dir = output_dir / label
         print(f"==> compare: {label}", file=sys.stderr, flush=True)
         try:
-            reconstruct.check_weights(preset)  # before any work: missing weights -> skipped
-        except weights.WeightsNotFoundError as err:
+            reconstruct.check_weights(preset)  # before any work: missing weights or extras -> skipped
+        except (weights.WeightsNotFoundError, extras.ExtraMissingError) as err:
             rows[label] = {"status": "skipped", "reason": str(err).splitlines()[0]}
             log.warning("%s skipped: %s", label, rows[label]["reason"])
             continue

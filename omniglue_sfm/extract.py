@@ -52,6 +52,8 @@ def features_config(preset: dict) -> dict:
     if "features" not in preset:
         raise ValueError("preset has no [features] section")
     config = {"features": preset["features"]}
+    if registry.reads_original(preset):
+        check_reads_original(preset)
     if preset.get("guidance"):
         config["guidance"] = preset["guidance"]
     rotation = options_from_preset(preset)
@@ -60,6 +62,18 @@ def features_config(preset: dict) -> dict:
     if preset.get("masks"):  # the folder (absolute): another folder is another configuration
         config["masks"] = MaskSet(preset["masks"]).config_value()
     return config
+
+
+def check_reads_original(preset: dict) -> None:
+    """An extractor that reads the original image (the released OmniGlue's front end) sees it as
+    its authors' code does: full size, as stored; the knobs that would change that are errors."""
+    name = preset.get("name", "?")
+    if preset["features"].get("resize_max"):
+        raise ValueError(f"preset {name!r} extracts from the full-resolution image, as the released "
+                         "model's authors do; --resize-max / resize_max do not apply to it")
+    if options_from_preset(preset) is not None:
+        raise ValueError(f"preset {name!r} takes images as stored (the released model's authors do not "
+                         "turn them); leave --rotation out or set it to off")
 
 
 RAY_IMAGES_PER_CHUNK = 4  # images per Ray call: small, so a lost worker loses little

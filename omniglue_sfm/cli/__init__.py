@@ -25,7 +25,7 @@ from ..formats.images import ImageReadError
 from ..localize import LocalizationError
 from ..runtime.weights import WeightsNotFoundError
 from ..viz.render import RenderError
-from . import maps, pipeline, reports
+from . import maps, pipeline, reports, weights
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (pipeline, maps, reports):
+    for commands in (pipeline, maps, reports, weights):
         commands.add_commands(sub)
     return parser
 

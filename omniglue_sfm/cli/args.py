@@ -42,8 +42,8 @@ def positive_int(text: str) -> int:
 def add_preset(parser: argparse.ArgumentParser, knobs: bool = True, default: str = "omniglue") -> None:
     """``--preset``, ``--preset-file`` and (``knobs``) ``--max-keypoints`` / ``--resize-max``."""
     parser.add_argument("--preset", default=default, metavar="NAME",
-                        help=f"pipeline preset: {', '.join(presets.names())}, or one of --preset-file "
-                             f"(default: {default})")
+                        help=f"pipeline preset: {', '.join(presets.names(aliases=False))}, or one of "
+                             f"--preset-file (default: {default})")
     parser.add_argument("--preset-file", type=Path, default=None, metavar="TOML",
                         help="your own presets, in presets.toml's shape (base = \"NAME\" starts from a "
                              "built-in one); validated before any work")

@@ -32,12 +32,14 @@ def _load() -> dict[str, dict]:
         return tomllib.load(f)
 
 
-def names() -> list[str]:
-    """Every accepted preset name, canonical names and aliases (``aliked+lightglue``)."""
+def names(aliases: bool = True) -> list[str]:
+    """Every accepted preset name, canonical names and (``aliases``) their other spellings
+    (``aliked+lightglue``), which are accepted but not listed in help and messages."""
     out = []
     for name, preset in _load().items():
         out.append(name)
-        out.extend(preset.get("aliases", []))
+        if aliases:
+            out.extend(preset.get("aliases", []))
     return out
 
 
@@ -45,7 +47,7 @@ def canonical_name(name: str) -> str:
     for canonical, preset in _load().items():
         if name == canonical or name in preset.get("aliases", []):
             return canonical
-    raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(names())}")
+    raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(names(aliases=False))}")
 
 
 def get(name: str) -> dict:
@@ -141,7 +143,7 @@ def _resolve_user(name: str, body: dict, where: str) -> dict:
     if base is not None:
         if base not in names():
             raise ValueError(f"{where}: base = {base!r} is not a built-in preset; choose one of: "
-                             f"{', '.join(names())}")
+                             f"{', '.join(names(aliases=False))}")
         body = merge_overrides(get(base), body)
     body["name"] = name
     validate(body, where)
@@ -244,5 +246,6 @@ class PresetChoice:
             return resolve(user[self.name], self.overrides())
         if self.name not in names():
             extra = f" or one of {self.preset_file}: {', '.join(user)}" if user else ""
-            raise ValueError(f"unknown preset {self.name!r}; choose one of: {', '.join(names())}{extra}")
+            raise ValueError(f"unknown preset {self.name!r}; choose one of: "
+                             f"{', '.join(names(aliases=False))}{extra}")
         return resolve(self.name, self.overrides())

@@ -11,12 +11,14 @@ EXTRACTORS = {
     "aliked": "omniglue_sfm.features.aliked:ALIKEDExtractor",
     "disk": "omniglue_sfm.features.disk:DISKExtractor",
     "superpoint": "omniglue_sfm.features.superpoint:SuperPointExtractor",
+    "superpoint-official": "omniglue_sfm.features.superpoint_official:SuperPointOfficial",
 }
 
 GUIDANCE = {
     "aliked-grid": "omniglue_sfm.guidance.aliked_grid:ALIKEDGridGuidance",
     "dinov2_vits14": "omniglue_sfm.guidance.dinov2:DINOv2Guidance",
     "dinov2_vitb14": "omniglue_sfm.guidance.dinov2:DINOv2Guidance",
+    "dinov2-official": "omniglue_sfm.guidance.dinov2_official:DINOv2Official",
 }
 
 MATCHERS = {
@@ -24,6 +26,7 @@ MATCHERS = {
     "lightglue": "omniglue_sfm.matchers.lightglue:LightGlueMatcher",
     "superglue": "omniglue_sfm.matchers.superglue:SuperGlueMatcher",
     "mnn": "omniglue_sfm.matchers.mnn:MutualNearestNeighbour",
+    "omniglue-official": "omniglue_sfm.matchers.omniglue_official:OmniGlueOfficial",
 }
 
 
@@ -55,3 +58,21 @@ def config_keys(kind: str, name: str) -> frozenset[str]:
     cls = _load(TABLES[kind], name, kind)
     keys = cls.config_keys() if hasattr(cls, "config_keys") else getattr(cls, "default_conf", {})
     return frozenset(keys)
+
+
+def reads_original(preset: dict) -> bool:
+    """Whether the preset's extractor reads the original uint8 image itself (``reads_original``:
+    the released OmniGlue's front end), rather than the resized float image ``extract`` gives."""
+    name = (preset.get("features") or {}).get("name")
+    return name in EXTRACTORS and bool(getattr(_load(EXTRACTORS, name, "extractor"), "reads_original", False))
+
+
+def check_installed(preset: dict) -> None:
+    """Every plugin of the preset that needs optional packages checks that they are there (its
+    ``check_installed()``: one error with the install command), before any work."""
+    for section, kind in (("features", "extractor"), ("guidance", "guidance"), ("matcher", "matcher")):
+        name = (preset.get(section) or {}).get("name")
+        if name in TABLES[kind]:
+            check = getattr(_load(TABLES[kind], name, kind), "check_installed", None)
+            if check is not None:
+                check()

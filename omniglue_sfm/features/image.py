@@ -1,5 +1,8 @@
 """Features of one image: downscaled, through the extractor (and guidance), keypoints in original pixels.
 
+An extractor with ``reads_original`` (the released OmniGlue's front end) gets the original uint8
+image instead and does its own resizing, as its authors' code does (:func:`extract_original`).
+
 The image arrives as read by :mod:`omniglue_sfm.formats.images` (EXIF orientation applied; large
 images possibly decoded reduced). With a ``turn`` it is extracted upright and its keypoints are
 mapped back to the original pixels, the frame of ``features.h5`` (docs/design.md, section 1).
@@ -16,6 +19,30 @@ from ..guidance.aliked_grid import global_descriptor
 from ..guidance.base import sample_dense
 
 
+def extract_original(
+    img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
+    full_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """:func:`extract_image` for an extractor (and guidance) that reads the original uint8 image
+    itself (``reads_original``): keypoints come back in its pixels, guidance is sampled by the
+    guidance plugin at them and stored float32 (the released OmniGlue's input, as its authors
+    compute it)."""
+    if full_size is not None and tuple(full_size) != (img.shape[1], img.shape[0]):
+        raise ValueError(f"{type(extractor).__name__} needs the image decoded at full size")
+    pred = extractor.extract_original(img)
+    item = {
+        "keypoints": pred["keypoints"].astype(np.float32),
+        "scores": pred["scores"].astype(np.float32),
+        "descriptors": pred["descriptors"].T.astype(np.float32),  # (D, N)
+        "image_size": np.array([img.shape[1], img.shape[0]], dtype=np.int64),
+    }
+    gvec = None
+    if guidance is not None:
+        sampled, gvec = guidance.describe_original(img, pred["keypoints"])
+        item["guidance"] = sampled.T.astype(np.float32)  # (C, N)
+    return item, gvec
+
+
 def extract_image(
     img: np.ndarray, extractor: torch.nn.Module, guidance: torch.nn.Module | None,
     resize_max: int | None, device: torch.device, full_size: tuple[int, int] | None = None, turn: int = 0,
@@ -26,6 +53,10 @@ def extract_image(
     With ``turn`` the image is extracted upright (turned ``turn`` quarter-turns counter-clockwise)
     and its keypoints are mapped back to the original pixels; ``image_size`` stays the original's.
     """
+    if getattr(extractor, "reads_original", False):
+        if turn:
+            raise ValueError(f"{type(extractor).__name__} takes images as stored, not turned")
+        return extract_original(img, extractor, guidance, full_size)
     full_w, full_h = full_size or (img.shape[1], img.shape[0])
     img = turn_image(img, turn) if turn else img
     upright_size = (full_h, full_w) if turn % 2 else (full_w, full_h)  # full size, turned upright

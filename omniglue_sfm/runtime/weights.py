@@ -11,12 +11,18 @@ Every checkpoint resolves in this order and stops at the first hit:
 5. the official URL, downloaded into the cache;
 6. otherwise :class:`WeightsNotFoundError`, whose message names the file, its URL, the
    environment variable and the folder to put it in.
+
+A checkpoint with ``archive`` set (the released OmniGlue's TensorFlow SavedModels) is a folder,
+found where it holds its ``marker`` file; it is never downloaded here: ``omniglue-sfm weights
+fetch NAME`` downloads, checks and unpacks it (``runtime/weights_fetch.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +43,14 @@ class WeightSpec:
     # (python package, path inside it) pairs to look in, in order
     packaged: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     licence: str = ""
+    # "zip" / "tgz": the URL gives an archive of a folder (``filename``) that holds ``marker``
+    archive: str | None = None
+    marker: str = "saved_model.pb"
+
+
+def present(spec: WeightSpec, path: Path) -> bool:
+    """Whether ``path`` is the checkpoint: a file, or for an archive spec a folder with its marker."""
+    return (path / spec.marker).is_file() if spec.archive else path.is_file()
 
 
 def cache_dir() -> Path:
@@ -67,34 +81,36 @@ def resolve(spec: WeightSpec, explicit: str | Path | None = None, download: bool
     """Find (or download) a checkpoint following the policy above."""
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file given explicitly does not exist: {path}")
+        if not present(spec, path):
+            what = f"folder with {spec.marker}" if spec.archive else "file"
+            raise WeightsNotFoundError(f"weights {what} given explicitly does not exist: {path}")
         return path
     env_value = os.environ.get(spec.env_var)
     if env_value:
         path = Path(env_value).expanduser()
-        if path.is_dir():
+        if path.is_dir() and not present(spec, path):
             path = path / spec.filename
-        if not path.is_file():
+        if not present(spec, path):
             raise WeightsNotFoundError(f"${spec.env_var} points to {path}, which does not exist")
         return path
     hub = _torch_hub_dir()
     for folder in [cache_dir()] + ([hub] if hub else []):
         candidate = folder / spec.filename
-        if candidate.is_file():
+        if present(spec, candidate):
             return candidate
     for package, relpath in spec.packaged:
         found = packaged_file(package, relpath)
         if found is not None:
             return found
-    if spec.url and download and os.environ.get("OMNIGLUE_SFM_OFFLINE") != "1":
+    if spec.url and not spec.archive and download and os.environ.get("OMNIGLUE_SFM_OFFLINE") != "1":
         target = cache_dir() / spec.filename
         try:
             return _download(spec.url, target)
         except Exception as err:  # network errors of every kind end in the clear message below
             raise WeightsNotFoundError(_missing_message(spec, f"download failed: {err}")) from err
-    raise WeightsNotFoundError(_missing_message(spec, "no download URL" if not spec.url else
-                                                "downloads disabled"))
+    reason = ("no download URL" if not spec.url else "not fetched yet" if spec.archive
+              else "downloads disabled")
+    raise WeightsNotFoundError(_missing_message(spec, reason))
 
 
 def _download(url: str, target: Path) -> Path:
@@ -108,8 +124,9 @@ def _download(url: str, target: Path) -> Path:
 
 
 def _missing_message(spec: WeightSpec, reason: str) -> str:
+    what = "weights folder (a TensorFlow SavedModel)" if spec.archive else "weights file"
     lines = [
-        f"weights file '{spec.filename}' not found ({reason}).",
+        f"{what} '{spec.filename}' not found ({reason}).",
         f"  Put it at {cache_dir() / spec.filename}",
         f"  or set ${spec.env_var} to its path.",
     ]
@@ -117,7 +134,29 @@ def _missing_message(spec: WeightSpec, reason: str) -> str:
         lines.append(f"  Official download: {spec.url}")
     if spec.licence:
         lines.append(f"  Licence: {spec.licence}")
+    name = next((n for n, s in KNOWN.items() if s == spec), None)
+    if spec.url and name:
+        lines.append(f"  Fetch it: omniglue-sfm weights fetch {name}")
     return "\n".join(lines)
+
+
+def check_available(names: Iterable[str]) -> None:
+    """Resolve every named checkpoint (the policy above); one :class:`WeightsNotFoundError` that
+    names each missing one, its URL and licence, and the command that fetches them all."""
+    missing, messages = [], []
+    for name in dict.fromkeys(names):
+        try:
+            resolve_known(name)
+        except WeightsNotFoundError as err:
+            missing.append(name)
+            messages.append(str(err))
+    if not missing:
+        return
+    fetchable = [n for n in missing if KNOWN[n].url]
+    lines = [f"missing weights: {', '.join(missing)}", *messages]
+    if len(fetchable) > 1:
+        lines.append(f"Fetch them all: omniglue-sfm weights fetch {' '.join(fetchable)}")
+    raise WeightsNotFoundError("\n".join(lines))
 
 
 def fingerprint(conf: dict) -> str | None:
@@ -129,9 +168,25 @@ def fingerprint(conf: dict) -> str | None:
     name = conf.get("weights")
     if not isinstance(name, str):
         return None
-    path = resolve_known(name) if name in KNOWN else resolve(
-        WeightSpec(Path(name).name, "OMNIGLUE_SFM_UNUSED"), explicit=name)
-    return provenance.file_digest(path, "sha256")[:16]
+    if name in KNOWN:
+        path = resolve_known(name)
+    elif Path(name).expanduser().is_dir():  # a SavedModel folder given by path
+        path = Path(name).expanduser()
+    else:
+        path = resolve(WeightSpec(Path(name).name, "OMNIGLUE_SFM_UNUSED"), explicit=name)
+    return checkpoint_digest(path)[:16]
+
+
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file; of a SavedModel folder, over its graph and its variables'
+    index (which holds a checksum of every tensor), so the large data shards are not read."""
+    if not path.is_dir():
+        return provenance.file_digest(path, "sha256")
+    digest = hashlib.sha256()
+    for rel in ("saved_model.pb", "variables/variables.index"):
+        if (path / rel).is_file():
+            digest.update(f"{rel}:{provenance.file_digest(path / rel, 'sha256')};".encode())
+    return digest.hexdigest()
 
 
 def load_state_dict(path: Path) -> dict:
@@ -210,6 +265,17 @@ KNOWN: dict[str, WeightSpec] = {
         "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
         licence="Apache-2.0 (DINOv2)",
     ),
+    # the released OmniGlue (google-research/omniglue) and its SuperPoint: TensorFlow SavedModels
+    "og_export": WeightSpec(
+        "og_export", "OMNIGLUE_SFM_OG_EXPORT",
+        "https://storage.googleapis.com/omniglue/og_export.zip",
+        licence="Apache-2.0 (OmniGlue, Google)", archive="zip",
+    ),
+    "sp_v6": WeightSpec(
+        "sp_v6", "OMNIGLUE_SFM_SP_V6",
+        "https://github.com/rpautrat/SuperPoint/raw/master/pretrained_models/sp_v6.tgz",
+        licence="MIT (SuperPoint, rpautrat)", archive="tgz",
+    ),
     "omniglue": WeightSpec(
         "omniglue_aliked.pt", "OMNIGLUE_SFM_OMNIGLUE",
         None,
@@ -219,7 +285,7 @@ KNOWN: dict[str, WeightSpec] = {
 }
 
 
-def resolve_known(name: str, explicit: str | Path | None = None) -> Path:
+def resolve_known(name: str, explicit: str | Path | None = None, download: bool = True) -> Path:
     if name not in KNOWN:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN)}")
-    return resolve(KNOWN[name], explicit)
+    return resolve(KNOWN[name], explicit, download)
