@@ -1,0 +1,121 @@
+"""Hostile and careless use (issue #22): silent wrong results, tracebacks and late checks.
+
+Every case drives the public command line (``cli.main`` returns the exit code) on small copies of
+the bundled sample, so the tests hold whatever the package's internal layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SAMPLE_IMAGES, resized_sample
+from PIL import Image, ImageOps
+
+from omniglue_sfm import cli
+
+# small and fast: ALIKED + mutual nearest neighbour, 256 keypoints at 256 px, no orientation pass
+FAST = ["--preset", "aliked+mnn", "--max-keypoints", "256", "--resize-max", "256", "--device", "cpu"]
+FAST_OFF = [*FAST, "--rotation", "off"]
+
+
+def run(*argv: object) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def h5_names(path: Path) -> list[str]:
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: names.append(o.parent.name.strip("/"))
+                     if isinstance(o, h5py.Dataset) and n.endswith("/keypoints") else None)
+    return sorted(names)
+
+
+def keypoints(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[name]["keypoints"][()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(images, out): 4 sample images at 320 px reconstructed with the fast settings."""
+    images = resized_sample(tmp_path_factory.mktemp("built_images"), 4, 320)
+    out = tmp_path_factory.mktemp("built") / "out"
+    assert run("reconstruct", images, out, *FAST_OFF) == 0
+    return images, out
+
+
+# --------------------------------------------------------------------------------------------
+# 1. a replaced photo with the same size and a restored mtime
+
+
+def _same_size_replacement(path: Path, source: Path) -> None:
+    """Write a different picture (``source`` mirrored) into ``path`` with ``path``'s byte size and
+    modification time, as ``cp -p`` / ``touch -r`` / sync tools leave a replaced file."""
+    st = path.stat()
+    with Image.open(path) as img:
+        size = img.size
+    with Image.open(source) as img:
+        mirrored = ImageOps.mirror(img.convert("RGB").resize(size, Image.Resampling.BOX))
+    for quality in (95, 90, 80, 70, 60, 50, 40, 30):
+        tmp = path.with_name("tmp.bin")
+        mirrored.save(tmp, format="JPEG", quality=quality)
+        data = tmp.read_bytes()
+        tmp.unlink()
+        if len(data) <= st.st_size:
+            break
+    path.write_bytes(data + b"\0" * (st.st_size - len(data)))  # JPEG readers ignore trailing bytes
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def _set_orientation_in_place(path: Path, old: int, new: int) -> None:
+    """Edit the EXIF orientation tag's value in the file's bytes (same size), mtime restored."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    patterns = [(b"\x12\x01\x03\x00\x01\x00\x00\x00" + struct.pack("<H", old), struct.pack("<H", new)),
+                (b"\x01\x12\x00\x03\x00\x00\x00\x01" + struct.pack(">H", old), struct.pack(">H", new))]
+    for pattern, value in patterns:
+        at = data.find(pattern)
+        if at >= 0:
+            data[at + 8:at + 10] = value
+            break
+    else:
+        raise AssertionError("orientation tag not found")
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_replaced_photo_with_same_size_and_mtime_is_re_extracted(tmp_path: Path) -> None:
+    images = resized_sample(tmp_path / "images", 3, 256)
+    with Image.open(images / "0002.jpg") as img:  # a portrait photo stored landscape, tag 6
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        img.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(images / "0002.jpg", quality=95,
+                                                                     exif=exif)
+    features = tmp_path / "features.h5"
+    assert run("extract", images, features, *FAST_OFF) == 0
+    before = {n: keypoints(features, n) for n in ("0001.jpg", "0002.jpg")}
+    _same_size_replacement(images / "0001.jpg", SAMPLE_IMAGES / "0005.jpg")
+    _set_orientation_in_place(images / "0002.jpg", 6, 8)  # turned the other way: 180 degrees apart
+    assert run("extract", images, features, *FAST_OFF) == 0
+    for name, old in before.items():
+        new = keypoints(features, name)
+        assert new.shape != old.shape or not np.allclose(new, old), f"{name}: stale features reused"
+
+
+def test_sift_database_notices_a_replaced_photo_with_restored_mtime(tmp_path: Path) -> None:
+    images = resized_sample(tmp_path / "images", 3, 320)
+    out = tmp_path / "out"
+    assert run("reconstruct", images, out, "--preset", "sift") == 0
+    stamp = json.loads((out / "database.json").read_text())
+    _same_size_replacement(images / "0001.jpg", SAMPLE_IMAGES / "0005.jpg")
+    run("reconstruct", images, out, "--preset", "sift")
+    assert json.loads((out / "database.json").read_text()) != stamp, "the old database was reused"
+
+
