@@ -3,7 +3,8 @@
 ``DEST`` receives (both formats) ``images/<name>`` (undistorted, through ``pycolmap.undistort_images``)
 and ``sparse/0/`` (the model with PINHOLE cameras, COLMAP binary: gaussian-splatting's layout), and
 ``masks/<name>.png`` (undistorted the same way) when the features were extracted with ``--masks``.
-``--format nerfstudio`` adds ``transforms.json`` and ``sparse_pc.ply``.
+``--format nerfstudio`` adds ``transforms.json`` and ``sparse_pc.ply``. ``DEST/.omniglue-sfm-export.json``
+marks the folder as an export: ``--overwrite`` replaces only such a folder, and image scans skip it.
 
 Image frame: the cameras live in the EXIF-oriented frame (:mod:`omniglue_sfm.cameras`) but COLMAP
 reads pixels without the EXIF orientation, so images whose tag rotates them are handed to COLMAP
@@ -91,8 +92,15 @@ def check_dest(dest: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
             raise ValueError(f"export destination {dest} holds the input {path}; choose another folder")
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"export destination {dest} is a file")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise FileExistsError(f"export destination {dest} is not empty; choose another folder or --overwrite")
+    if dest.is_dir() and any(dest.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"export destination {dest} is not empty; choose another folder or "
+                                  "--overwrite")
+        if not (dest / outputs.EXPORT_MARKER).is_file():  # --overwrite replaces DEST whole: only an export
+            raise FileExistsError(
+                f"export destination {dest} was not written by `omniglue-sfm export` (it has no "
+                f"{outputs.EXPORT_MARKER}), and --overwrite would delete everything in it; choose another "
+                "folder, or empty it yourself")
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +240,9 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
             if masks is not None:
                 undistort_masks(masks, original, names, staged / "masks")
             rec = pycolmap.Reconstruction(staged / "sparse" / "0")
+            outputs.write_json(staged / outputs.EXPORT_MARKER, {"written_by": "omniglue-sfm export",
+                                                                "format": options.format,
+                                                                "source": str(source.resolve())})
             if options.format == "nerfstudio":
                 outputs.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
                 write_points_ply(rec, staged / "sparse_pc.ply")

@@ -119,3 +119,22 @@ def test_sift_database_notices_a_replaced_photo_with_restored_mtime(tmp_path: Pa
     assert json.loads((out / "database.json").read_text()) != stamp, "the old database was reused"
 
 
+# --------------------------------------------------------------------------------------------
+# 9. export --overwrite into someone else's folder
+
+
+def test_export_overwrite_never_deletes_unrelated_files(built, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    _, out = built
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "thesis.tex").write_text("mine")
+    assert run("export", out, dest, "--overwrite") == 1
+    assert "not written by" in capsys.readouterr().err
+    assert (dest / "thesis.tex").read_text() == "mine"
+    ours = tmp_path / "ours"
+    assert run("export", out, ours) == 0
+    assert run("export", out, ours, "--overwrite", "--format", "nerfstudio") == 0
+    assert (ours / "transforms.json").is_file()
+
+
