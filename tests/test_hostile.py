@@ -120,6 +120,26 @@ def test_sift_database_notices_a_replaced_photo_with_restored_mtime(tmp_path: Pa
 
 
 # --------------------------------------------------------------------------------------------
+# 2. output folders inside the image folder
+
+
+def test_output_folders_inside_the_image_folder_are_not_scanned(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    photos = resized_sample(tmp_path / "photos", 4, 256)
+    out = photos / "out"
+    assert run("reconstruct", photos, out, *FAST_OFF) == 0
+    assert run("export", out, out / "export") == 0
+    (photos / "other_export").mkdir()
+    assert run("export", out, photos / "other_export", "--overwrite") == 0
+    caplog.clear()
+    assert run("reconstruct", photos, out, *FAST_OFF) == 0
+    assert h5_names(out / "features.h5") == ["0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["total"] == 4
+    assert "skipping" in caplog.text and "other_export" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
 # 9. export --overwrite into someone else's folder
 
 

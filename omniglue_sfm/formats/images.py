@@ -20,6 +20,7 @@ so memory stays bounded. Smaller images are decoded in full, so their results do
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import stat
@@ -30,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .outputs import OUTPUT_MARKERS
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 1_000_000_000  # refuse above one gigapixel (3 GB as RGB): not a photo we can use
@@ -49,19 +54,30 @@ class ImageReadError(OSError):
 def list_images(root: Path | str) -> list[str]:
     """Sorted POSIX paths (relative to ``root``) of every image below ``root``, recursively.
 
-    Hidden files and folders (starting with ``.``) are skipped, e.g. ``.ipynb_checkpoints``.
+    Hidden files and folders (starting with ``.``) are skipped, e.g. ``.ipynb_checkpoints``, and so
+    are our own output folders below ``root`` (``reconstruct photos photos/out``, an export into
+    ``photos/``): a folder holding one of ``outputs.OUTPUT_MARKERS`` is skipped, with a warning.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder does not exist: {root}")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames
+                       if not d.startswith(".") and not _is_output(Path(dirpath) / d, root)]
         for fname in filenames:
             if fname.startswith(".") or not fname.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             found.append((Path(dirpath) / fname).relative_to(root).as_posix())
     return sorted(found)
+
+
+def _is_output(folder: Path, root: Path) -> bool:
+    marker = next((m for m in OUTPUT_MARKERS if (folder / m).exists()), None)
+    if marker is not None:
+        log.warning("skipping %s: an omniglue-sfm output folder (it holds %s), not photos",
+                    folder.relative_to(root).as_posix(), marker)
+    return marker is not None
 
 
 def none_readable(image_dir: Path | str, failed: dict[str, str]) -> ValueError:
