@@ -13,9 +13,10 @@ see them, and no downstream tool needs to know about EXIF.
 
 ``transforms.json`` follows nerfstudio's convention: camera-to-world ``transform_matrix`` with
 OpenGL camera axes (x right, y up, looking down -z), in a world rotated by ``applied_transform``
-(COLMAP world -> nerfstudio world: x and y swapped, z negated, as nerfstudio's own COLMAP import
-does); intrinsics ``fl_x fl_y cx cy w h`` in pixels (COLMAP's convention, the top-left pixel's
-centre at (0.5, 0.5)), at the top level when every image shares one camera, else per frame.
+(COLMAP world -> nerfstudio world: ``[[1,0,0],[0,0,1],[0,-1,0]]``, y and z swapped and the new z
+negated, as nerfstudio's own COLMAP import writes it); intrinsics ``fl_x fl_y cx cy w h`` in pixels
+(COLMAP's convention, the top-left pixel's centre at (0.5, 0.5)), at the top level when every image
+shares one camera, else per frame.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("gsplat", "nerfstudio")
 JPEG_QUALITY = 95
-# COLMAP world -> nerfstudio world (rows: new x = old y, new y = old x, new z = -old z)
-APPLIED_TRANSFORM = np.array([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]])
+# COLMAP world -> nerfstudio world, as nerfstudio's own COLMAP import (ns-process-data,
+# process_data/colmap_utils.colmap_to_json) writes it: new x = old x, new y = old z, new z = -old y
+APPLIED_TRANSFORM = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]])
 # OpenCV camera axes (COLMAP: y down, looking down +z) <-> OpenGL (y up, looking down -z)
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
