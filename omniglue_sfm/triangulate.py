@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 
 from . import extract, match, pairs, sfm
@@ -45,6 +46,21 @@ def reference_names(ref: pycolmap.Reconstruction, image_dir: Path) -> list[str]:
         raise FileNotFoundError(f"{len(missing)} image(s) of the reference model are not in {image_dir} "
                                 f"(first: {missing[0]}); image names must be paths relative to IMAGES")
     return names
+
+
+FEW_POINTS_SHARE = 0.05  # of the median image's 3D points
+FEW_POINTS_MIN = 3
+
+
+def images_with_few_points(rec: pycolmap.Reconstruction) -> dict[str, int]:
+    """Posed images with no 3D point, or next to none (fewer than ``FEW_POINTS_SHARE`` of the median
+    image's, and than ``FEW_POINTS_MIN``): since poses are held fixed, their poses disagree with their
+    matches (a wrong or swapped pose in the reference)."""
+    counts = {rec.image(i).name: int(rec.image(i).num_points3D) for i in rec.reg_image_ids()}
+    if not counts:
+        return {}
+    least = max(FEW_POINTS_MIN, FEW_POINTS_SHARE * float(np.median(list(counts.values()))))
+    return {name: n for name, n in sorted(counts.items()) if n < least}
 
 
 def check_sizes(ref: pycolmap.Reconstruction, features_path: Path) -> None:
@@ -149,7 +165,11 @@ def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Recon
     if rec.num_points3D() == 0:
         raise ReconstructionError("no 3D point was triangulated: the images' matches do not agree with "
                                   "the reference poses (wrong poses, or images that do not overlap)")
+    few = images_with_few_points(rec)
+    for name, count in few.items():
+        log.warning("%s: posed in the reference, but only %d 3D point(s) were triangulated in it: is its "
+                    "pose right?", name, count)
     result = write_outputs([rec], image_dir, output_dir, names, stats)
-    result.stats.update(preset=preset, image_dir=str(image_dir.resolve()))
+    result.stats.update(preset=preset, image_dir=str(image_dir.resolve()), images_with_few_points=few)
     outputs.write_stats(output_dir, result.stats)
     return result

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pycolmap
 import pytest
 from conftest import SAMPLE_IMAGES, resized_sample
 from PIL import Image, ImageOps
@@ -137,6 +138,35 @@ def test_output_folders_inside_the_image_folder_are_not_scanned(tmp_path: Path,
     stats = json.loads((out / "stats.json").read_text())
     assert stats["total"] == 4
     assert "skipping" in caplog.text and "other_export" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# 4. triangulate with two poses swapped
+
+
+def test_triangulate_warns_for_posed_images_without_points(built, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A reference with a wrong pose: 0001's camera turned round on the spot (it looks away from
+    the scene), so none of its matches can be triangulated."""
+    images, out = built
+    ref = pycolmap.Reconstruction(out / "sparse")
+    image = next(ref.image(i) for i in ref.reg_image_ids() if ref.image(i).name == "0001.jpg")
+    frame = ref.frame(image.frame_id)
+    pose = frame.rig_from_world.matrix()
+    turned = np.diag([-1.0, 1.0, -1.0]) @ pose[:, :3]  # 180 degrees about the camera's own y axis
+    centre = -pose[:, :3].T @ pose[:, 3]
+    frame.rig_from_world = pycolmap.Rigid3d(np.column_stack([turned, -turned @ centre]))
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref.write(ref_dir)
+    assert run("triangulate", images, tmp_path / "tri", "--reference", ref_dir, *FAST) == 0
+    captured = capsys.readouterr()
+    stats = json.loads((tmp_path / "tri" / "stats.json").read_text())
+    tri = pycolmap.Reconstruction(tmp_path / "tri" / "sparse")
+    counts = {tri.image(i).name: tri.image(i).num_points3D for i in tri.reg_image_ids()}
+    assert counts["0001.jpg"] < 3 and min(n for k, n in counts.items() if k != "0001.jpg") > 50, counts
+    assert stats["images_with_few_points"] == {"0001.jpg": counts["0001.jpg"]}
+    assert "0001.jpg" in captured.out and "no or almost no 3D points" in captured.out
 
 
 # --------------------------------------------------------------------------------------------
