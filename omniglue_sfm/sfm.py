@@ -162,6 +162,11 @@ def main(
             raise FileNotFoundError(f"{path} does not exist")
     locks.check_output_dir(output_dir)
     inputs = hloc.check_matches_fit(features_path, matches_path)  # never matches of other features
+    shard = h5io.read_config(matches_path).get("shard") if inputs["matches"] == "omniglue-sfm" else None
+    if shard and pairs_path is None:  # a shard holds only part of the pairs: never mapped silently
+        raise ValueError(f"{matches_path} is shard {shard['index']} of {shard['count']} (match --shard), "
+                         f"with part of the pairs: merge all {shard['count']} shards first (omniglue-sfm "
+                         "merge), or pass --pairs with the pairs it holds")
     camera = options.camera
     names = sorted(image_names) if image_names is not None else h5io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)

@@ -170,6 +170,31 @@ def test_triangulate_warns_for_posed_images_without_points(built, tmp_path: Path
 
 
 # --------------------------------------------------------------------------------------------
+# 5. merge with a shard missing
+
+
+def test_merge_refuses_a_missing_shard_and_sfm_a_shard_file(built, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    images, out = built
+    features, pairs = out / "features.h5", out / "pairs.txt"
+    matches = tmp_path / "matches.h5"
+    for i in range(3):
+        assert run("match", features, pairs, matches, "--preset", "aliked+mnn", "--device", "cpu",
+                   "--shard", f"{i}/3") == 0
+    shards = [tmp_path / f"matches.shard-{i}-of-3.h5" for i in range(3)]
+    capsys.readouterr()
+    assert run("merge", matches, shards[0], shards[2]) == 1
+    err = capsys.readouterr().err
+    assert "1" in err and "of 3" in err and "missing" in err
+    assert not matches.exists()
+    assert run("sfm", images, features, shards[0], tmp_path / "sfm") == 1
+    assert "shard" in capsys.readouterr().err
+    assert not (tmp_path / "sfm" / "sparse").exists()
+    assert run("merge", matches, *shards) == 0
+    assert run("sfm", images, features, matches, tmp_path / "sfm") == 0
+
+
+# --------------------------------------------------------------------------------------------
 # 9. export --overwrite into someone else's folder
 
 

@@ -213,18 +213,20 @@ def _finish(h5: h5py.File, kind: str, final: Path) -> None:
             unreadable[0])
 
 
-def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
-    """Merge finished files (e.g. match shards from several machines) with equal configs."""
-    configs = set()
-    for src in sources:
-        with read_h5(src) as h5:
-            configs.add(h5.attrs.get(CONFIG_ATTR))
-    if None in configs:
-        raise ConfigMismatchError(f"cannot merge files without a configuration (not written by omniglue-sfm, "
-                                  f"e.g. hloc's): {sources}")
-    if len(configs) != 1:
-        raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
-    config = json.loads(configs.pop())
+def merge_h5(sources: list[Path], dest: Path, kind: str, config: dict | None = None) -> Path:
+    """Merge finished files (e.g. match shards from several machines) with equal configs, or (with
+    ``config``, which the merged file records) files the caller checked belong together."""
+    if config is None:
+        configs = set()
+        for src in sources:
+            with read_h5(src) as h5:
+                configs.add(h5.attrs.get(CONFIG_ATTR))
+        if None in configs:
+            raise ConfigMismatchError(f"cannot merge files without a configuration (not written by "
+                                      f"omniglue-sfm, e.g. hloc's): {sources}")
+        if len(configs) != 1:
+            raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
+        config = json.loads(configs.pop())
     store = ShardedH5(dest, kind, config)
     tmp = dest.with_name(dest.name + ".merge.tmp")
     with h5py.File(tmp, "w") as out:
