@@ -195,6 +195,18 @@ def test_merge_refuses_a_missing_shard_and_sfm_a_shard_file(built, tmp_path: Pat
 
 
 # --------------------------------------------------------------------------------------------
+# 6. one path for two files
+
+
+def test_extract_refuses_one_path_for_features_and_global(small_scene: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    f = tmp_path / "f.h5"
+    assert run("extract", small_scene, f, "--global", tmp_path / "." / "f.h5", *FAST_OFF) == 1
+    assert "same file" in capsys.readouterr().err
+    assert not f.exists()
+
+
+# --------------------------------------------------------------------------------------------
 # 9. export --overwrite into someone else's folder
 
 
