@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import colmap_sift, extract, match, pairs, sfm
-from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult
+from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, check_database_path
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, outputs
@@ -120,6 +120,7 @@ def main(
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
     run.check(preset)
     check_weights(preset)
+    check_database_path(output_dir / "database.db")
     with locks.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, run.overwrite)
         logger.info("%d images, preset %s, %s pairs", len(names), preset.get("name"), pair_options.mode)

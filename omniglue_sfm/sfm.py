@@ -31,6 +31,7 @@ from .colmap.mapper import (
     ReconstructionError,
     SfMOptions,
     SfMResult,
+    check_database_path,
     configure_colmap_logging,
     file_signature,
     fingerprint,
@@ -161,6 +162,7 @@ def main(
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
     locks.check_output_dir(output_dir)
+    check_database_path(output_dir / "database.db")
     inputs = hloc.check_matches_fit(features_path, matches_path)  # never matches of other features
     shard = h5io.read_config(matches_path).get("shard") if inputs["matches"] == "omniglue-sfm" else None
     if shard and pairs_path is None:  # a shard holds only part of the pairs: never mapped silently

@@ -25,7 +25,13 @@ import numpy as np
 import pycolmap
 
 from . import extract, match, pairs, sfm
-from .colmap.mapper import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
+from .colmap.mapper import (
+    ReconstructionError,
+    SfMResult,
+    check_database_path,
+    configure_colmap_logging,
+    write_outputs,
+)
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, matches_h5, outputs
@@ -125,6 +131,7 @@ def main(
     if pair_options.mode is None:
         pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
     locks.check_output_dir(output_dir)
+    check_database_path(output_dir / "database.db")
     with locks.locked_output_dir(output_dir):
         return _run(image_dir, output_dir, model_dir, ref, names, preset, pair_options, run)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -204,6 +206,30 @@ def test_extract_refuses_one_path_for_features_and_global(small_scene: Path, tmp
     assert run("extract", small_scene, f, "--global", tmp_path / "." / "f.h5", *FAST_OFF) == 1
     assert "same file" in capsys.readouterr().err
     assert not f.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 7. a damaged database.db
+
+
+def test_a_damaged_database_is_rebuilt_and_a_folder_in_its_place_refused(
+        built, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images, out = built
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    assert run("reconstruct", images, copy, *FAST_OFF) == 0  # its own model (stats record the path)
+    (copy / "database.db").write_bytes(b"not a database at all\n" * 10)
+    assert run("reconstruct", images, copy, *FAST_OFF) == 0
+    with sqlite3.connect(copy / "database.db") as db:
+        assert db.execute("select count(*) from images").fetchone()[0] == 4
+    (copy / "database.db").unlink()
+    (copy / "database.db").mkdir()
+    capsys.readouterr()
+    for argv in (["sfm", images, copy / "features.h5", copy / "matches.h5", copy],
+                 ["reconstruct", images, copy, *FAST_OFF]):
+        assert run(*argv) == 1
+        err = capsys.readouterr().err
+        assert "database.db is a folder" in err and "==> extract" not in err
 
 
 # --------------------------------------------------------------------------------------------
