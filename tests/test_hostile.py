@@ -233,6 +233,23 @@ def test_a_damaged_database_is_rebuilt_and_a_folder_in_its_place_refused(
 
 
 # --------------------------------------------------------------------------------------------
+# 8. a header that lies about the size
+
+
+def test_a_header_claiming_far_more_pixels_than_its_data_is_truncated(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    images = resized_sample(tmp_path / "images", 2, 256)
+    data = bytearray((images / "0000.jpg").read_bytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+    (images / "huge.jpg").write_bytes(bytes(data))
+    assert run("extract", images, tmp_path / "f.h5", *FAST_OFF) == 0
+    out = capsys.readouterr().out
+    assert "failed: huge.jpg" in out and "truncated" in out
+    assert h5_names(tmp_path / "f.h5") == ["0000.jpg", "0001.jpg"]
+
+
+# --------------------------------------------------------------------------------------------
 # 9. export --overwrite into someone else's folder
 
 

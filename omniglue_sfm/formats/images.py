@@ -40,6 +40,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 1_000_000_000  # refuse above one gigapixel (3 GB as RGB): not a photo we can use
 LARGE_PIXELS = 50_000_000  # above this, a reader asking for ``max_side`` gets a reduced decode
 EXIF_ORIENTATION = 0x0112
+# A Huffman-coded JPEG spends at least 2 bits (DC code + end of block; at least 1 in a progressive
+# DC scan) on each 8x8 block of luminance: one byte per 512 pixels or more. A file with under half
+# that for the size its header claims is truncated, or lies about its size (libjpeg would decode
+# the missing rest as grey without an error).
+JPEG_MIN_PIXELS_PER_BYTE = 1024
 
 
 class ImageReadError(OSError):
@@ -194,7 +199,20 @@ def _checked_oriented_size(path: Path, img: Image.Image) -> tuple[int, int]:
     if w * h > MAX_PIXELS:
         raise ImageReadError(path, f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the limit of "
                                    f"{MAX_PIXELS / 1e6:.0f} MP; downscale it first")
+    if img.format == "JPEG" and not _arithmetic_jpeg(path):
+        needed = w * h // JPEG_MIN_PIXELS_PER_BYTE
+        size = path.stat().st_size
+        if size < needed:  # libjpeg fills the missing blocks with grey and does not complain
+            raise ImageReadError(path, f"truncated: its header says {w}x{h} pixels, which takes at least "
+                                       f"{needed} bytes as JPEG, but the file has {size}")
     return _oriented(img)[0]
+
+
+def _arithmetic_jpeg(path: Path) -> bool:
+    """Whether a JPEG frame is arithmetic-coded (SOF9-11, 13-15; rare): no size floor holds then."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return any(bytes([0xFF, marker]) in head for marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
 
 def _decode(img: Image.Image, max_side: int | None) -> Image.Image:
