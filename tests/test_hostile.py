@@ -268,3 +268,17 @@ def test_export_overwrite_never_deletes_unrelated_files(built, tmp_path: Path,
     assert (ours / "transforms.json").is_file()
 
 
+# --------------------------------------------------------------------------------------------
+# 10. degenerate image sizes
+
+
+def test_one_pixel_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images = resized_sample(tmp_path / "images", 3, 256)
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(images / "tiny.jpg")
+    Image.new("RGB", (480, 1), (9, 9, 9)).save(images / "line.jpg")
+    assert run("reconstruct", images, tmp_path / "out", *FAST) == 0  # orientation pass on
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert sorted(stats["failed_images"]) == ["line.jpg", "tiny.jpg"]
+    assert "too small" in stats["failed_images"]["tiny.jpg"]
+
+

@@ -40,6 +40,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 1_000_000_000  # refuse above one gigapixel (3 GB as RGB): not a photo we can use
 LARGE_PIXELS = 50_000_000  # above this, a reader asking for ``max_side`` gets a reduced decode
 EXIF_ORIENTATION = 0x0112
+MIN_SIDE = 16  # px: smaller images (1x1, 480x1) hold no keypoints; they are listed as unreadable
 # A Huffman-coded JPEG spends at least 2 bits (DC code + end of block; at least 1 in a progressive
 # DC scan) on each 8x8 block of luminance: one byte per 512 pixels or more. A file with under half
 # that for the size its header claims is truncated, or lies about its size (libjpeg would decode
@@ -199,6 +200,9 @@ def _checked_oriented_size(path: Path, img: Image.Image) -> tuple[int, int]:
     if w * h > MAX_PIXELS:
         raise ImageReadError(path, f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the limit of "
                                    f"{MAX_PIXELS / 1e6:.0f} MP; downscale it first")
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(path, f"too small: {w}x{h} pixels (keypoints need at least {MIN_SIDE} on each "
+                                   "side)")
     if img.format == "JPEG" and not _arithmetic_jpeg(path):
         needed = w * h // JPEG_MIN_PIXELS_PER_BYTE
         size = path.stat().st_size
