@@ -112,11 +112,12 @@ def match_config(preset: dict, features_path: Path) -> dict:
 
 
 def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:
-    if hloc.is_external(features_config):
+    external = hloc.is_external(features_config)
+    if external:  # their extractor is unknown: the user vouches for them (a warning, not an error)
         hloc.check_matcher_fits(matcher, features_config, features_path)
     fname = features_config.get("features", {}).get("name")
     wanted = getattr(matcher, "conf", {}).get("features")
-    if wanted and fname and wanted != fname:
+    if wanted and fname and wanted != fname and not external:
         raise ValueError(f"matcher expects {wanted!r} features but {features_path} holds {fname!r} features")
     if "guidance" in matcher.required_inputs and "guidance" not in features_config:
         raise ValueError(f"{features_path} has no guidance features, which this matcher needs; "

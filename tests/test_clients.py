@@ -4,14 +4,17 @@ nerfstudio's world convention, the HTML viewer's first view, and the Ray help te
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pycolmap
 import pytest
 from conftest import resized_sample
 
 from omniglue_sfm import cli
+from omniglue_sfm.formats import h5io, matches_h5
 
 FAST_OFF = ["--preset", "aliked+mnn", "--max-keypoints", "256", "--resize-max", "320", "--device", "cpu",
             "--rotation", "off"]
@@ -27,6 +30,38 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("client_run") / "out"
     assert run("reconstruct", images, out, *FAST_OFF) == 0
     return images, out
+
+
+# --------------------------------------------------------------------------------------------
+# 13. README's hloc recipe with LightGlue presets
+
+
+def _as_hloc_features(ours: Path, dest: Path) -> None:
+    """Our features in hloc's layout: no configuration, float16 arrays, as hloc's extract_features writes."""
+    with h5py.File(ours, "r") as src, h5py.File(dest, "w") as out:
+        for name in h5io.list_names(ours):
+            group = out.create_group(name)
+            for key in ("keypoints", "scores", "descriptors", "image_size"):
+                value = src[name][key][()]
+                half = value.astype(np.float16) if value.dtype == np.float32 else value
+                group.create_dataset(key, data=half)
+
+
+@pytest.mark.parametrize("preset", ["aliked+lightglue", "omniglue"])
+def test_readme_hloc_recipe_works_with_lightglue_presets(small_features: Path, tmp_path: Path, preset: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    features = tmp_path / "hloc_features.h5"
+    _as_hloc_features(small_features, features)
+    names = h5io.list_names(features)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    (tmp_path / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    with caplog.at_level(logging.WARNING):
+        assert run("match", features, tmp_path / "pairs.txt", tmp_path / "matches.h5", "--preset", preset,
+                   "--device", "cpu") == 0
+    assert "not written by omniglue-sfm" in caplog.text  # the user vouches for the features: a warning
+    counts = [len(matches_h5.read_matches(tmp_path / "matches.h5", a, b)[0])
+              for i, a in enumerate(names) for b in names[i + 1:]]
+    assert min(counts) > 20, counts
 
 
 # --------------------------------------------------------------------------------------------
