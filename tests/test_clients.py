@@ -65,6 +65,33 @@ def test_readme_hloc_recipe_works_with_lightglue_presets(small_features: Path, t
 
 
 # --------------------------------------------------------------------------------------------
+# 14. names hloc's pairs parser cannot hold
+
+
+def hloc_parse_retrieval(path: Path) -> dict[str, list[str]]:
+    """hloc.utils.parsers.parse_retrieval's rule: each line is split on whitespace into two names."""
+    retrieval: dict[str, list[str]] = {}
+    for line in path.read_text().rstrip("\n").split("\n"):
+        if line:
+            q, r = line.split()
+            retrieval.setdefault(q, []).append(r)
+    return retrieval
+
+
+def test_pairs_with_names_hloc_cannot_read_are_reported(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    images = tmp_path / "images"
+    resized_sample(images / "cam a", 2, 64)
+    resized_sample(images / "cam_b", 2, 64)
+    with caplog.at_level(logging.WARNING):
+        assert run("pairs", images, tmp_path / "pairs.txt") == 0
+    parsed = hloc_parse_retrieval(tmp_path / "pairs.txt")  # parses, but under names hloc will not find
+    listed = {n for q, rs in parsed.items() for n in [q, *rs]}
+    assert "cam_b/0000.jpg" in listed and "cam a/0000.jpg" not in listed
+    assert "hloc" in caplog.text and "cam a/0000.jpg" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
 # 15. nerfstudio's world
 
 
