@@ -129,3 +129,15 @@ def test_nerfstudio_export_matches_ns_process_data_world(built, tmp_path: Path) 
                                xyz @ applied[:, :3].T, atol=1e-4)
 
 
+# --------------------------------------------------------------------------------------------
+# 17. --executor's help
+
+
+def test_executor_help_states_when_results_are_the_same(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["reconstruct", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    at = text.index("--executor {local,ray}")
+    help_text = text[at:text.index("--ray-address HOST:PORT", at + 30)]
+    assert "same results either way" not in help_text
+    assert "--ray-cpus-per-worker" in help_text and "threads" in help_text
