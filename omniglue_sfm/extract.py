@@ -193,8 +193,9 @@ def main(
     mask_set = MaskSet(preset["masks"]) if preset.get("masks") else None
     names = images.listed()
     if mask_set is not None:
-        mask_set.check(names)
+        mask_set.check(names, images.folder)
     check_device(run.device)
+    run.executor.check()
     features_path = Path(features_path)
     if global_path is not None and Path(global_path).resolve() == features_path.resolve():
         raise ValueError(f"--global {global_path} and the features file {features_path} are the same file: "

@@ -26,6 +26,7 @@ correspondences, retrieved images, reason when failed; ``failed`` lists the quer
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -214,6 +215,18 @@ class LocalizeOptions:
     intrinsics: Path | str | None = None
     image_dir: Path | None = None  # the folder a query list's names are in
     map_images: Path | None = None  # the map's photos; needed only when the map lacks global.h5
+
+    def __post_init__(self) -> None:
+        # checked here, before any work (the queries are extracted first)
+        if self.num_retrieved < 1:
+            raise ValueError(f"--num-retrieved must be at least 1, got {self.num_retrieved}")
+        if self.min_inliers < 4:  # PnP needs 4 points; fewer inliers prove nothing
+            raise ValueError(f"--min-inliers must be at least 4, got {self.min_inliers}")
+        if not 0 < self.min_inlier_ratio <= 1:
+            raise ValueError(f"--min-inlier-ratio is a share of the 2D-3D correspondences, in (0, 1]; got "
+                             f"{self.min_inlier_ratio}")
+        if not (math.isfinite(self.ransac_thresh) and self.ransac_thresh > 0):
+            raise ValueError(f"--ransac-thresh must be a positive number of pixels, got {self.ransac_thresh}")
 
     @property
     def intrinsics_mode(self) -> str:

@@ -261,6 +261,7 @@ def main(
     features_path = Path(features_path)
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     check_device(run.device)
+    run.executor.check()
     matches_path = Path(matches_path) if shard is None else shard_path(Path(matches_path), shard)
     matches_path.parent.mkdir(parents=True, exist_ok=True)
     with locks.output_lock(matches_path):  # one run per output file

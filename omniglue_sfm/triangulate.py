@@ -35,7 +35,7 @@ from .colmap.mapper import (
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, matches_h5, outputs
-from .formats.images import none_readable
+from .formats.images import none_readable, oriented_size
 from .reconstruct import check_weights, default_pairs_mode
 from .runtime import locks
 
@@ -83,6 +83,24 @@ def check_sizes(ref: pycolmap.Reconstruction, features_path: Path) -> None:
                     "images at full size, upright")
 
 
+def check_reference_sizes(ref: pycolmap.Reconstruction, image_dir: Path, names: list[str]) -> None:
+    """:func:`check_sizes` from the images' headers, before any work (an unreadable image is left
+    to extraction, which reports it)."""
+    by_name = {ref.images[i].name: ref.images[i] for i in ref.reg_image_ids()}
+    for name in names:
+        try:
+            (w, h), _ = oriented_size(image_dir / name)
+        except (OSError, ValueError, SyntaxError):
+            continue
+        image = by_name[name]
+        cam = ref.cameras[image.camera_id]
+        if (w, h) != (cam.width, cam.height):
+            raise ValueError(
+                f"image {name} is {w}x{h} (EXIF orientation applied) but its reference camera "
+                f"{image.camera_id} is {cam.width}x{cam.height}: another image size; the reference must "
+                "describe the images at full size, upright")
+
+
 def reference_database(db_path: Path, ref: pycolmap.Reconstruction, features_path: Path,
                        matches_path: Path, pair_list: list[tuple[str, str]]) -> Path:
     """A fresh database holding the reference's cameras, rigs, frames and images under their own
@@ -125,6 +143,7 @@ def main(
     model_dir = outputs.find_model(reference)
     ref = pycolmap.Reconstruction(model_dir)
     names = reference_names(ref, image_dir)
+    check_reference_sizes(ref, image_dir, names)
     run.check(preset)
     check_weights(preset)
     pair_options = pair_options or pairs.PairsOptions()

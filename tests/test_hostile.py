@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import h5py
@@ -281,4 +282,85 @@ def test_one_pixel_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest.
     assert sorted(stats["failed_images"]) == ["line.jpg", "tiny.jpg"]
     assert "too small" in stats["failed_images"]["tiny.jpg"]
 
+
+# --------------------------------------------------------------------------------------------
+# 12. checks before any work
+
+
+def _no_work(out: Path) -> None:
+    assert not (out / "features.h5").exists() and not (out / "features.h5.parts").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--camera-params", "nan,inf,1,2"], "camera-params"),
+    (["--camera-model", "SIMPLE_PINHOLE", "--camera-params=-100,80,60"], "focal"),
+    (["--camera-model", "SIMPLE_PINHOLE", "--camera-params", "100,80"], "3"),
+    (["--pairs", "retrieval", "--num-matched", "0"], "num-matched"),
+    (["--pairs", "sequential", "--window", "-3"], "window"),
+    (["--resize-max", "1"], "resize_max must be a whole number >= 64"),
+    (["--executor", "ray", "--ray-address", "127.0.0.1:9"], "127.0.0.1:9"),
+])
+def test_reconstruct_options_are_checked_before_any_work(small_scene: Path, tmp_path: Path, extra, words,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    t0 = time.perf_counter()
+    assert run("reconstruct", small_scene, tmp_path / "out", *FAST_OFF, *extra) == 1
+    assert time.perf_counter() - t0 < 30
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    _no_work(tmp_path / "out")
+
+
+def test_masks_of_the_wrong_size_are_refused_before_any_work(small_scene: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in small_scene.glob("*.jpg"):
+        with Image.open(path) as img:
+            w, h = img.size
+        size = (w, h) if path.name != "0001.jpg" else (w // 2, h)
+        Image.new("L", size, 255).save(masks / f"{path.name}.png")
+    assert run("reconstruct", small_scene, tmp_path / "out", *FAST_OFF, "--masks", masks) == 1
+    assert "0001.jpg" in capsys.readouterr().err
+    _no_work(tmp_path / "out")
+
+
+def test_triangulate_reference_of_another_image_size_is_refused_before_any_work(
+        built, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, out = built
+    other = resized_sample(tmp_path / "other", 4, 256)
+    assert run("triangulate", other, tmp_path / "tri", "--reference", out / "sparse", *FAST) == 1
+    assert "size" in capsys.readouterr().err
+    _no_work(tmp_path / "tri")
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--min-inlier-ratio", "2"], "min-inlier-ratio"),
+    (["--num-retrieved", "0"], "num-retrieved"),
+    (["--ransac-thresh", "-5"], "ransac-thresh"),
+    (["--min-inliers", "0"], "min-inliers"),
+])
+def test_localize_options_are_checked_before_any_work(built, tmp_path: Path, extra, words,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    images, out = built
+    assert run("localize", out, images, tmp_path / "loc", "--device", "cpu", *extra) == 1
+    err = capsys.readouterr().err
+    assert words in err
+    assert not (tmp_path / "loc" / "query_features.h5").exists()
+
+
+def test_compare_with_no_preset_names_is_a_usage_error(small_scene: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    assert run("compare", small_scene, tmp_path / "cmp", "--presets", ",") == 1
+    assert "--presets" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "compare.md").exists()
+
+
+def test_match_on_a_file_that_is_not_hdf5_says_so(built, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    _, out = built
+    bogus = tmp_path / "features.h5"
+    bogus.write_text("these are not features\n")
+    assert run("match", bogus, out / "pairs.txt", tmp_path / "m.h5", "--preset", "aliked+mnn") == 1
+    err = capsys.readouterr().err
+    assert "not an HDF5 file" in err and "--overwrite" not in err
 
