@@ -130,6 +130,53 @@ def test_nerfstudio_export_matches_ns_process_data_world(built, tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------------------------
+# 16. the HTML viewer's first view
+
+
+def plotly_figure(html: str) -> tuple[list, dict]:
+    """(data, layout) of the first ``Plotly.newPlot(id, data, layout, config)`` call of a page."""
+    decoder = json.JSONDecoder()
+    at = html.index("Plotly.newPlot(")
+    at = html.index(",", at) + 1
+    data, end = decoder.raw_decode(html, len(html[:at]) + len(html[at:]) - len(html[at:].lstrip()))
+    at = html.index(",", end) + 1
+    layout, _ = decoder.raw_decode(html, at + len(html[at:]) - len(html[at:].lstrip()))
+    return data, layout
+
+
+def test_html_viewer_opens_behind_the_cameras_looking_where_they_look(built, tmp_path: Path) -> None:
+    _, out = built
+    page = tmp_path / "model.html"
+    assert run("viz", "html", out, page, "--cdn") == 0
+    _, layout = plotly_figure(page.read_text())
+    scene = layout["scene"]
+    assert scene["aspectmode"] == "manual"
+    ranges = np.array([scene[f"{a}axis"]["range"] for a in "xyz"], float)
+    ratio = np.array([scene["aspectratio"][a] for a in "xyz"], float)
+    mid, span = ranges.mean(axis=1), ranges[:, 1] - ranges[:, 0]
+
+    def to_world(v: dict, point: bool = True) -> np.ndarray:
+        # plotly's scene box: the axis ranges scaled to the aspect ratio, centred on the origin
+        n = np.array([v[a] for a in "xyz"], float)
+        return n / ratio * span + (mid if point else 0)
+
+    camera = scene["camera"]
+    eye, center = to_world(camera["eye"]), to_world(camera["center"])
+    look = (center - eye) / np.linalg.norm(center - eye)
+    rec = pycolmap.Reconstruction(out / "sparse")
+    images = [rec.image(i) for i in rec.reg_image_ids()]
+    forward = np.mean([img.cam_from_world().rotation.matrix()[2] for img in images], axis=0)
+    forward /= np.linalg.norm(forward)
+    assert np.degrees(np.arccos(np.clip(look @ forward, -1, 1))) < 45  # looking where the cameras look
+    for img in images:  # from behind every camera
+        assert (img.projection_center() - eye) @ look > 0, img.name
+    # image "up" of the cameras is up on the screen
+    down = np.mean([img.cam_from_world().rotation.matrix()[1] for img in images], axis=0)
+    up = np.array([camera["up"][a] for a in "xyz"], float) / ratio * span
+    assert up @ down < 0
+
+
+# --------------------------------------------------------------------------------------------
 # 17. --executor's help
 
 
