@@ -176,6 +176,32 @@ def test_html_viewer_opens_behind_the_cameras_looking_where_they_look(built, tmp
     assert up @ down < 0
 
 
+def test_html_viewer_first_view_in_a_headless_browser(built, tmp_path: Path) -> None:
+    """The page as Chromium draws it (skipped where no Chromium is installed): the cameras in front,
+    at the bottom of the picture, the scene's points beyond them, above."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    _, out = built
+    page, shot = tmp_path / "model.html", tmp_path / "shot.png"
+    assert run("viz", "html", out, page) == 0  # plotly.js embedded: no network needed
+    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                    "--use-angle=swiftshader", "--window-size=1280,960", "--virtual-time-budget=15000",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=False)
+    if not shot.is_file():
+        pytest.skip("Chromium made no screenshot here")
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)[60:]  # below the title and toolbar
+    frustums = (rgb[..., 0] > 180) & (rgb[..., 1] < 120) & (rgb[..., 2] < 100)  # MAP_CAMERA red
+    points = rgb.sum(axis=-1) < 300
+    assert frustums.sum() > 500 and points.sum() > 200, "the scene is not in view"
+    assert np.nonzero(frustums)[0].mean() > np.nonzero(points)[0].mean() + 100  # cameras in front, below
+
+
 # --------------------------------------------------------------------------------------------
 # 17. --executor's help
 
