@@ -39,7 +39,7 @@ from .colmap.mapper import (
     map_and_write,
     two_view_options,
 )
-from .formats import h5io, hloc, matches_h5, textfiles
+from .formats import diskspace, h5io, hloc, matches_h5, textfiles
 from .geometry.cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .runtime import locks
 from .runtime.devices import num_threads
@@ -209,11 +209,14 @@ def build_database(
     cameras, assignment = make_cameras(image_dir, infos, camera)
     tmp = db_path.with_name(db_path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    with pycolmap.Database.open(tmp) as db:
-        image_ids = write_images(db, infos, cameras, assignment)
-        counts = write_keypoints(db, features_path, image_ids)
-        write_matches(db, matches_path, pairs, image_ids, counts)
-    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
-    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
-    os.replace(tmp, db_path)
+    # about what the database holds: the keypoints and matches (pycolmap says only "No registered
+    # database factory succeeded" when it cannot create the file on a full disk)
+    with diskspace.writing(tmp, lambda: features_path.stat().st_size + matches_path.stat().st_size):
+        with pycolmap.Database.open(tmp) as db:
+            image_ids = write_images(db, infos, cameras, assignment)
+            counts = write_keypoints(db, features_path, image_ids)
+            write_matches(db, matches_path, pairs, image_ids, counts)
+        # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
+        db_path.with_name(DB_STAMP).unlink(missing_ok=True)
+        os.replace(tmp, db_path)
     return db_path

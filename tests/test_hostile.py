@@ -11,6 +11,8 @@ import os
 import shutil
 import sqlite3
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -316,6 +318,57 @@ def test_one_pixel_images_are_skipped_and_listed(tmp_path: Path, capsys: pytest.
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert sorted(stats["failed_images"]) == ["line.jpg", "tiny.jpg"]
     assert "too small" in stats["failed_images"]["tiny.jpg"]
+
+
+# --------------------------------------------------------------------------------------------
+# 11. disk full
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 1 MB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _cli_subprocess(*argv: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "omniglue_sfm", *map(str, argv)], capture_output=True,
+                          text=True, env=env, check=False, timeout=300)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing_half_written(small_disk: Path, tmp_path: Path) -> None:
+    images = resized_sample(tmp_path / "images", 6, 320)
+    done = _cli_subprocess("extract", images, small_disk / "features.h5", "--preset", "aliked+mnn",
+                           "--max-keypoints", "1024", "--resize-max", "320", "--rotation", "off",
+                           "--device", "cpu", "--flush-every", "2")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "no space left" in errors[0].lower() and str(small_disk) in errors[0] and "MB" in errors[0]
+    assert not [p.name for p in small_disk.rglob("*.tmp")]
+
+
+def test_disk_full_during_sfm_is_one_line(built, small_disk: Path) -> None:
+    images, out = built
+    free = os.statvfs(small_disk)
+    (small_disk / "fill").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 16 * 1024))
+    done = _cli_subprocess("sfm", images, out / "features.h5", out / "matches.h5", small_disk / "sfm")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "no space left" in errors[0].lower() and str(small_disk) in errors[0] and "MB" in errors[0]
+    assert not [p.name for p in small_disk.rglob("*.tmp")]
 
 
 # --------------------------------------------------------------------------------------------
