@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import psutil
 
-ACTOR_TITLE = "ray::_ChunkActor"  # the process title Ray gives our workers (omniglue_sfm.executors)
+ACTOR_TITLE = "ray::_ChunkActor"  # the process title Ray gives our workers (omniglue_sfm.runtime.executors)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``sift`` preset: COLMAP's own SIFT extraction and matching through pycolmap.
 
-Cameras come from :mod:`omniglue_sfm.cameras` and images are written by :mod:`omniglue_sfm.sfm`
+Cameras come from :mod:`omniglue_sfm.geometry.cameras` and images are written by :mod:`omniglue_sfm.sfm`
 (same camera modes, same EXIF-oriented frame) before COLMAP extracts into that database; mapping
-and outputs are :mod:`omniglue_sfm.mapping`'s, so this module only adds extraction and matching.
+and outputs are :mod:`omniglue_sfm.colmap.mapper`'s, so this module only adds extraction and matching.
 
 COLMAP (pycolmap 4.2) reads pixels without applying the EXIF orientation. Images whose tag says
 they are rotated or mirrored are therefore copied upright (JPEG q95) to ``OUT/oriented_images/``
@@ -123,11 +123,11 @@ def _read_stamp(db_path: Path) -> dict:
 
 def image_sources(image_dir: Path, names: Sequence[str], db_path: Path) -> dict[str, dict]:
     """What each readable image is (size, mtime, inode change time, inode, SHA-1:
-    ``source_record``), so that a photo replaced under the same name changes the configuration and
-    the database is rebuilt.
+    ``formats.provenance.source_record``), so that a photo replaced under the same name changes the
+    configuration and the database is rebuilt.
 
     Records of the last run (in the database stamp) are reused while the stat fields agree
-    (``source_changed``), so only new or touched files are hashed.
+    (``formats.provenance.source_changed``), so only new or touched files are hashed.
     """
     previous = _read_stamp(db_path).get("sources", {})
     records = {}

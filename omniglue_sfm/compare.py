@@ -32,12 +32,21 @@ from . import extract, pairs, reconstruct, sfm
 from .colmap.mapper import SfMOptions
 from .config import presets
 from .config.options import RunOptions
-from .evaluation.comparison import finite, gt_metrics, markdown_table
+from .evaluation.comparison import gt_metrics, markdown_table
+from .formats import outputs
 from .runtime import weights
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESETS = ("omniglue", "aliked+lightglue", "disk+lightglue", "sift")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    gt: Path | None = None  # ground-truth folder (Strecha .camera files): pose AUC columns
+    pairs_mode: str | None = None  # as reconstruct's --pairs (None: chosen by image count)
+    render: bool = True  # OUT/compare.png: one 3D render per preset
+    verbose: bool = False  # COLMAP's log on the terminal
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -86,14 +95,6 @@ def run_preset(image_dir: Path, out_dir: Path, preset: dict, options: CompareOpt
     if options.gt is not None:
         row.update(gt_metrics(out_dir, options.gt))
     return row
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    gt: Path | None = None  # ground-truth folder (Strecha .camera files): pose AUC columns
-    pairs_mode: str | None = None  # as reconstruct's --pairs (None: chosen by image count)
-    render: bool = True  # OUT/compare.png: one 3D render per preset
-    verbose: bool = False  # COLMAP's log on the terminal
 
 
 def main(
@@ -156,7 +157,7 @@ def main(
         worked = [n for n, r in rows.items() if r["status"] == "ok"]
         report["picture"] = render_side_by_side(output_dir, worked)
     report["table"] = markdown_table(rows, with_gt=gt_dir is not None)
-    (output_dir / "compare.json").write_text(json.dumps(finite(report), indent=2, default=str))
+    (output_dir / "compare.json").write_text(outputs.report_json(report))
     (output_dir / "compare.md").write_text(report["table"] + "\n")
     return report
 

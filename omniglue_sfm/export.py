@@ -6,7 +6,7 @@ and ``sparse/0/`` (the model with PINHOLE cameras, COLMAP binary: gaussian-splat
 ``--format nerfstudio`` adds ``transforms.json`` and ``sparse_pc.ply``. ``DEST/.omniglue-sfm-export.json``
 marks the folder as an export: ``--overwrite`` replaces only such a folder, and image scans skip it.
 
-Image frame: the cameras live in the EXIF-oriented frame (:mod:`omniglue_sfm.cameras`) but COLMAP
+Image frame: the cameras live in the EXIF-oriented frame (:mod:`omniglue_sfm.geometry.cameras`) but COLMAP
 reads pixels without the EXIF orientation, so images whose tag rotates them are handed to COLMAP
 upright (``colmap_sift.prepare_images``); the exported images are therefore written as the cameras
 see them, and no downstream tool needs to know about EXIF.

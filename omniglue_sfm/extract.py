@@ -1,6 +1,6 @@
 """Stage 1: image folder -> ``features.h5`` (+ ``global.h5`` for retrieval pairs).
 
-Each image is read (EXIF orientation applied, see :mod:`omniglue_sfm.images`), downscaled so its
+Each image is read (EXIF orientation applied, see :mod:`omniglue_sfm.formats.images`), downscaled so its
 long side is at most ``resize_max``, and run through the preset's extractor (and guidance
 backbone, when the preset has one) once. Keypoints are stored in original-image pixels.
 Resumable: images already in the output (made with the same configuration) are skipped.

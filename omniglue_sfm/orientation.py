@@ -5,7 +5,7 @@ or 270 degrees (a scan, an export that lost its EXIF orientation, a drone or tur
 matches badly. This module finds each image's **turn** ``k`` in {0, 1, 2, 3}: its upright view is
 ``np.rot90(image, k)`` (the photo turned ``k`` x 90 degrees counter-clockwise; a photo stored turned
 90 degrees clockwise has ``k = 1``). The turn is on top of the EXIF orientation, which
-:func:`omniglue_sfm.images.read_image` has already applied.
+:func:`omniglue_sfm.formats.images.read_image` has already applied.
 
 How the turns are found (``estimate_turns``), cheaply:
 

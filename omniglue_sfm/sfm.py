@@ -5,12 +5,12 @@ Outputs in ``OUT``: ``database.db``, ``sparse/`` (largest model, COLMAP binary),
 
 Conventions
 -----------
-* Image frame and cameras: see :mod:`omniglue_sfm.cameras` (EXIF-oriented frame, EXIF focal
+* Image frame and cameras: see :mod:`omniglue_sfm.geometry.cameras` (EXIF-oriented frame, EXIF focal
   prior); cameras, rigs, frames and images are written here, not through ``pycolmap.import_images``.
 * Pixel coordinates: ``features.h5`` puts the centre of the top-left pixel at (0, 0); COLMAP puts
   it at (0.5, 0.5), so keypoints are written with +0.5.
 * The database is rebuilt on every run (it is cheap); mapping and outputs are
-  :mod:`omniglue_sfm.mapping`'s, which reuses the result when ``stats.json`` records the same
+  :mod:`omniglue_sfm.colmap.mapper`'s, which reuses the result when ``stats.json`` records the same
   input fingerprint, so a re-run skips finished work.
 """
 

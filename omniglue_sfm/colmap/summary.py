@@ -1,5 +1,4 @@
-"""The closing summary table printed by ``sfm`` and ``reconstruct``.
-"""
+"""The closing summary table printed by ``sfm`` and ``reconstruct``."""
 
 from __future__ import annotations
 

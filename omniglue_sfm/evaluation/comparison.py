@@ -38,14 +38,6 @@ def two_view_metrics(out_dir: Path, gt_dir: Path) -> dict:
             "epipolar_precision": result["epipolar_precision"], "mean_matches": result["mean_matches"]}
 
 
-def finite(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
-
-
 def _fmt(value: object, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"

@@ -12,7 +12,6 @@ Recall is reported at (0.25 m, 2 deg), (0.5 m, 5 deg) and (5 m, 10 deg) as for A
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from .. import localize, pairs, reconstruct
 from ..colmap.mapper import SfMOptions
 from ..config import presets
 from ..config.options import RunOptions
+from ..formats import outputs
 from ..formats.images import list_images
 from ..geometry.scenes import CameraPose, model_poses, read_strecha_dir
 from .reconstruction import rotation_angle_deg, umeyama
@@ -168,25 +168,8 @@ def main(
         "per_query": per_query,
         "localize_seconds": report["seconds"],
     }
-    (output_dir / "evaluate_localization.json").write_text(to_json(out))
+    (output_dir / "evaluate_localization.json").write_text(outputs.report_json(out))
     return out
-
-
-def _finite(value: object) -> object:
-    """JSON has no infinity: an error of a query that was not localized becomes null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def to_json(out: dict) -> str:
-    return json.dumps(_finite(out), indent=2, default=str)
 
 
 def format_report(out: dict) -> str:

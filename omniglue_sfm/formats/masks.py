@@ -4,13 +4,13 @@ Naming: the mask of image ``<name>`` (its POSIX path relative to the image folde
 ``<mask folder>/<name>.png``, the extension appended, as hloc and COLMAP's ``--ImageReader.mask_path``
 name them (``0000.jpg`` -> ``0000.jpg.png``; ``sub/a.png`` -> ``sub/a.png.png``).
 
-A mask lives in the image frame of :mod:`omniglue_sfm.images` (EXIF orientation applied, the frame
+A mask lives in the image frame of :mod:`omniglue_sfm.formats.images` (EXIF orientation applied, the frame
 of ``features.h5``): it must have the EXIF-oriented image's size. Any mode PIL reads is accepted;
 a pixel is kept when any of its channels is nonzero.
 
 Resume: the mask folder is part of ``features.h5``'s configuration (``"masks"``, its absolute path),
 and every image's features record the SHA-1 of the mask they were made with (``mask_sha1``), so a
-changed mask re-extracts that image, and its pairs are matched again (``io.source_sha1``).
+changed mask re-extracts that image, and its pairs are matched again (``formats.provenance.source_sha1``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""An output folder's own records: ``stats.json``, its model folder, its recorded image folder.
-"""
+"""An output folder's own records: ``stats.json``, its model folder, its recorded image folder."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 # Marks of our output folders. Every folder output (reconstruct, sfm, localize, triangulate) holds
 # its lock file, which stays; every export folder its marker (``export --overwrite`` replaces only
@@ -58,3 +60,21 @@ def read_stats(output_dir: Path | str) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
 
+
+def json_safe(value: object) -> object:
+    """``value`` with what JSON cannot hold made plain: inf and nan -> None (an error that is not
+    defined, e.g. of a query that was not localized), numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def report_json(report: dict) -> str:
+    """A report as indented JSON (:func:`json_safe`; paths and other objects as text)."""
+    return json.dumps(json_safe(report), indent=2, default=str)

@@ -1,5 +1,4 @@
-"""One run per output: exclusive locks on output folders and files, and write checks done before any work.
-"""
+"""One run per output: exclusive locks on output folders and files, and write checks done before any work."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Progress of a multi-stage run: stage announcements with their wall time, and aligned text tables.
-"""
+"""Progress of a multi-stage run: stage announcements with their wall time, and aligned text tables."""
 
 from __future__ import annotations
 

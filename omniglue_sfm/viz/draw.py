@@ -1,5 +1,4 @@
-"""2D pictures: matches of a pair (inliers green, outliers red) and keypoints coloured by track length.
-"""
+"""2D pictures: matches of a pair (inliers green, outliers red) and keypoints coloured by track length."""
 
 from __future__ import annotations
 

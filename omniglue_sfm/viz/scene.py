@@ -1,5 +1,4 @@
-"""The 3D scene of a model: robust points, camera frustums (map and localized queries), the default view.
-"""
+"""The 3D scene of a model: robust points, camera frustums (map and localized queries), the default view."""
 
 from __future__ import annotations
 
