@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from . import pairs, sfm
 from .colmap import mapper as mapping
+from .colmap.database import fresh_database, remove_side_files
 from .colmap.mapper import DB_STAMP
 from .config import presets
 from .formats import matches_h5, outputs, provenance, textfiles
@@ -194,6 +195,7 @@ def main(
     if overwrite:
         db_path.with_name(DB_STAMP).unlink(missing_ok=True)
         db_path.unlink(missing_ok=True)
+        remove_side_files(db_path)
     else:
         previous = mapping.load_previous(output_dir, key)
         if previous is not None:
@@ -217,9 +219,8 @@ def main(
         # COLMAP resumes extraction and matching inside an existing database; start a new one
         # whenever the configuration changed, so nothing is mixed.
         db_path.with_name(DB_STAMP).unlink(missing_ok=True)
-        db_path.unlink(missing_ok=True)
         cameras, assignment = make_cameras(read_dir, infos, camera)
-        with pycolmap.Database.open(db_path) as db:
+        with fresh_database(db_path) as db:
             sfm.write_images(db, infos, cameras, assignment)
         outputs.write_json(output_dir / DB_STAMP, {"pipeline": presets.Pipeline.COLMAP_SIFT.value,
                                               "config": config_key, "sources": sources})

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import colmap_sift, extract, match, pairs, sfm
-from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult, check_database_path
+from .colmap.database import check_database_path
+from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, outputs

@@ -17,7 +17,6 @@ Conventions
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from .colmap.database import check_database_path, fresh_database
 from .colmap.mapper import (
     DB_STAMP,
     STATS_VERSION,
     ReconstructionError,
     SfMOptions,
     SfMResult,
-    check_database_path,
     configure_colmap_logging,
     file_signature,
     fingerprint,
@@ -39,7 +38,7 @@ from .colmap.mapper import (
     map_and_write,
     two_view_options,
 )
-from .formats import diskspace, h5io, hloc, matches_h5, textfiles
+from .formats import h5io, hloc, matches_h5, textfiles
 from .geometry.cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .runtime import locks
 from .runtime.devices import num_threads
@@ -207,16 +206,12 @@ def build_database(
     """A fresh database (written under a temporary name, then renamed)."""
     infos = read_image_infos(features_path, names)
     cameras, assignment = make_cameras(image_dir, infos, camera)
-    tmp = db_path.with_name(db_path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    # about what the database holds: the keypoints and matches (pycolmap says only "No registered
-    # database factory succeeded" when it cannot create the file on a full disk)
-    with diskspace.writing(tmp, lambda: features_path.stat().st_size + matches_path.stat().st_size):
-        with pycolmap.Database.open(tmp) as db:
-            image_ids = write_images(db, infos, cameras, assignment)
-            counts = write_keypoints(db, features_path, image_ids)
-            write_matches(db, matches_path, pairs, image_ids, counts)
-        # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
-        db_path.with_name(DB_STAMP).unlink(missing_ok=True)
-        os.replace(tmp, db_path)
+    # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
+    db_path.with_name(DB_STAMP).unlink(missing_ok=True)
+    # about what the database holds, for a full disk's message: the keypoints and matches
+    needed = features_path.stat().st_size + matches_path.stat().st_size
+    with fresh_database(db_path, needed) as db:
+        image_ids = write_images(db, infos, cameras, assignment)
+        counts = write_keypoints(db, features_path, image_ids)
+        write_matches(db, matches_path, pairs, image_ids, counts)
     return db_path

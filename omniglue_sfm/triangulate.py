@@ -25,13 +25,8 @@ import numpy as np
 import pycolmap
 
 from . import extract, match, pairs, sfm
-from .colmap.mapper import (
-    ReconstructionError,
-    SfMResult,
-    check_database_path,
-    configure_colmap_logging,
-    write_outputs,
-)
+from .colmap.database import check_database_path, fresh_database
+from .colmap.mapper import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, matches_h5, outputs
@@ -105,9 +100,7 @@ def reference_database(db_path: Path, ref: pycolmap.Reconstruction, features_pat
                        matches_path: Path, pair_list: list[tuple[str, str]]) -> Path:
     """A fresh database holding the reference's cameras, rigs, frames and images under their own
     ids (``triangulate_points`` pairs database and model by id), our keypoints and raw matches."""
-    tmp = db_path.with_name(db_path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with pycolmap.Database.open(tmp) as db:
+    with fresh_database(db_path) as db:
         for camera in ref.cameras.values():
             db.write_camera(camera, use_camera_id=True)
         for rig in ref.rigs.values():
@@ -121,7 +114,6 @@ def reference_database(db_path: Path, ref: pycolmap.Reconstruction, features_pat
         posed = {ref.images[i].name: i for i in ref.reg_image_ids()}
         counts = sfm.write_keypoints(db, features_path, posed)
         sfm.write_matches(db, matches_path, pair_list, image_ids, counts)
-    tmp.replace(db_path)
     return db_path
 
 

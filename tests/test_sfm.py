@@ -173,3 +173,31 @@ def test_global_mapper(tmp_path):
                       tmp_path / "out", options=SfMOptions(mapper="global", progress=False))
     assert result.stats["registered"] == 5 and result.stats["mapper"] == "global"
     assert evaluate_poses(model_poses(tmp_path / "out" / "sparse"), gt)["auc5"] > 0.9
+
+
+def test_a_stale_journal_is_not_rolled_into_a_rebuilt_database(scene, tmp_path):
+    """A run killed while COLMAP wrote database.db leaves database.db-journal; the next run's new
+    database must not get the old pages rolled into it when it is opened."""
+    import shutil
+    import sqlite3
+
+    root = scene[0]
+    db_path = tmp_path / "database.db"
+    shutil.copyfile(root / "out" / "database.db", db_path)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM keypoints")  # the journal now holds the old keypoint pages
+    stale = (tmp_path / "database.db-journal").read_bytes()
+    conn.execute("ROLLBACK")
+    conn.close()
+    (tmp_path / "database.db-journal").write_bytes(stale)  # as a kill -9 leaves it
+    names = ["000.jpg", "001.jpg", "002.jpg"]  # another database than the old one
+    pairs = [("000.jpg", "001.jpg"), ("001.jpg", "002.jpg")]
+    sfm.build_database(db_path, root / "images", root / "features.h5", root / "matches.h5", names, pairs,
+                       CameraOptions())
+    assert not (tmp_path / "database.db-journal").exists()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT COUNT(*) FROM keypoints").fetchone()[0] == len(names)
+    conn.close()

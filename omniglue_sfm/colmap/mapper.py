@@ -8,12 +8,10 @@ fingerprint, so a re-run skips finished work.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import shutil
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import pycolmap
 from ..formats import outputs
 from ..geometry.cameras import CameraOptions
 from ..runtime.devices import num_threads
+from .database import database_ok
 
 log = logging.getLogger(__name__)
 
@@ -277,29 +276,6 @@ def fingerprint(parts: dict) -> str:
 def file_signature(path: Path) -> dict:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-DATABASE_TABLES = ("cameras", "images", "keypoints", "matches", "two_view_geometries")
-
-
-def check_database_path(db_path: Path) -> None:
-    """Before any work: ``database.db`` is a file or does not exist yet (a folder in its place is not
-    ours to delete, and no database could be written there)."""
-    if db_path.exists() and not db_path.is_file():
-        raise FileExistsError(f"{db_path} is a folder (or another non-file) where the COLMAP database goes; "
-                              "move it away or use another output folder")
-
-
-def database_ok(db_path: Path) -> bool:
-    """Whether ``db_path`` is a readable COLMAP database (an SQLite file with COLMAP's tables)."""
-    if not db_path.is_file():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError:
-        return False
-    return set(DATABASE_TABLES) <= found
 
 
 def load_previous(output_dir: Path, key: str) -> SfMResult | None:
