@@ -126,11 +126,12 @@ def _read_stamp(db_path: Path) -> dict:
 
 
 def image_sources(image_dir: Path, names: Sequence[str], db_path: Path) -> dict[str, dict]:
-    """What each readable image is (size, mtime, SHA-1: ``formats.provenance.source_record``), so that a photo
-    replaced under the same name changes the configuration and the database is rebuilt.
+    """What each readable image is (size, mtime, inode change time, inode, SHA-1:
+    ``formats.provenance.source_record``), so that a photo replaced under the same name changes the
+    configuration and the database is rebuilt.
 
-    Records of the last run (in the database stamp) are reused while size and mtime agree, so
-    only new or touched files are hashed.
+    Records of the last run (in the database stamp) are reused while the stat fields agree
+    (``formats.provenance.source_changed``), so only new or touched files are hashed.
     """
     previous = _read_stamp(db_path).get("sources", {})
     records = {}

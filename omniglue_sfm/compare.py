@@ -111,6 +111,8 @@ def main(
     options = replace(options, gt=gt_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder does not exist: {image_dir}")
+    if not preset_names:
+        raise ValueError("--presets names no preset: give a comma-separated list, e.g. omniglue,sift")
     output_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     features_done: dict[str, Path] = {}  # features config -> folder that holds it

@@ -3,7 +3,8 @@
 ``DEST`` receives (both formats) ``images/<name>`` (undistorted, through ``pycolmap.undistort_images``)
 and ``sparse/0/`` (the model with PINHOLE cameras, COLMAP binary: gaussian-splatting's layout), and
 ``masks/<name>.png`` (undistorted the same way) when the features were extracted with ``--masks``.
-``--format nerfstudio`` adds ``transforms.json`` and ``sparse_pc.ply``.
+``--format nerfstudio`` adds ``transforms.json`` and ``sparse_pc.ply``. ``DEST/.omniglue-sfm-export.json``
+marks the folder as an export: ``--overwrite`` replaces only such a folder, and image scans skip it.
 
 Image frame: the cameras live in the EXIF-oriented frame (:mod:`omniglue_sfm.geometry.cameras`) but COLMAP
 reads pixels without the EXIF orientation, so images whose tag rotates them are handed to COLMAP
@@ -12,9 +13,10 @@ see them, and no downstream tool needs to know about EXIF.
 
 ``transforms.json`` follows nerfstudio's convention: camera-to-world ``transform_matrix`` with
 OpenGL camera axes (x right, y up, looking down -z), in a world rotated by ``applied_transform``
-(COLMAP world -> nerfstudio world: x and y swapped, z negated, as nerfstudio's own COLMAP import
-does); intrinsics ``fl_x fl_y cx cy w h`` in pixels (COLMAP's convention, the top-left pixel's
-centre at (0.5, 0.5)), at the top level when every image shares one camera, else per frame.
+(COLMAP world -> nerfstudio world: ``[[1,0,0],[0,0,1],[0,-1,0]]``, y and z swapped and the new z
+negated, as nerfstudio's own COLMAP import writes it); intrinsics ``fl_x fl_y cx cy w h`` in pixels
+(COLMAP's convention, the top-left pixel's centre at (0.5, 0.5)), at the top level when every image
+shares one camera, else per frame.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("gsplat", "nerfstudio")
 JPEG_QUALITY = 95
-# COLMAP world -> nerfstudio world (rows: new x = old y, new y = old x, new z = -old z)
-APPLIED_TRANSFORM = np.array([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]])
+# COLMAP world -> nerfstudio world, as nerfstudio's own COLMAP import (ns-process-data,
+# process_data/colmap_utils.colmap_to_json) writes it: new x = old x, new y = old z, new z = -old y
+APPLIED_TRANSFORM = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]])
 # OpenCV camera axes (COLMAP: y down, looking down +z) <-> OpenGL (y up, looking down -z)
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -91,8 +94,15 @@ def check_dest(dest: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
             raise ValueError(f"export destination {dest} holds the input {path}; choose another folder")
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"export destination {dest} is a file")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise FileExistsError(f"export destination {dest} is not empty; choose another folder or --overwrite")
+    if dest.is_dir() and any(dest.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"export destination {dest} is not empty; choose another folder or "
+                                  "--overwrite")
+        if not (dest / outputs.EXPORT_MARKER).is_file():  # --overwrite replaces DEST whole: only an export
+            raise FileExistsError(
+                f"export destination {dest} was not written by `omniglue-sfm export` (it has no "
+                f"{outputs.EXPORT_MARKER}), and --overwrite would delete everything in it; choose another "
+                "folder, or empty it yourself")
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +242,9 @@ def main(source: Path | str, dest: Path | str, options: ExportOptions | None = N
             if masks is not None:
                 undistort_masks(masks, original, names, staged / "masks")
             rec = pycolmap.Reconstruction(staged / "sparse" / "0")
+            outputs.write_json(staged / outputs.EXPORT_MARKER, {"written_by": "omniglue-sfm export",
+                                                                "format": options.format,
+                                                                "source": str(source.resolve())})
             if options.format == "nerfstudio":
                 outputs.write_json(staged / "transforms.json", transforms_json(rec, masks is not None))
                 write_points_ply(rec, staged / "sparse_pc.ply")

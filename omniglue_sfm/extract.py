@@ -207,9 +207,13 @@ def main(
     mask_set = MaskSet(preset["masks"]) if preset.get("masks") else None
     names = images.listed()
     if mask_set is not None:
-        mask_set.check(names)
+        mask_set.check(names, images.folder)
     check_device(run.device)
+    run.executor.check()
     features_path = Path(features_path)
+    if global_path is not None and Path(global_path).resolve() == features_path.resolve():
+        raise ValueError(f"--global {global_path} and the features file {features_path} are the same file: "
+                         "the global descriptors need a file of their own (e.g. global.h5)")
     features_path.parent.mkdir(parents=True, exist_ok=True)
     job = _Job(images, features_path, preset, config, names,
                Path(global_path) if global_path is not None else None, run, mask_set)

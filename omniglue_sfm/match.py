@@ -11,6 +11,7 @@ Scale (docs/design.md §6): ``--shard i/n`` matches every n-th pair (from the i-
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,45 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def pairs_digest(pairs: list[tuple[str, str]]) -> str:
+    """SHA-1 of a pair list (in order): the shards of one list record the same digest."""
+    text = "\n".join(f"{a}\t{b}" for a, b in pairs)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def merge(sources: Sequence[Path | str], dest: Path | str, kind: str = "matches") -> Path:
+    """``merge``: files of one configuration into ``dest``. Match shards (``match --shard i/n``)
+    must all be there, cut from one pair list: a merged file that silently lacked a shard's pairs
+    would map the scene from part of its matches. The merged file records no shard."""
+    sources, dest = [Path(s) for s in sources], Path(dest)
+    configs = {s: h5io.read_config(s) for s in sources}
+    shards = {s: c.get("shard") for s, c in configs.items()}
+    if not any(shards.values()):
+        return sharded.merge_h5(sources, dest, kind)
+    plain = [s.name for s, info in shards.items() if not info]
+    if plain:
+        raise ValueError(f"cannot merge match shards with files that are not shards: {', '.join(plain)}")
+    lists = {(info["count"], info["pairs_sha1"]) for info in shards.values()}
+    if len(lists) != 1:
+        listed = ", ".join(f"{s.name} ({info['index']}/{info['count']})" for s, info in shards.items())
+        raise ValueError(f"these shards were cut from different pair lists or shard counts: {listed}")
+    count = lists.pop()[0]
+    got = sorted({info["index"] for info in shards.values()})
+    missing = [i for i in range(count) if i not in got]
+    if missing:
+        num_pairs = next(iter(shards.values()))["num_pairs"]
+        raise ValueError(
+            f"merge got shard(s) {', '.join(map(str, got))} of {count}; missing "
+            f"{', '.join(map(str, missing))} (about {round(num_pairs * len(missing) / count)} of {num_pairs} "
+            f"pairs): run `match --shard {missing[0]}/{count}` (and any other missing one), then merge all "
+            f"{count} shards")
+    merged = {k: v for k, v in next(iter(configs.values())).items() if k != "shard"}
+    for source, config in configs.items():
+        if {k: v for k, v in config.items() if k != "shard"} != merged:
+            raise h5io.ConfigMismatchError(f"cannot merge files made with different configurations: {source}")
+    return sharded.merge_h5(sources, dest, kind, config=merged)
+
+
 def shard_path(matches_path: Path, shard: tuple[int, int]) -> Path:
     matches_path = Path(matches_path)
     i, n = shard
@@ -72,11 +112,12 @@ def match_config(preset: dict, features_path: Path) -> dict:
 
 
 def check_compatible(matcher: torch.nn.Module, features_config: dict, features_path: Path) -> None:
-    if hloc.is_external(features_config):
+    external = hloc.is_external(features_config)
+    if external:  # their extractor is unknown: the user vouches for them (a warning, not an error)
         hloc.check_matcher_fits(matcher, features_config, features_path)
     fname = features_config.get("features", {}).get("name")
     wanted = getattr(matcher, "conf", {}).get("features")
-    if wanted and fname and wanted != fname:
+    if wanted and fname and wanted != fname and not external:
         raise ValueError(f"matcher expects {wanted!r} features but {features_path} holds {fname!r} features")
     if "guidance" in matcher.required_inputs and "guidance" not in features_config:
         raise ValueError(f"{features_path} has no guidance features, which this matcher needs; "
@@ -220,12 +261,16 @@ def main(
     features_path = Path(features_path)
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     check_device(run.device)
+    run.executor.check()
     matches_path = Path(matches_path) if shard is None else shard_path(Path(matches_path), shard)
     matches_path.parent.mkdir(parents=True, exist_ok=True)
     with locks.output_lock(matches_path):  # one run per output file
         config = match_config(preset, features_path)
         pairs = matches_h5.unique_pairs(textfiles.read_pairs(pairs_path))
         if shard is not None:
+            # which part of which pair list: `merge` checks that every shard is there
+            config["shard"] = {"index": shard[0], "count": shard[1], "num_pairs": len(pairs),
+                               "pairs_sha1": pairs_digest(pairs)}
             pairs = pairs[shard[0]::shard[1]]
         summary = _match(features_path, Path(pairs_path), matches_path, pairs, config, run)
     summary.seconds = time.perf_counter() - start

@@ -61,6 +61,11 @@ class PairsOptions:
             raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not self.radius > 0:
             raise ValueError(f"--radius must be positive (metres), got {self.radius}")
+        # checked here, before any work (the pair stage runs after extraction)
+        if self.window < 1:
+            raise ValueError(f"--window must be at least 1, got {self.window}")
+        if self.num_matched < 1:
+            raise ValueError(f"--num-matched must be at least 1, got {self.num_matched}")
 
 
 def exhaustive(names: list[str]) -> list[tuple[str, str]]:

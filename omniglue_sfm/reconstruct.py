@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import capture as captures
 from . import colmap_sift, extract, match, pairs, sfm
+from .colmap.database import check_database_path
 from .colmap.mapper import DB_STAMP, ReconstructionError, SfMOptions, SfMResult
 from .config import presets
 from .config.options import RunOptions
@@ -132,6 +133,7 @@ def main(
     learned = presets.pipeline(preset) is not presets.Pipeline.COLMAP_SIFT
     run.check(preset)
     check_weights(preset)
+    check_database_path(output_dir / "database.db")
     with locks.locked_output_dir(output_dir):  # one run per output folder
         check_pipeline(output_dir, preset, run.overwrite)
         cap = captures.prepare(image_dir, output_dir, capture)

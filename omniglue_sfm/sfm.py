@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from .colmap.database import fresh_database
+from .colmap.database import check_database_path, fresh_database
 from .colmap.mapper import (
     DB_STAMP,
     STATS_VERSION,
@@ -196,7 +196,13 @@ def main(
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
     locks.check_output_dir(output_dir)
+    check_database_path(output_dir / "database.db")
     inputs = hloc.check_matches_fit(features_path, matches_path)  # never matches of other features
+    shard = h5io.read_config(matches_path).get("shard") if inputs["matches"] == "omniglue-sfm" else None
+    if shard and pairs_path is None:  # a shard holds only part of the pairs: never mapped silently
+        raise ValueError(f"{matches_path} is shard {shard['index']} of {shard['count']} (match --shard), "
+                         f"with part of the pairs: merge all {shard['count']} shards first (omniglue-sfm "
+                         "merge), or pass --pairs with the pairs it holds")
     camera = options.camera
     names = sorted(image_names) if image_names is not None else h5io.list_names(features_path)
     pairs = select_pairs(matches_path, names, pairs_path)
@@ -247,7 +253,9 @@ def build_database(
     cameras, assignment = make_cameras(image_dir, infos, camera)
     # the COLMAP SIFT stamp describes a database this one replaces: drop it before the swap
     db_path.with_name(DB_STAMP).unlink(missing_ok=True)
-    with fresh_database(db_path) as db:
+    # about what the database holds, for a full disk's message: the keypoints and matches
+    needed = features_path.stat().st_size + matches_path.stat().st_size
+    with fresh_database(db_path, needed) as db:
         image_ids = write_images(db, infos, cameras, assignment)
         counts = write_keypoints(db, features_path, image_ids)
         write_matches(db, matches_path, pairs, image_ids, counts)

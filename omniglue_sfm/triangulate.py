@@ -21,15 +21,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 
 from . import extract, match, pairs, sfm
-from .colmap.database import fresh_database
+from .colmap.database import check_database_path, fresh_database
 from .colmap.mapper import ReconstructionError, SfMResult, configure_colmap_logging, write_outputs
 from .config import presets
 from .config.options import RunOptions
 from .formats import h5io, matches_h5, outputs
-from .formats.images import none_readable
+from .formats.images import none_readable, oriented_size
 from .reconstruct import check_weights, default_pairs_mode
 from .runtime import locks
 
@@ -48,6 +49,21 @@ def reference_names(ref: pycolmap.Reconstruction, image_dir: Path) -> list[str]:
     return names
 
 
+FEW_POINTS_SHARE = 0.05  # of the median image's 3D points
+FEW_POINTS_MIN = 3
+
+
+def images_with_few_points(rec: pycolmap.Reconstruction) -> dict[str, int]:
+    """Posed images with no 3D point, or next to none (fewer than ``FEW_POINTS_SHARE`` of the median
+    image's, and than ``FEW_POINTS_MIN``): since poses are held fixed, their poses disagree with their
+    matches (a wrong or swapped pose in the reference)."""
+    counts = {rec.image(i).name: int(rec.image(i).num_points3D) for i in rec.reg_image_ids()}
+    if not counts:
+        return {}
+    least = max(FEW_POINTS_MIN, FEW_POINTS_SHARE * float(np.median(list(counts.values()))))
+    return {name: n for name, n in sorted(counts.items()) if n < least}
+
+
 def check_sizes(ref: pycolmap.Reconstruction, features_path: Path) -> None:
     """Every reference camera has the (EXIF-oriented) size of its image."""
     with h5io.read_h5(features_path) as h5:
@@ -60,6 +76,24 @@ def check_sizes(ref: pycolmap.Reconstruction, features_path: Path) -> None:
                     f"image {image.name} is {w}x{h} (EXIF orientation applied) but its reference camera "
                     f"{image.camera_id} is {cam.width}x{cam.height}; the reference must describe the "
                     "images at full size, upright")
+
+
+def check_reference_sizes(ref: pycolmap.Reconstruction, image_dir: Path, names: list[str]) -> None:
+    """:func:`check_sizes` from the images' headers, before any work (an unreadable image is left
+    to extraction, which reports it)."""
+    by_name = {ref.images[i].name: ref.images[i] for i in ref.reg_image_ids()}
+    for name in names:
+        try:
+            (w, h), _ = oriented_size(image_dir / name)
+        except (OSError, ValueError, SyntaxError):
+            continue
+        image = by_name[name]
+        cam = ref.cameras[image.camera_id]
+        if (w, h) != (cam.width, cam.height):
+            raise ValueError(
+                f"image {name} is {w}x{h} (EXIF orientation applied) but its reference camera "
+                f"{image.camera_id} is {cam.width}x{cam.height}: another image size; the reference must "
+                "describe the images at full size, upright")
 
 
 def reference_database(db_path: Path, ref: pycolmap.Reconstruction, features_path: Path,
@@ -101,12 +135,14 @@ def main(
     model_dir = outputs.find_model(reference)
     ref = pycolmap.Reconstruction(model_dir)
     names = reference_names(ref, image_dir)
+    check_reference_sizes(ref, image_dir, names)
     run.check(preset)
     check_weights(preset)
     pair_options = pair_options or pairs.PairsOptions()
     if pair_options.mode is None:
         pair_options = replace(pair_options, mode=default_pairs_mode(len(names)))
     locks.check_output_dir(output_dir)
+    check_database_path(output_dir / "database.db")
     with locks.locked_output_dir(output_dir):
         return _run(image_dir, output_dir, model_dir, ref, names, preset, pair_options, run)
 
@@ -147,7 +183,11 @@ def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Recon
     if rec.num_points3D() == 0:
         raise ReconstructionError("no 3D point was triangulated: the images' matches do not agree with "
                                   "the reference poses (wrong poses, or images that do not overlap)")
+    few = images_with_few_points(rec)
+    for name, count in few.items():
+        log.warning("%s: posed in the reference, but only %d 3D point(s) were triangulated in it: is its "
+                    "pose right?", name, count)
     result = write_outputs([rec], image_dir, output_dir, names, stats)
-    result.stats.update(preset=preset, image_dir=str(image_dir.resolve()))
+    result.stats.update(preset=preset, image_dir=str(image_dir.resolve()), images_with_few_points=few)
     outputs.write_stats(output_dir, result.stats)
     return result

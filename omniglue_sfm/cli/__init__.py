@@ -20,6 +20,7 @@ import sys
 from typing import NoReturn
 
 from ..colmap.mapper import ReconstructionError
+from ..formats.diskspace import is_disk_full
 from ..formats.h5io import ConfigMismatchError
 from ..formats.images import ImageReadError
 from ..localize import LocalizationError
@@ -62,6 +63,11 @@ def exit_code(err: BaseException) -> int:
     return 2 if isinstance(err, ReconstructionError) else 1
 
 
+def one_line(message: str) -> str:
+    """An error message on one line (h5py's and COLMAP's run over several)."""
+    return " ".join(message.split())
+
+
 def error_message(err: BaseException) -> str:
     # str(KeyError("x")) is "'x'": print the message itself
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -81,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("%s failed", args.command, exc_info=True)
         print(f"error: {error_message(err)}", file=sys.stderr)
         return exit_code(err)
+    except Exception as err:  # a full disk met by a writer that does not say so itself (h5py, pycolmap)
+        if not is_disk_full(err):
+            raise
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"error: no space left on device ({one_line(str(err))}); free some space and run the same "
+              "command again: finished work is kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; re-run the same command to resume",
               file=sys.stderr)

@@ -105,8 +105,11 @@ def add_overwrite(parser: argparse.ArgumentParser, help_text: str = "discard exi
 def add_executor(parser: argparse.ArgumentParser) -> None:
     """``--executor`` and its Ray options (extract, match, reconstruct)."""
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
-                        help="where the work runs: this process (local) or a Ray cluster (ray); "
-                             "same results either way")
+                        help="where the work runs: this process (local) or a Ray cluster (ray). The "
+                             "files are the same as a local run's only when each actor has as many torch "
+                             "threads (--ray-cpus-per-worker) as the local run (torch's default: the "
+                             "machine's cores); with the default of 1 thread, the last bits of the "
+                             "networks' outputs may differ and move a few matches")
     parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
                         help="Ray cluster to join (e.g. 10.0.0.1:6379, or auto); default: start a local "
                              "Ray instance")

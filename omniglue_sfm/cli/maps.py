@@ -204,4 +204,8 @@ def _run_triangulate(args: argparse.Namespace) -> int:
     print(f"{s['num_points3D']} points triangulated in {s['registered']} posed images "
           f"(mean reprojection error {s['mean_reprojection_error']:.2f} px, mean track length "
           f"{s['mean_track_length']:.2f}) -> {result.output_dir / 'sparse'}")
+    few = s.get("images_with_few_points") or {}
+    if few:
+        print(f"warning: {len(few)} posed image(s) got no or almost no 3D points (wrong or swapped poses in "
+              "the reference?): " + ", ".join(f"{name} ({n})" for name, n in few.items()))
     return 0

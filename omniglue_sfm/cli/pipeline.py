@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import extract, frames, match, pairs, reconstruct, sfm, vlad
 from ..colmap.summary import print_sfm_summary
-from ..formats import sharded
 from ..formats.images import none_readable
 from . import args as A
 
@@ -155,7 +154,7 @@ def _merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    sharded.merge_h5(list(args.sources), args.out_h5, args.kind)
+    match.merge(list(args.sources), args.out_h5, args.kind)
     print(f"merged {len(args.sources)} file(s) into {args.out_h5}")
     return 0
 

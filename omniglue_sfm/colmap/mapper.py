@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ import pycolmap
 from ..formats import outputs
 from ..geometry.cameras import CameraOptions
 from ..runtime.devices import num_threads
+from .database import database_ok
+
+log = logging.getLogger(__name__)
 
 MAPPERS = ("incremental", "global")
 # RANSAC settings for geometric verification (hloc's choice: learned matchers give many matches
@@ -294,9 +298,13 @@ def file_signature(path: Path) -> dict:
 
 
 def load_previous(output_dir: Path, key: str) -> SfMResult | None:
-    """A finished result with the same input fingerprint, or None."""
+    """A finished result with the same input fingerprint, or None (also when ``database.db`` is
+    missing or damaged: the run rebuilds it, as every run but a reused one does)."""
     sparse = output_dir / "sparse"
     if not (sparse / "images.bin").exists():
+        return None
+    if not database_ok(output_dir / "database.db"):
+        log.warning("%s is missing or damaged: rebuilding it and the model", output_dir / "database.db")
         return None
     stats = outputs.read_stats(output_dir)
     if stats is None or stats.get("fingerprint") != key or "error" in stats:

@@ -38,6 +38,7 @@ class RunOptions:
         name = preset.get("name", "?")
         if pipeline(preset) is Pipeline.LEARNED:
             check_device(self.device)
+            self.executor.check()
         elif preset.get("masks"):
             raise ValueError(f"--masks works with learned-feature presets, not {name!r}")
         elif self.batch_size is not None:

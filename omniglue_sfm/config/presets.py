@@ -31,6 +31,8 @@ def _load() -> dict[str, dict]:
     with open(PRESETS_FILE, "rb") as f:
         return tomllib.load(f)
 
+MIN_RESIZE_MAX = 64  # px: the smallest long side features are extracted at (--resize-max)
+
 
 def names(aliases: bool = True) -> list[str]:
     """Every accepted preset name, canonical names and (``aliases``) their other spellings
@@ -202,8 +204,9 @@ def _check_rotation(preset: Mapping, where: str) -> None:
 
 
 def _check_sizes(features: Mapping, where: str) -> None:
-    """max_keypoints a whole number (its plugin decides what <= 0 means), resize_max one >= 1."""
-    for key, least in (("max_keypoints", None), ("resize_max", 1)):
+    """max_keypoints a whole number (its plugin decides what <= 0 means), resize_max one >=
+    ``MIN_RESIZE_MAX`` (a smaller picture holds no keypoints worth matching)."""
+    for key, least in (("max_keypoints", None), ("resize_max", MIN_RESIZE_MAX)):
         value = features.get(key)
         if value is None:
             continue
@@ -215,6 +218,7 @@ def _check_sizes(features: Mapping, where: str) -> None:
 def feature_overrides(max_keypoints: int | None, resize_max: int | None) -> dict | None:
     """``--max-keypoints`` / ``--resize-max`` as preset overrides (None when neither is given)."""
     feats = {k: v for k, v in (("max_keypoints", max_keypoints), ("resize_max", resize_max)) if v}
+    _check_sizes(feats, "--max-keypoints / --resize-max")
     return {"features": feats} if feats else None
 
 

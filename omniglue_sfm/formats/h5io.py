@@ -34,6 +34,10 @@ def open_h5(path: Path | str) -> h5py.File:
     except OSError as err:
         if not Path(path).exists():
             raise
+        if Path(path).is_file() and not h5py.is_hdf5(path):  # never was one: --overwrite would not help
+            raise DamagedFileError(f"{path} is not an HDF5 file (no HDF5 signature): not a features, "
+                                   "matches or global descriptors file of omniglue-sfm or hloc; check the "
+                                   "path") from err
         raise damaged(path, err) from err
 
 

@@ -20,6 +20,7 @@ so memory stays bounded. Smaller images are decoded in full, so their results do
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import stat
@@ -31,10 +32,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .outputs import OUTPUT_MARKERS
+
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 1_000_000_000  # refuse above one gigapixel (3 GB as RGB): not a photo we can use
 LARGE_PIXELS = 50_000_000  # above this, a reader asking for ``max_side`` gets a reduced decode
 EXIF_ORIENTATION = 0x0112
+MIN_SIDE = 16  # px: smaller images (1x1, 480x1) hold no keypoints; they are listed as unreadable
+# A Huffman-coded JPEG spends at least 2 bits (DC code + end of block; at least 1 in a progressive
+# DC scan) on each 8x8 block of luminance: one byte per 512 pixels or more. A file with under half
+# that for the size its header claims is truncated, or lies about its size (libjpeg would decode
+# the missing rest as grey without an error).
+JPEG_MIN_PIXELS_PER_BYTE = 1024
 
 
 class ImageReadError(OSError):
@@ -49,19 +60,30 @@ class ImageReadError(OSError):
 def list_images(root: Path | str) -> list[str]:
     """Sorted POSIX paths (relative to ``root``) of every image below ``root``, recursively.
 
-    Hidden files and folders (starting with ``.``) are skipped, e.g. ``.ipynb_checkpoints``.
+    Hidden files and folders (starting with ``.``) are skipped, e.g. ``.ipynb_checkpoints``, and so
+    are our own output folders below ``root`` (``reconstruct photos photos/out``, an export into
+    ``photos/``): a folder holding one of ``outputs.OUTPUT_MARKERS`` is skipped, with a warning.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder does not exist: {root}")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames
+                       if not d.startswith(".") and not _is_output(Path(dirpath) / d, root)]
         for fname in filenames:
             if fname.startswith(".") or not fname.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             found.append((Path(dirpath) / fname).relative_to(root).as_posix())
     return sorted(found)
+
+
+def _is_output(folder: Path, root: Path) -> bool:
+    marker = next((m for m in OUTPUT_MARKERS if (folder / m).exists()), None)
+    if marker is not None:
+        log.warning("skipping %s: an omniglue-sfm output folder (it holds %s), not photos",
+                    folder.relative_to(root).as_posix(), marker)
+    return marker is not None
 
 
 def none_readable(image_dir: Path | str, failed: dict[str, str]) -> ValueError:
@@ -178,7 +200,23 @@ def _checked_oriented_size(path: Path, img: Image.Image) -> tuple[int, int]:
     if w * h > MAX_PIXELS:
         raise ImageReadError(path, f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the limit of "
                                    f"{MAX_PIXELS / 1e6:.0f} MP; downscale it first")
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(path, f"too small: {w}x{h} pixels (keypoints need at least {MIN_SIDE} on each "
+                                   "side)")
+    if img.format == "JPEG" and not _arithmetic_jpeg(path):
+        needed = w * h // JPEG_MIN_PIXELS_PER_BYTE
+        size = path.stat().st_size
+        if size < needed:  # libjpeg fills the missing blocks with grey and does not complain
+            raise ImageReadError(path, f"truncated: its header says {w}x{h} pixels, which takes at least "
+                                       f"{needed} bytes as JPEG, but the file has {size}")
     return _oriented(img)[0]
+
+
+def _arithmetic_jpeg(path: Path) -> bool:
+    """Whether a JPEG frame is arithmetic-coded (SOF9-11, 13-15; rare): no size floor holds then."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return any(bytes([0xFF, marker]) in head for marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
 
 def _decode(img: Image.Image, max_side: int | None) -> Image.Image:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import h5io, provenance
+from .images import oriented_size
 
 MASK_SUFFIX = ".png"
 # datasets of a features.h5 item indexed by keypoint, and the axis that indexes them
@@ -51,8 +52,9 @@ class MaskSet:
     def path(self, image_name: str) -> Path:
         return self.root / mask_name(image_name)
 
-    def check(self, image_names: list[str]) -> None:
-        """Every image has a mask file, before any work is done."""
+    def check(self, image_names: list[str], image_dir: Path | None = None) -> None:
+        """Every image has a mask file and (with ``image_dir``) a mask of its size, before any work
+        is done (sizes from the files' headers, EXIF orientation applied)."""
         missing = [n for n in image_names if not self.path(n).is_file()]
         if missing:
             listed = ", ".join(mask_name(n) for n in missing[:5])
@@ -60,6 +62,17 @@ class MaskSet:
             raise FileNotFoundError(
                 f"{len(missing)} image(s) have no mask in {self.root}: missing {listed}{more}; every image "
                 f"<name> needs <name>{MASK_SUFFIX} (white or nonzero = keep, 0 = ignore)")
+        for name in image_names if image_dir is not None else ():
+            try:
+                image_size = oriented_size(Path(image_dir) / name)[0]
+                mask_size = oriented_size(self.path(name))[0]
+            except (OSError, ValueError, SyntaxError):
+                continue  # an unreadable image is reported by extraction, an unreadable mask by load()
+            if image_size != mask_size:
+                raise ValueError(
+                    f"mask {self.path(name)} is {mask_size[0]}x{mask_size[1]} but image {name} is "
+                    f"{image_size[0]}x{image_size[1]} (after its EXIF orientation); masks must have their "
+                    "image's size")
 
     def sha1(self, image_name: str) -> str:
         return provenance.file_digest(self.path(image_name))

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+# Marks of our output folders. Every folder output (reconstruct, sfm, localize, triangulate) holds
+# its lock file, which stays; every export folder its marker (``export --overwrite`` replaces only
+# such a folder). A folder holding one is never scanned for photos.
+LOCK_NAME = ".omniglue-sfm.lock"
+EXPORT_MARKER = ".omniglue-sfm-export.json"
+OUTPUT_MARKERS = (LOCK_NAME, EXPORT_MARKER)
+
 
 def write_json(path: Path | str, data: dict) -> None:
     """A JSON report, written under a temporary name and renamed."""

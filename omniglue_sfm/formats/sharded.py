@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .diskspace import writing
 from .h5io import CONFIG_ATTR, ConfigMismatchError, config_to_json, item_paths, read_h5
 from .matches_h5 import write_hloc_aliases
 
@@ -148,12 +149,14 @@ class ShardedH5:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         final = self.parts_dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
         tmp = final.with_suffix(".h5.tmp")
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs[CONFIG_ATTR] = self.config_json
-            for key, item, attrs in self._buffer:
-                _write_item(h5, key, item, attrs)
-        _fsync(tmp)
-        os.replace(tmp, final)
+        size = sum(np.asarray(v).nbytes for _, item, _ in self._buffer for v in item.values())
+        with writing(tmp, lambda: size):
+            with h5py.File(tmp, "w") as h5:
+                h5.attrs[CONFIG_ATTR] = self.config_json
+                for key, item, attrs in self._buffer:
+                    _write_item(h5, key, item, attrs)
+            _fsync(tmp)
+            os.replace(tmp, final)
         self._done.update(k for k, _, _ in self._buffer)
         self._attrs.update({k: dict(attrs or {}) for k, _, attrs in self._buffer})
         self._buffer.clear()
@@ -166,14 +169,16 @@ class ShardedH5:
         if not shards and self.path.exists():
             return self.path
         tmp = self.path.with_name(self.path.name + ".merge.tmp")
-        with h5py.File(tmp, "w") as out:
-            out.attrs[CONFIG_ATTR] = self.config_json
-            for src_path in ([self.path] if self.path.exists() else []) + shards:
-                with read_h5(src_path) as src:
-                    _copy_items(src, out, item_paths(src, self.kind))
-            _finish(out, self.kind, self.path)
-        _fsync(tmp)
-        os.replace(tmp, self.path)
+        sources = ([self.path] if self.path.exists() else []) + shards
+        with writing(tmp, lambda: _total_size(sources)):
+            with h5py.File(tmp, "w") as out:
+                out.attrs[CONFIG_ATTR] = self.config_json
+                for src_path in sources:
+                    with read_h5(src_path) as src:
+                        _copy_items(src, out, item_paths(src, self.kind))
+                _finish(out, self.kind, self.path)
+            _fsync(tmp)
+            os.replace(tmp, self.path)
         for shard in shards:
             shard.unlink()
         for leftover in self.parts_dir.glob("*.tmp") if self.parts_dir.exists() else []:
@@ -213,26 +218,34 @@ def _finish(h5: h5py.File, kind: str, final: Path) -> None:
             unreadable[0])
 
 
-def merge_h5(sources: list[Path], dest: Path, kind: str) -> Path:
-    """Merge finished files (e.g. match shards from several machines) with equal configs."""
-    configs = set()
-    for src in sources:
-        with read_h5(src) as h5:
-            configs.add(h5.attrs.get(CONFIG_ATTR))
-    if None in configs:
-        raise ConfigMismatchError(f"cannot merge files without a configuration (not written by omniglue-sfm, "
-                                  f"e.g. hloc's): {sources}")
-    if len(configs) != 1:
-        raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
-    config = json.loads(configs.pop())
+def _total_size(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def merge_h5(sources: list[Path], dest: Path, kind: str, config: dict | None = None) -> Path:
+    """Merge finished files (e.g. match shards from several machines) with equal configs, or (with
+    ``config``, which the merged file records) files the caller checked belong together."""
+    if config is None:
+        configs = set()
+        for src in sources:
+            with read_h5(src) as h5:
+                configs.add(h5.attrs.get(CONFIG_ATTR))
+        if None in configs:
+            raise ConfigMismatchError(f"cannot merge files without a configuration (not written by "
+                                      f"omniglue-sfm, e.g. hloc's): {sources}")
+        if len(configs) != 1:
+            raise ConfigMismatchError(f"cannot merge files made with different configurations: {sources}")
+        config = json.loads(configs.pop())
     store = ShardedH5(dest, kind, config)
     tmp = dest.with_name(dest.name + ".merge.tmp")
-    with h5py.File(tmp, "w") as out:
-        out.attrs[CONFIG_ATTR] = store.config_json
-        for src_path in ([dest] if dest.exists() else []) + list(sources):
-            with read_h5(src_path) as src:
-                _copy_items(src, out, item_paths(src, kind))
-        _finish(out, kind, dest)
-    os.replace(tmp, dest)
+    inputs = ([dest] if dest.exists() else []) + list(sources)
+    with writing(tmp, lambda: _total_size(inputs)):
+        with h5py.File(tmp, "w") as out:
+            out.attrs[CONFIG_ATTR] = store.config_json
+            for src_path in inputs:
+                with read_h5(src_path) as src:
+                    _copy_items(src, out, item_paths(src, kind))
+            _finish(out, kind, dest)
+        os.replace(tmp, dest)
     return dest
 

@@ -5,6 +5,7 @@ Conventions (escaping of names): docs/design.md, section 1.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -13,11 +14,24 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 def write_pairs(path: Path | str, pairs: Iterable[tuple[str, str]]) -> None:
-    """Atomic; a file that already holds exactly these pairs is left alone (not even its mtime)."""
+    """Atomic; a file that already holds exactly these pairs is left alone (not even its mtime).
+
+    Names that must be percent-encoded (whitespace, ``%``, a leading ``#``) are read back by us but
+    not by hloc, whose ``parse_retrieval`` splits each line on whitespace and looks names up as
+    written: such names are reported once per file, with a warning."""
     path = Path(path)
+    pairs = list(pairs)
     text = "".join(f"{quote_name(a)} {quote_name(b)}\n" for a, b in pairs)
+    encoded = sorted({n for pair in pairs for n in pair if quote_name(n) != n})
+    if encoded:
+        log.warning("%s: %d image name(s) hold whitespace, '%%' or a leading '#' and are written "
+                    "percent-encoded (e.g. %r as %r); omniglue-sfm reads them back, hloc cannot (its pairs "
+                    "files split on whitespace): rename those images to use this file with hloc",
+                    path, len(encoded), encoded[0], quote_name(encoded[0]))
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,18 +61,24 @@ def check_camera_model(model: str) -> None:
 
 
 def check_camera_params(model: str, params: str) -> None:
-    """``params`` (comma separated) must be numbers, as many as ``model`` has."""
-    info = pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1).params_info
+    """``params`` (comma separated) must be finite numbers, as many as ``model`` has, with positive
+    focal lengths."""
+    cam = pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1)
+    info = cam.params_info
     want = len(info.split(","))
     parts = [p.strip() for p in params.split(",")]
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"camera params {params!r} are not all numbers; model {model} takes "
+        raise ValueError(f"--camera-params {params!r} are not all numbers; model {model} takes "
                          f"{want} comma-separated numbers ({info})") from None
     if len(values) != want:
-        raise ValueError(f"camera params {params!r} give {len(values)} number(s); model {model} takes "
+        raise ValueError(f"--camera-params {params!r} give {len(values)} number(s); model {model} takes "
                          f"{want} ({info})")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--camera-params {params!r}: every value must be a finite number ({info})")
+    if any(values[i] <= 0 for i in cam.focal_length_idxs()):
+        raise ValueError(f"--camera-params {params!r}: the focal length must be positive, in pixels ({info})")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install 'omniglue-sfm[ray]' (or: pip install 'ray[default]')"
+RAY_CONNECT_TIMEOUT_S = 5.0  # --ray-address: how long a cluster may take to accept a connection
 IN_FLIGHT_PER_ACTOR = 2  # one chunk running, one queued: the actor never waits for the driver
 
 
@@ -73,6 +74,21 @@ class ExecutorOptions:
     @property
     def is_ray(self) -> bool:
         return self.kind == "ray"
+
+    def check(self) -> None:
+        """Before any work: a given ``HOST:PORT`` must answer (Ray itself would retry for minutes,
+        after extraction has run). ``auto`` and a local instance are Ray's to find."""
+        if not self.is_ray or self.address in (None, "auto", "local"):
+            return
+        host, sep, port = self.address.split("://", 1)[-1].rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--ray-address {self.address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379) "
+                             "or auto")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ValueError(f"--ray-address {self.address}: nothing answers there ({err}); start the "
+                             "cluster first (ray start --head) or fix the address") from None
 
 
 class Worker(Protocol):

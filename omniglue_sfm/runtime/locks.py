@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCK_NAME = ".omniglue-sfm.lock"
-
+from ..formats.outputs import LOCK_NAME  # image scans skip a folder that holds it
 
 _HELD_LOCKS: set[str] = set()  # lock files this process holds (a nested lock of one is a no-op)
 

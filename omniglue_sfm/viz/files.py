@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats import outputs
-from .scene import MAP_CAMERA, QUERY_CAMERA, build_scene, load_model, read_query_poses
+from .scene import MAP_CAMERA, QUERY_CAMERA, Scene3D, build_scene, default_view, load_model, read_query_poses
 
 
 def write_ply(folder: Path | str, out: Path | str, poses: Path | str | None = None) -> dict:
@@ -46,6 +46,37 @@ def write_ply(folder: Path | str, out: Path | str, poses: Path | str | None = No
     return {"points": int(len(scene.points)), "cameras": len(scene.frustums)}
 
 
+PLOTLY_FOV_DEG = 45.0  # plotly.js draws 3D scenes with a 45 degree vertical field of view
+
+
+def html_scene(scene: Scene3D, points: np.ndarray) -> dict:
+    """plotly's ``layout.scene``: the first view is the PNG render's (:func:`default_view`: behind
+    and above the cameras, looking where they look), not plotly's oblique default.
+
+    plotly places the camera in a box of the axis ranges scaled to ``aspectratio`` and centred on
+    the origin; the ranges and the ratio are given explicitly (in proportion to the data, as
+    ``aspectmode="data"``) so that the view converts exactly."""
+    drawn = np.vstack([points.reshape(-1, 3), *[np.vstack([f.center, f.corners]) for f in scene.frustums]])
+    lo, hi = drawn.min(axis=0), drawn.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9 * max(float((hi - lo).max()), 1e-9))
+    lo, hi = lo - span / 32, hi + span / 32  # plotly's own padding
+    span, mid = hi - lo, (lo + hi) / 2
+    ratio = span / span.max()
+    view = default_view(scene, fov_deg=PLOTLY_FOV_DEG)
+
+    def box(v: np.ndarray, point: bool = True) -> dict:
+        n = ((v - mid) if point else v) / span * ratio
+        return {axis: float(c) for axis, c in zip("xyz", n, strict=True)}
+
+    axis = {"visible": False, "autorange": False}
+    return {"aspectmode": "manual", "aspectratio": {a: float(r) for a, r in zip("xyz", ratio, strict=True)},
+            "xaxis": {**axis, "range": [float(lo[0]), float(hi[0])]},
+            "yaxis": {**axis, "range": [float(lo[1]), float(hi[1])]},
+            "zaxis": {**axis, "range": [float(lo[2]), float(hi[2])]},
+            "camera": {"eye": box(view.eye), "center": box(view.center), "up": box(view.up, point=False),
+                       "projection": {"type": "perspective"}}}
+
+
 def write_html(folder: Path | str, out: Path | str, poses: Path | str | None = None,
                offline: bool = True, max_points: int = 200_000) -> dict:
     """Interactive plotly page; ``offline`` embeds plotly.js (bigger file, works without internet)."""
@@ -77,8 +108,7 @@ def write_html(folder: Path | str, out: Path | str, poses: Path | str | None = N
         if xs:
             fig.add_trace(go.Scatter3d(x=xs, y=ys, z=zs, mode="lines", name=label, text=names,
                                        hoverinfo="text", line={"color": f"rgb{color}", "width": 3}))
-    fig.update_layout(scene={"aspectmode": "data", "xaxis": {"visible": False}, "yaxis": {"visible": False},
-                             "zaxis": {"visible": False}},
+    fig.update_layout(scene=html_scene(scene, pts),
                       margin={"l": 0, "r": 0, "t": 30, "b": 0}, title=str(outputs.find_model(folder)),
                       paper_bgcolor="white")
     out = Path(out)
