@@ -15,6 +15,8 @@ from omniglue_sfm.config import presets
 from omniglue_sfm.config.options import RunOptions
 from omniglue_sfm.formats import matches_h5, sharded, textfiles
 from omniglue_sfm.geometry import cameras, pnp
+from omniglue_sfm.localize import maps as loc_maps
+from omniglue_sfm.localize import query as loc_query
 
 DESC_DIM = 32
 
@@ -105,7 +107,7 @@ def test_localize_query_synthetic_map(tmp_path):
     opts = localize.LocalizeOptions(ransac_thresh=12.0)
     query = cameras.Query("query.jpg", pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480,
                                                         params=[500.0, 320, 240]))
-    result = localize.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
+    result = loc_query.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
                                      matcher, match.FeatureCache(lmap.features_path), opts)
     assert result.localized, result.reason
     assert result.focal_source == "given"
@@ -124,7 +126,7 @@ def test_unmatchable_query_is_not_localized_and_gets_no_pose(tmp_path):
     write_query(tmp_path / "q.h5", "other.jpg", kps, rng.normal(size=(300, DESC_DIM)))
     matcher = match.PairMatcher({"name": "mnn", "min_similarity": 0.9}, lmap.preset, lmap.features_path,
                                 "cpu")
-    result = localize.localize_query(lmap, tmp_path / "q.h5", cameras.Query("other.jpg"), tmp_path,
+    result = loc_query.localize_query(lmap, tmp_path / "q.h5", cameras.Query("other.jpg"), tmp_path,
                                      sorted(lmap.image_ids), matcher, match.FeatureCache(lmap.features_path),
                                      localize.LocalizeOptions())
     assert not result.localized
@@ -143,7 +145,7 @@ def test_random_matches_fail_pnp_with_a_reason(tmp_path):
     matches = [np.stack([rng.permutation(200)[:150], rng.permutation(n)[:150]], axis=1) for n in sizes]
     cam = pycolmap.Camera(model="SIMPLE_PINHOLE", width=640, height=480, params=[500.0, 320, 240])
     kp = rng.uniform([0, 0], [640, 480], (200, 2))
-    ret = localize.pose_from_correspondences(lmap, kp, db_ids, matches, cam, False,
+    ret = loc_query.pose_from_correspondences(lmap, kp, db_ids, matches, cam, False,
                                              localize.LocalizeOptions(), result)
     assert result.num_correspondences > 100
     assert ret is None or ret["num_inliers"] < 0.2 * result.num_correspondences
@@ -175,7 +177,7 @@ def test_a_fifth_of_right_matches_needs_a_known_focal_length(tmp_path, focal, lo
     query = cameras.Query("query.jpg", camera if focal == "given" else None)
     matcher = match.PairMatcher(lmap.preset["matcher"], lmap.preset, lmap.features_path, "cpu")
     cache = match.FeatureCache(lmap.features_path)
-    result = localize.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
+    result = loc_query.localize_query(lmap, tmp_path / "q.h5", query, tmp_path, sorted(lmap.image_ids),
                                      matcher, cache, localize.LocalizeOptions())
     assert result.localized == localized, (result.reason, result.num_inliers, result.num_correspondences)
     if not localized:
@@ -281,7 +283,7 @@ def test_map_preset_from_file_configs(tmp_path):
     mconf = {"matcher": {"name": "mnn"}, "features": feats}
     with sharded.ShardedH5(tmp_path / "matches.h5", "matches", mconf) as s:
         s.add(matches_h5.pair_key("a.jpg", "b.jpg"), {"matches0": np.zeros(1, np.int32)})
-    preset = localize.map_preset(tmp_path)
+    preset = loc_maps.map_preset(tmp_path)
     assert preset["features"] == feats["features"]
     assert preset["matcher"] == {"name": "mnn"}
     with pytest.raises(localize.LocalizationError, match="sparse"):
