@@ -5,11 +5,11 @@
     python benchmarks/growth_mapper.py report --root /work/growth_runs/mapper
 
 The geometry is ``growth_scene``'s courtyard for N views (same camera path, same facades), but
-nothing is rendered: 3D points are sampled on the facades (12 per m², up to 7 m high), the
-boxes and the pavement in front of them (4 per m²); a view observes a point when it projects
+nothing is rendered: 3D points are sampled on the facades (5 per m², up to 7 m high), the
+boxes and the pavement in front of them (2 per m²); a view observes a point when it projects
 into the image in front of the first surface (a low-resolution depth map from the ray caster).
 Keypoints are the projections plus 0.5 px Gaussian noise, with 15% extra keypoints that observe
-nothing; each view is paired with the 10 views it shares most points with (perfect retrieval);
+nothing; each view is paired with the 8 views it shares most points with (perfect retrieval);
 a pair's matches are its shared points plus 10% wrong matches. They are written as our own
 ``features.h5`` / ``matches.h5`` (with tiny grey 640x480 JPEGs carrying the scene's EXIF focal,
 all hard links of one file, for the camera and the point colours), so ``sfm`` runs exactly as
@@ -46,14 +46,14 @@ import growth  # noqa: E402
 import growth_scene  # noqa: E402
 
 SIZE = (640, 480)
-FACADE_DENSITY = 12.0  # points per m^2 on facades and boxes (up to MAX_HEIGHT)
-GROUND_DENSITY = 4.0  # ... on the pavement within GROUND_BAND of the walls
+FACADE_DENSITY = 5.0  # points per m^2 on facades and boxes (up to MAX_HEIGHT)
+GROUND_DENSITY = 2.0  # ... on the pavement within GROUND_BAND of the walls
 MAX_HEIGHT = 7.0
 GROUND_BAND = 12.0
 PIXEL_NOISE = 0.5
 EXTRA_KEYPOINTS = 0.15
 WRONG_MATCHES = 0.10
-PAIRS_PER_IMAGE = 10
+PAIRS_PER_IMAGE = 8
 MIN_SHARED = 15
 DEPTH_STRIDE = 8
 
@@ -176,7 +176,8 @@ def make_inputs(root: Path, n: int, seed: int) -> dict:
             if wrong and len(free):
                 src = rng.choice(free, min(wrong, len(free)), replace=False)
                 used = set(jb.tolist())
-                dst = [d for d in rng.permutation(len(keypoints[j]))[: 3 * len(src)] if d not in used][: len(src)]
+                candidates = rng.permutation(len(keypoints[j]))[: 3 * len(src)]
+                dst = [d for d in candidates if d not in used][: len(src)]
                 m0[src[: len(dst)]] = dst
             num_matches += int((m0 >= 0).sum())
             g = h5.create_group(io.pair_key(a, b))
@@ -261,7 +262,8 @@ def report(root: Path) -> str:
                    f"{secs.get('verification', math.nan):.1f} | {secs.get('mapping', math.nan):.1f} | "
                    f"{rec['peak_mb']:.0f} | {rec.get('registered')} / {n} | {ev.get('auc5', math.nan):.3f} | "
                    f"{ev.get('center_error') or math.nan:.3f} |" if ok else
-                   f"stopped (rc {rec['rc']}) after {rec['wall']:.0f} s | | | | {rec['peak_mb']:.0f} | | | |"))
+                   f"stopped (rc {rec['rc']}) after {rec['wall']:.0f} s | | | | "
+                   f"{rec['peak_mb']:.0f} | | | |"))
             if ok:
                 for part in ("database", "verification", "mapping"):
                     fits.setdefault(f"{part} ({mapper})", []).append((n, secs.get(part, math.nan)))
