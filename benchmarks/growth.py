@@ -72,6 +72,10 @@ def pipeline_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMNIGLUE_SFM_OFFLINE", "1")
+    # one torch thread per process, as the test suite runs: on a shared machine (2 cores, load 5-12
+    # here) torch's second thread spins against the other jobs and inflates CPU time several-fold;
+    # COLMAP keeps its own thread count
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

@@ -55,7 +55,7 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SCENE_VERSION = 1
+SCENE_VERSION = 2
 # photo folders under ../shared/data used as textures (see SOURCES.md there for each licence);
 # herzjesu_p8 is our test scene and is never used
 PHOTO_DIRS = ("train/urban100", "train/sun_hays80", "scenes/lund/images", "scenes/sacre_coeur/images",
@@ -102,42 +102,38 @@ def value_noise(x: np.ndarray, y: np.ndarray, salt: int) -> np.ndarray:
 
 def procedural_facade(rng: np.random.Generator, width_m: float, height_m: float,
                       px_per_m: int = 48) -> np.ndarray:
-    """A seeded facade picture (uint8 H x W x 3): wall colour and noise, bricks, windows, signs."""
+    """A seeded facade picture (uint8 H x W x 3), with nothing that repeats (repeated bricks or
+    stripes would make matches ambiguous): blotches of a random palette (quantised multi-octave
+    noise, like weathered render or graffiti), windows of varied sizes, noisy posters."""
     w, h = max(8, int(width_m * px_per_m)), max(8, int(height_m * px_per_m))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    base = rng.uniform(0.35, 0.85, 3)
     salt = int(rng.integers(1 << 30))
-    noise = sum(value_noise(xx / s, yy / s, salt + k) * a
-                for k, (s, a) in enumerate(((64, 0.5), (16, 0.3), (4, 0.2), (1.5, 0.15))))
-    img = base[None, None, :] * (0.7 + 0.45 * noise[..., None])
-    if rng.random() < 0.5:  # bricks
-        bh, bw = int(rng.integers(6, 12)), int(rng.integers(14, 30))
-        row = (yy // bh).astype(int)
-        joint = ((yy % bh) < 1.5) | (((xx + (row % 2) * bw / 2) % bw) < 1.5)
-        img[joint] *= 0.6
+    noise = sum((value_noise(xx / s, yy / s, salt + k) - 0.5) * a
+                for k, (s, a) in enumerate(((40, 0.6), (14, 0.4), (5, 0.25))))
+    levels = 7
+    palette = rng.uniform(0.15, 0.95, (levels, 3))
+    index = np.clip(((noise + 0.6) / 1.2 * levels).astype(np.int64), 0, levels - 1)
+    fine = value_noise(xx / 1.5, yy / 1.5, salt + 5)[..., None]
+    img = palette[index] * (0.85 + 0.3 * fine)
     floors = max(2, int(height_m / rng.uniform(2.8, 3.6)))
-    cols = max(1, int(width_m / rng.uniform(1.6, 2.6)))
-    glass = rng.uniform(0.05, 0.4, 3)
-    for f in range(1, floors):
-        for c in range(cols):
-            if rng.random() < 0.12:
-                continue
-            cx, cy = (c + 0.5) * w / cols, h - (f + 0.45) * h / floors
-            ww, wh = rng.uniform(0.3, 0.55) * w / cols, rng.uniform(0.35, 0.6) * h / floors
-            x0, x1, y0, y1 = int(cx - ww / 2), int(cx + ww / 2), int(cy - wh / 2), int(cy + wh / 2)
-            img[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = rng.uniform(0.6, 0.95, 3)  # frame
-            pane = glass * (0.6 + 0.8 * noise[y0:y1, x0:x1, None])
-            img[y0:y1, x0:x1] = pane + rng.uniform(0, 0.15)
-            if rng.random() < 0.5:  # mullions
-                img[y0:y1, (x0 + x1) // 2 - 1:(x0 + x1) // 2 + 1] = 0.85
-    for _ in range(int(rng.integers(1, 4))):  # signs and posters at street level
-        sw, sh = int(rng.uniform(0.6, 2.0) * px_per_m), int(rng.uniform(0.4, 1.0) * px_per_m)
-        x0, y0 = int(rng.integers(0, max(1, w - sw))), int(h - rng.uniform(1.0, 2.6) * px_per_m)
-        colour = rng.uniform(0, 1, 3)
-        stripes = (np.arange(sw) // max(2, int(rng.integers(3, 12)))) % 2
-        block = np.where(stripes[None, :, None] == 1, colour, 1 - colour)
-        block = block * (0.8 + 0.4 * value_noise(*np.mgrid[0:sh, 0:sw] / 3.0, salt + 9)[..., None])
-        img[max(y0, 0):max(y0, 0) + sh, x0:x0 + sw] = block[: h - max(y0, 0), : w - x0]
+    for f in range(floors):
+        x = float(rng.uniform(0, 0.6)) * px_per_m
+        while x < w - 0.5 * px_per_m:
+            ww = rng.uniform(0.5, 1.6) * px_per_m
+            wh = rng.uniform(0.35, 0.65) * h / floors
+            cy = h - (f + rng.uniform(0.4, 0.6)) * h / floors
+            x0, x1, y0, y1 = int(x), int(min(x + ww, w)), int(cy - wh / 2), int(cy + wh / 2)
+            img[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = rng.uniform(0.5, 0.95, 3)  # frame
+            img[y0:y1, x0:x1] = rng.uniform(0.05, 0.4, 3) * (0.4 + 1.2 * fine[y0:y1, x0:x1])
+            x += ww + rng.uniform(0.6, 2.5) * px_per_m
+    street = int(min(height_m, 4.5) * px_per_m)
+    for _ in range(int(rng.integers(6, 14) * width_m / 6)):  # posters at street level
+        sw, sh = int(rng.uniform(0.2, 1.2) * px_per_m), int(rng.uniform(0.2, 1.0) * px_per_m)
+        x0, y0 = int(rng.integers(0, max(1, w - sw))), max(0, h - int(rng.integers(sh, max(sh + 1, street))))
+        grid = np.mgrid[0:sh, 0:sw] / rng.uniform(2, 6)
+        q = np.clip((value_noise(grid[0], grid[1], salt + 11 + x0) * 4).astype(np.int64), 0, 3)
+        block = rng.uniform(0, 1, (4, 3))[q]
+        img[y0:y0 + sh, x0:x0 + sw] = block[: h - y0, : w - x0]
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
