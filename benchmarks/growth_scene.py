@@ -1,26 +1,28 @@
-"""Scenes that grow, with exact ground truth: a city block of photo-textured facades, orbited by
-a walking camera, rendered off-screen for any number of views.
+"""Scenes that grow, with exact ground truth: a courtyard of photo-textured facades walked around
+by a camera, rendered off-screen for any number of views.
 
     python benchmarks/growth_scene.py OUT --views 400            # OUT/images, OUT/gt, OUT/scene.json
     python benchmarks/growth_scene.py OUT --views 36 --laps 1 --textures procedural --size 320x240
 
 What is made (deterministic: the same arguments give the same bytes):
 
-* **Geometry.** A rectangular block whose perimeter grows with the number of views, so that the
-  density of views (one every ``--step`` metres, 1 m by default) and the work per image stay
-  fixed as N grows. Its sides are facades cut into segments 4-8 m wide and 8-14 m high, each set
-  back by 0-0.8 m (with side walls where two setbacks meet), boxes (kiosks, pillars) on the
-  pavement in front of them for parallax, and a textured ground plane.
+* **Geometry.** A rectangular courtyard whose perimeter grows with the number of views, so that
+  the density of views (one every ``--step`` metres, 1 m by default) and the work per image stay
+  fixed as N grows. Its sides are facades cut into segments 4-8 m wide and 4-12 m high, each set
+  back by 0-2 m (with side walls where two setbacks meet), a back row of taller buildings
+  (14-24 m) 12 m behind them, seen above the lower ones, boxes (kiosks, pillars, bins) on the
+  pavement every 4-9 m for parallax, and a textured ground plane.
 * **Textures.** Each facade segment (and box) shows a seeded random crop of a photo, flipped or
   not, shaded by its orientation to a fixed sun. ``--textures auto`` takes the photos of
   ``../shared/data`` (urban100, sun_hays80, lund, sacre_coeur, sceaux_castle, monstree; never
   herzjesu_p8, our test scene) when that folder exists, else (a fresh clone, CI) seeded procedural
   facades (windows, bricks, signs, noise); ``procedural`` forces those. The ground is procedural
   value noise with paving joints, computed at each hit point (no tiling, so no repeated patches).
-* **Camera path.** ``--laps`` walks around the block (default 2), at 6 m from the facades on the
-  first lap and 4.5 m (half a step later, higher, more oblique) on the second: every place is
+* **Camera path.** ``--laps`` walks around the courtyard (default 2), at 6 m from the facades on
+  the first lap and 4.5 m (half a step later, higher, more oblique) on the second: every place is
   revisited from another viewpoint, and the end of each lap closes a loop. Each view looks at the
-  block with a seeded jitter of yaw, pitch and position.
+  nearest wall (turning 45 degrees into each corner) with a seeded jitter of yaw, pitch and
+  position.
 * **Rendering.** An exact ray caster in numpy (no GL stack, so CI, a laptop and a server render
   the same pixels): per pixel the nearest quad or ground hit, textures sampled trilinearly from
   mip pyramids at the pixel's footprint (no aliasing), per-view exposure gain, sensor noise, JPEG
@@ -55,15 +57,16 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SCENE_VERSION = 2
+SCENE_VERSION = 3
 # photo folders under ../shared/data used as textures (see SOURCES.md there for each licence);
 # herzjesu_p8 is our test scene and is never used
 PHOTO_DIRS = ("train/urban100", "train/sun_hays80", "scenes/lund/images", "scenes/sacre_coeur/images",
               "scenes/sceaux_castle/images", "scenes/monstree/images")
-FOCAL_35MM = 28  # EXIF FocalLengthIn35mmFilm; focal = 28 / 36 * long side, as COLMAP reads it
+FOCAL_35MM = 28  # EXIF FocalLengthIn35mmFilm; focal = 28 mm over the 35 mm frame's diagonal
 STREET = 6.0  # distance of the first lap from the facades (m)
+BACK_ROW = 12.0  # distance of the taller back row of buildings behind the courtyard's walls (m)
 SECOND_LAP = 4.5  # ... and of the second
-MAX_DISTANCE = 70.0  # quads farther than this from a camera are not drawn (never visible past the block)
+MAX_DISTANCE = 80.0  # quads farther than this from a camera are not drawn (never visible past the block)
 SUN = np.array([0.45, -0.6, 0.66]) / np.linalg.norm([0.45, -0.6, 0.66])
 
 
@@ -281,9 +284,9 @@ def build_scene(A: float, B: float, seed: int, photos: list[Path]) -> Scene:
             cuts.append(cuts[-1] + float(rng.uniform(4.0, 8.0)))
         cuts.append(length)
         # setbacks push a segment back (away from the courtyard); the end segments stay flush
-        setbacks = [float(rng.uniform(0.0, 0.8)) if 0 < i < len(cuts) - 2 else 0.0
+        setbacks = [float(rng.uniform(0.0, 2.0)) if 0 < i < len(cuts) - 2 else 0.0
                     for i in range(len(cuts) - 1)]
-        heights = [float(rng.uniform(8.0, 14.0)) for _ in setbacks]
+        heights = [float(rng.uniform(4.0, 12.0)) for _ in setbacks]
         for i, (x0, x1) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
             e, h = setbacks[i], heights[i]
             # u runs against a: seen from the courtyard, the texture is not mirrored (normal = inward)
@@ -297,17 +300,24 @@ def build_scene(A: float, B: float, seed: int, photos: list[Path]) -> Scene:
                     quad(p_deep, p_shallow - p_deep, up * hh, deep - shallow, hh, photo_ok=False)
                 else:  # recess before the cut: faces -a
                     quad(p_shallow, p_deep - p_shallow, up * hh, deep - shallow, hh, photo_ok=False)
-        # boxes (kiosks, pillars) in front of the facades, away from the corners
-        x = float(rng.uniform(7.0, 12.0))
-        while x < length - 7.0:
-            side, tall = float(rng.uniform(0.4, 1.0)), float(rng.uniform(1.2, 3.0))
-            d = float(rng.uniform(1.2, 3.0))
+        # the back row: taller buildings BACK_ROW m behind, seen above the lower front walls
+        x = -BACK_ROW
+        while x < length + BACK_ROW - 1e-6:
+            width = min(float(rng.uniform(8.0, 16.0)), length + BACK_ROW - x)
+            h = float(rng.uniform(14.0, 24.0))
+            quad(c3 + a3 * (x + width) - n3 * BACK_ROW, -a3 * width, up * h, width, h)
+            x += width
+        # boxes (kiosks, pillars, bins) in front of the facades, away from the corners
+        x = float(rng.uniform(6.0, 9.0))
+        while x < length - 6.0:
+            side, tall = float(rng.uniform(0.4, 1.2)), float(rng.uniform(1.0, 3.0))
+            d = float(rng.uniform(1.0, 3.2))
             centre = c3 + a3 * x + n3 * d
             ex, ey = a3 * side / 2, n3 * side / 2
             for p, u in ((centre - ex - ey, 2 * ex), (centre + ex - ey, 2 * ey),
                          (centre + ex + ey, -2 * ex), (centre - ex + ey, -2 * ey)):
                 quad(p, u, up * tall, side, tall)
-            x += float(rng.uniform(8.0, 16.0))
+            x += float(rng.uniform(4.0, 9.0))
     return Scene(np.array(O), np.array(U), np.array(V), T, (-2.0, -2.0, A + 2.0, B + 2.0))
 
 
@@ -495,18 +505,14 @@ class Renderer:
 
 def ground_colour(x: np.ndarray, y: np.ndarray, footprint: np.ndarray, seed: int) -> np.ndarray:
     """Procedural pavement at world points: multi-octave value noise (octaves finer than the
-    pixel footprint fade out) and 0.6 m slab joints."""
+    pixel footprint fade out); no slab joints, whose grid would repeat."""
     total = np.zeros(len(x))
     for k, wavelength in enumerate((4.0, 1.0, 0.4, 0.15, 0.06, 0.025)):
         fade = np.clip(wavelength / (2 * footprint) - 1, 0, 1)
         total += fade * 0.5 * (value_noise(x / wavelength, y / wavelength, seed * 31 + k) - 0.5) * (
             0.9 if wavelength > 0.5 else 0.6)
-    slab = 0.6
-    jx, jy = np.abs((x / slab) % 1 - 0.5), np.abs((y / slab) % 1 - 0.5)
-    joint_width = np.maximum(0.015 / slab, footprint / slab)
-    joint = ((jx > 0.5 - joint_width) | (jy > 0.5 - joint_width)) * np.clip(0.03 / footprint, 0, 1)
     tint = value_noise(x / 25.0, y / 25.0, seed * 31 + 99)[:, None] * np.array([0.08, 0.05, 0.0])
-    grey = (0.5 + total)[:, None] * (1 - 0.35 * joint[:, None])
+    grey = (0.5 + total)[:, None]
     return np.clip((grey + tint) * np.array([0.55, 0.54, 0.52]) * 255, 0, 255)
 
 
@@ -516,7 +522,7 @@ def ground_colour(x: np.ndarray, y: np.ndarray, footprint: np.ndarray, seed: int
 
 def intrinsics(size: tuple[int, int]) -> np.ndarray:
     W, H = size
-    f = FOCAL_35MM / 36 * max(W, H)
+    f = FOCAL_35MM / math.hypot(36, 24) * math.hypot(W, H)  # as COLMAP reads the EXIF focal
     return np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
 
 
