@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +102,11 @@ def sequential(
             raise ValueError("sequential pairs with loop closure need global descriptors "
                              "(--global GLOBAL_H5)")
         desc = load_global(global_path, names)
-        sim = desc @ desc.T
-        idx = np.arange(n)
-        sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
-        pairs += _top_k_pairs(sim, names, names, num_matched)
+
+        def in_window(rows: slice) -> np.ndarray:  # the window already has these
+            return np.abs(np.arange(rows.start, rows.stop)[:, None] - np.arange(n)[None, :]) <= window
+
+        pairs += _top_k_pairs_blocked(desc, desc, names, names, num_matched, in_window)
     return io.unique_pairs(pairs)
 
 
@@ -120,13 +121,29 @@ def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
     return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
 
-def _top_k_pairs(sim: np.ndarray, query: Sequence[str], db: Sequence[str], k: int) -> list[tuple[str, str]]:
-    """(query, database) pairs of the ``k`` most similar database images, best first per query."""
+SIMILARITY_ROWS = 1024  # queries scored at once: memory O(rows x N), never the N x N matrix
+
+
+def _top_k_pairs_blocked(
+    query_desc: np.ndarray, db_desc: np.ndarray, query: Sequence[str], db: Sequence[str], k: int,
+    excluded: Callable[[slice], np.ndarray],
+) -> list[tuple[str, str]]:
+    """(query, database) pairs of the ``k`` most similar database images (dot product of the
+    descriptors), best first per query, ties to the lower index; ``excluded(rows)`` marks the
+    (rows, database) entries never to pick. Scored a block of queries at a time with
+    ``argpartition``: memory O(block x N) and no full sort of any row."""
     pairs = []
-    k = min(k, sim.shape[1])
-    for i, q in enumerate(query):
-        order = np.argsort(-sim[i], kind="stable")[:k]
-        pairs += [(q, db[j]) for j in order if np.isfinite(sim[i, j])]
+    k = min(k, len(db))
+    for start in range(0, len(query), SIMILARITY_ROWS):
+        rows = slice(start, min(start + SIMILARITY_ROWS, len(query)))
+        sim = query_desc[rows] @ db_desc.T
+        sim[excluded(rows)] = -np.inf
+        top = (np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1]
+               else np.broadcast_to(np.arange(sim.shape[1]), sim.shape))
+        values = np.take_along_axis(sim, top, axis=1)
+        top = np.take_along_axis(top, np.lexsort((top, -values), axis=1), axis=1)  # best first
+        for i, row in enumerate(top):
+            pairs += [(query[start + i], db[j]) for j in row if np.isfinite(sim[i, j])]
     return pairs
 
 
@@ -166,9 +183,17 @@ def retrieval(
     db = list(db_names) if db_names is not None else list(names)
     if num_matched < 1:
         raise ValueError(f"num_matched must be >= 1, got {num_matched}")
-    sim = similarity(load_global(global_path, query), load_global(global_path, db))
-    sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
-    return io.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
+    query_desc, db_desc = load_global(global_path, query), load_global(global_path, db)
+    # the cosine similarity of :func:`similarity`, as unit vectors centred on the database's mean
+    mean = db_desc.mean(axis=0, keepdims=True) if len(db_desc) > 1 else 0.0
+    db_index = {name: j for j, name in enumerate(db)}
+    self_index = np.array([db_index.get(q, -1) for q in query])
+
+    def itself(rows: slice) -> np.ndarray:  # never pair an image with itself
+        return self_index[rows, None] == np.arange(len(db))[None, :]
+
+    return io.unique_pairs(_top_k_pairs_blocked(_unit(query_desc - mean), _unit(db_desc - mean), query, db,
+                                                num_matched, itself))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
