@@ -333,11 +333,16 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
     anchor = set(members[0])
     turns = dict.fromkeys(names, 0)
     pending = [set(g) for g in members[1:]]
+    touching: dict[str, list[int]] = {}  # image -> indices of its candidate pairs (no scan of all pairs)
+    for index, (a, b) in enumerate(pairs):
+        touching.setdefault(a, []).append(index)
+        touching.setdefault(b, []).append(index)
     progress = True
     while pending and progress:  # step 2: attach the other groups, each by one quarter-turn
         progress = False
         for group in list(pending):
-            links = [(a, b) if a in anchor else (b, a) for a, b in pairs
+            own = sorted({i for m in group for i in touching.get(m, ())})  # in candidate order
+            links = [(a, b) if a in anchor else (b, a) for a, b in (pairs[i] for i in own)
                      if (a in anchor and b in group) or (b in anchor and a in group)]
             for a, b in links[: options.max_tries]:
                 k = best_turn([score(a, b, t) for t in range(4)], options)
