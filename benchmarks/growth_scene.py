@@ -57,7 +57,7 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SCENE_VERSION = 3
+SCENE_VERSION = 4
 # photo folders under ../shared/data used as textures (see SOURCES.md there for each licence);
 # herzjesu_p8 is our test scene and is never used
 PHOTO_DIRS = ("train/urban100", "train/sun_hays80", "scenes/lund/images", "scenes/sacre_coeur/images",
@@ -351,11 +351,12 @@ def path_point(s: float, A: float, B: float, d: float) -> tuple[np.ndarray, np.n
         if s <= inner:
             pos = corner + n * d + a * (d + s)
             look = -n
-            if s > inner - CORNER_BLEND:  # turning towards the next wall (ahead, a)
-                w = 0.25 * math.pi * (s - (inner - CORNER_BLEND)) / CORNER_BLEND
+            blend = min(CORNER_BLEND, inner / 2)  # a short side turns all along, without a jump
+            if s > inner - blend:  # turning towards the next wall (ahead, a)
+                w = 0.25 * math.pi * (s - (inner - blend)) / blend
                 look = -n * math.cos(w) + a * math.sin(w)
-            elif s < CORNER_BLEND:  # still turning from the previous wall (behind, -a)
-                w = 0.25 * math.pi * (CORNER_BLEND - s) / CORNER_BLEND
+            elif s < blend:  # still turning from the previous wall (behind, -a)
+                w = 0.25 * math.pi * (blend - s) / blend
                 look = -n * math.cos(w) - a * math.sin(w)
             return pos, look
         s -= inner
@@ -382,7 +383,10 @@ def block_size(views_per_lap: int, step: float) -> tuple[float, float]:
     return max(total - B, B), B
 
 
-def make_views(num_views: int, laps: int, step: float, seed: int) -> tuple[list[View], float, float]:
+def make_views(num_views: int, laps: int, step: float, seed: int,
+               start: float = 0.0) -> tuple[list[View], float, float]:
+    """The views in name order, lap by lap; ``start``: metres along the path where each lap begins
+    (0: at a corner)."""
     per_lap = math.ceil(num_views / laps)
     A, B = block_size(per_lap, step)
     views = []
@@ -391,7 +395,7 @@ def make_views(num_views: int, laps: int, step: float, seed: int) -> tuple[list[
         rng = rng_for(seed, "view", i)
         d = STREET if lap % 2 == 0 else SECOND_LAP
         length = path_length(A, B, d)
-        s = (j + 0.5 * (lap % 2) + rng.uniform(-0.15, 0.15)) * length / per_lap
+        s = (j + 0.5 * (lap % 2) + rng.uniform(-0.15, 0.15)) * length / per_lap + start
         pos, towards = path_point(s, A, B, d)
         pos = pos + rng.normal(0, 0.15, 2)
         yaw = math.radians(rng.normal(0, 8.0 if lap % 2 == 0 else 18.0))
@@ -591,18 +595,21 @@ def exif_bytes() -> bytes:
 
 
 def generate(out: Path, views: int, seed: int = 0, laps: int = 2, step: float = 1.0,
-             size: tuple[int, int] = (640, 480), textures: str = "auto", quiet: bool = False) -> dict:
+             size: tuple[int, int] = (640, 480), textures: str = "auto", quiet: bool = False,
+             start: float = 0.0) -> dict:
     """Write ``out/images``, ``out/gt``, ``out/overlaps.txt`` and ``out/scene.json``; returns the
     scene record. Images already there are kept (resume)."""
     if views < 2 or laps < 1:
         raise ValueError("need at least 2 views and 1 lap")
     photos = list_photos(textures)
     out = Path(out)
-    views_list, A, B = make_views(views, laps, step, seed)
+    views_list, A, B = make_views(views, laps, step, seed, start)
     record = {"version": SCENE_VERSION, "views": views, "seed": seed, "laps": laps, "step": step,
               "size": list(size), "textures": "photos" if photos else "procedural", "block_m": [A, B],
               "photo_sources": sorted({str(Path(p).relative_to(SHARED_DATA).parent) for p in photos}),
               "laps_of": {v.name: v.lap for v in views_list}}
+    if start:
+        record["start"] = start
     done_path = out / "scene.json"
     if done_path.exists():
         old = json.loads(done_path.read_text())
@@ -655,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=float, default=1.0, help="metres between views on a lap")
     p.add_argument("--size", type=parse_size, default=(640, 480), help="WxH (default 640x480)")
     p.add_argument("--textures", choices=("auto", "photos", "procedural"), default="auto")
+    p.add_argument("--start", type=float, default=0.0, help="metres along the path where a lap begins")
     args = p.parse_args(argv)
-    record = generate(args.out, args.views, args.seed, args.laps, args.step, args.size, args.textures)
+    record = generate(args.out, args.views, args.seed, args.laps, args.step, args.size, args.textures,
+                      start=args.start)
     print(f"{args.views} views of a {record['block_m'][0]:.0f} x {record['block_m'][1]:.0f} m block "
           f"({record['textures']} textures), {record['overlapping_pairs']} overlapping pairs -> {args.out}")
     return 0
