@@ -57,7 +57,7 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SCENE_VERSION = 7
+SCENE_VERSION = 3
 # photo folders under ../shared/data used as textures (see SOURCES.md there for each licence);
 # herzjesu_p8 is our test scene and is never used
 PHOTO_DIRS = ("train/urban100", "train/sun_hays80", "scenes/lund/images", "scenes/sacre_coeur/images",
@@ -105,22 +105,19 @@ def value_noise(x: np.ndarray, y: np.ndarray, salt: int) -> np.ndarray:
 
 def procedural_facade(rng: np.random.Generator, width_m: float, height_m: float,
                       px_per_m: int = 48) -> np.ndarray:
-    """A seeded facade picture (uint8 H x W x 3) with nothing that repeats and corners everywhere
-    (repeated bricks or stripes make matches ambiguous; smooth blotches give only edges, which
-    keypoints cannot localise along): a collage of random rectangles at many scales over a noisy
-    wall, and windows of varied sizes."""
+    """A seeded facade picture (uint8 H x W x 3), with nothing that repeats (repeated bricks or
+    stripes would make matches ambiguous): blotches of a random palette (quantised multi-octave
+    noise, like weathered render or graffiti), windows of varied sizes, noisy posters."""
     w, h = max(8, int(width_m * px_per_m)), max(8, int(height_m * px_per_m))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     salt = int(rng.integers(1 << 30))
     noise = sum((value_noise(xx / s, yy / s, salt + k) - 0.5) * a
-                for k, (s, a) in enumerate(((40, 0.5), (8, 0.3), (2, 0.2))))
-    img = rng.uniform(0.3, 0.8, 3)[None, None, :] * (1.0 + noise[..., None])
-    area = width_m * height_m
-    for scale in (1.2, 0.5, 0.2):  # large, medium and small patches, each layer over the last
-        for _ in range(int(area / scale**2 * 0.35)):
-            pw, ph = (rng.uniform(0.4, 1.0, 2) * scale * px_per_m).astype(int) + 2
-            x0, y0 = int(rng.integers(0, max(1, w - pw))), int(rng.integers(0, max(1, h - ph)))
-            img[y0:y0 + ph, x0:x0 + pw] = rng.uniform(0.05, 0.95, 3) * (0.85 + 0.3 * rng.random())
+                for k, (s, a) in enumerate(((40, 0.6), (14, 0.4), (5, 0.25))))
+    levels = 7
+    palette = rng.uniform(0.15, 0.95, (levels, 3))
+    index = np.clip(((noise + 0.6) / 1.2 * levels).astype(np.int64), 0, levels - 1)
+    fine = value_noise(xx / 1.5, yy / 1.5, salt + 5)[..., None]
+    img = palette[index] * (0.85 + 0.3 * fine)
     floors = max(2, int(height_m / rng.uniform(2.8, 3.6)))
     for f in range(floors):
         x = float(rng.uniform(0, 0.6)) * px_per_m
@@ -130,9 +127,16 @@ def procedural_facade(rng: np.random.Generator, width_m: float, height_m: float,
             cy = h - (f + rng.uniform(0.4, 0.6)) * h / floors
             x0, x1, y0, y1 = int(x), int(min(x + ww, w)), int(cy - wh / 2), int(cy + wh / 2)
             img[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = rng.uniform(0.5, 0.95, 3)  # frame
-            img[y0:y1, x0:x1] = rng.uniform(0.05, 0.4, 3) * (0.7 + 0.6 * (noise[y0:y1, x0:x1, None] + 0.5))
+            img[y0:y1, x0:x1] = rng.uniform(0.05, 0.4, 3) * (0.4 + 1.2 * fine[y0:y1, x0:x1])
             x += ww + rng.uniform(0.6, 2.5) * px_per_m
-    img *= 0.9 + 0.2 * value_noise(xx / 1.5, yy / 1.5, salt + 5)[..., None]  # fine grain
+    street = int(min(height_m, 4.5) * px_per_m)
+    for _ in range(int(rng.integers(6, 14) * width_m / 6)):  # posters at street level
+        sw, sh = int(rng.uniform(0.2, 1.2) * px_per_m), int(rng.uniform(0.2, 1.0) * px_per_m)
+        x0, y0 = int(rng.integers(0, max(1, w - sw))), max(0, h - int(rng.integers(sh, max(sh + 1, street))))
+        grid = np.mgrid[0:sh, 0:sw] / rng.uniform(2, 6)
+        q = np.clip((value_noise(grid[0], grid[1], salt + 11 + x0) * 4).astype(np.int64), 0, 3)
+        block = rng.uniform(0, 1, (4, 3))[q]
+        img[y0:y0 + sh, x0:x0 + sw] = block[: h - y0, : w - x0]
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
@@ -347,12 +351,11 @@ def path_point(s: float, A: float, B: float, d: float) -> tuple[np.ndarray, np.n
         if s <= inner:
             pos = corner + n * d + a * (d + s)
             look = -n
-            blend = min(CORNER_BLEND, inner / 2)  # a short side turns all along, without a jump
-            if s > inner - blend:  # turning towards the next wall (ahead, a)
-                w = 0.25 * math.pi * (s - (inner - blend)) / blend
+            if s > inner - CORNER_BLEND:  # turning towards the next wall (ahead, a)
+                w = 0.25 * math.pi * (s - (inner - CORNER_BLEND)) / CORNER_BLEND
                 look = -n * math.cos(w) + a * math.sin(w)
-            elif s < blend:  # still turning from the previous wall (behind, -a)
-                w = 0.25 * math.pi * (blend - s) / blend
+            elif s < CORNER_BLEND:  # still turning from the previous wall (behind, -a)
+                w = 0.25 * math.pi * (CORNER_BLEND - s) / CORNER_BLEND
                 look = -n * math.cos(w) - a * math.sin(w)
             return pos, look
         s -= inner
@@ -368,7 +371,7 @@ def look_rotation(forward: np.ndarray) -> np.ndarray:
     return np.stack([right, down, f])
 
 
-MIN_SHORT_SIDE = 2 * STREET + 14.0  # a straight of 6 m between two corner turns
+MIN_SHORT_SIDE = 2 * STREET + 6.0
 
 
 def block_size(views_per_lap: int, step: float) -> tuple[float, float]:
@@ -379,10 +382,7 @@ def block_size(views_per_lap: int, step: float) -> tuple[float, float]:
     return max(total - B, B), B
 
 
-def make_views(num_views: int, laps: int, step: float, seed: int,
-               start: float = 0.0) -> tuple[list[View], float, float]:
-    """The views in name order, lap by lap; ``start``: metres along the path where each lap begins
-    (0: at a corner)."""
+def make_views(num_views: int, laps: int, step: float, seed: int) -> tuple[list[View], float, float]:
     per_lap = math.ceil(num_views / laps)
     A, B = block_size(per_lap, step)
     views = []
@@ -391,7 +391,7 @@ def make_views(num_views: int, laps: int, step: float, seed: int,
         rng = rng_for(seed, "view", i)
         d = STREET if lap % 2 == 0 else SECOND_LAP
         length = path_length(A, B, d)
-        s = (j + 0.5 * (lap % 2) + rng.uniform(-0.15, 0.15)) * length / per_lap + start
+        s = (j + 0.5 * (lap % 2) + rng.uniform(-0.15, 0.15)) * length / per_lap
         pos, towards = path_point(s, A, B, d)
         pos = pos + rng.normal(0, 0.15, 2)
         yaw = math.radians(rng.normal(0, 8.0 if lap % 2 == 0 else 18.0))
@@ -504,21 +504,16 @@ class Renderer:
 
 
 def ground_colour(x: np.ndarray, y: np.ndarray, footprint: np.ndarray, seed: int) -> np.ndarray:
-    """Procedural pavement at world points: stones of 0.5 m, each its own shade (corners at every
-    joint, a pattern that never repeats), over multi-octave value noise; detail finer than the
-    pixel footprint fades out."""
+    """Procedural pavement at world points: multi-octave value noise (octaves finer than the
+    pixel footprint fade out); no slab joints, whose grid would repeat."""
     total = np.zeros(len(x))
-    for k, wavelength in enumerate((4.0, 1.0, 0.4, 0.15, 0.06)):
+    for k, wavelength in enumerate((4.0, 1.0, 0.4, 0.15, 0.06, 0.025)):
         fade = np.clip(wavelength / (2 * footprint) - 1, 0, 1)
-        total += fade * 0.5 * (value_noise(x / wavelength, y / wavelength, seed * 31 + k) - 0.5) * 0.6
-    stone = 0.5
-    ix, iy = np.floor(x / stone), np.floor(y / stone)
-    shade = _hash01(ix.astype(np.int64), iy.astype(np.int64), seed * 31 + 50)
-    hue = _hash01(ix.astype(np.int64), iy.astype(np.int64), seed * 31 + 51)
-    fade = np.clip(stone / (2 * footprint) - 1, 0, 1)[:, None]  # far away: the stones' mean
-    colour = np.stack([0.35 + 0.5 * shade, 0.33 + 0.45 * shade + 0.1 * hue, 0.3 + 0.4 * shade], 1)
-    colour = fade * colour + (1 - fade) * np.array([0.6, 0.58, 0.5])
-    return np.clip(colour * (1.0 + total)[:, None] * 255, 0, 255)
+        total += fade * 0.5 * (value_noise(x / wavelength, y / wavelength, seed * 31 + k) - 0.5) * (
+            0.9 if wavelength > 0.5 else 0.6)
+    tint = value_noise(x / 25.0, y / 25.0, seed * 31 + 99)[:, None] * np.array([0.08, 0.05, 0.0])
+    grey = (0.5 + total)[:, None]
+    return np.clip((grey + tint) * np.array([0.55, 0.54, 0.52]) * 255, 0, 255)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,21 +591,18 @@ def exif_bytes() -> bytes:
 
 
 def generate(out: Path, views: int, seed: int = 0, laps: int = 2, step: float = 1.0,
-             size: tuple[int, int] = (640, 480), textures: str = "auto", quiet: bool = False,
-             start: float = 0.0) -> dict:
+             size: tuple[int, int] = (640, 480), textures: str = "auto", quiet: bool = False) -> dict:
     """Write ``out/images``, ``out/gt``, ``out/overlaps.txt`` and ``out/scene.json``; returns the
     scene record. Images already there are kept (resume)."""
     if views < 2 or laps < 1:
         raise ValueError("need at least 2 views and 1 lap")
     photos = list_photos(textures)
     out = Path(out)
-    views_list, A, B = make_views(views, laps, step, seed, start)
+    views_list, A, B = make_views(views, laps, step, seed)
     record = {"version": SCENE_VERSION, "views": views, "seed": seed, "laps": laps, "step": step,
               "size": list(size), "textures": "photos" if photos else "procedural", "block_m": [A, B],
               "photo_sources": sorted({str(Path(p).relative_to(SHARED_DATA).parent) for p in photos}),
               "laps_of": {v.name: v.lap for v in views_list}}
-    if start:
-        record["start"] = start
     done_path = out / "scene.json"
     if done_path.exists():
         old = json.loads(done_path.read_text())
@@ -663,10 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=float, default=1.0, help="metres between views on a lap")
     p.add_argument("--size", type=parse_size, default=(640, 480), help="WxH (default 640x480)")
     p.add_argument("--textures", choices=("auto", "photos", "procedural"), default="auto")
-    p.add_argument("--start", type=float, default=0.0, help="metres along the path where a lap begins")
     args = p.parse_args(argv)
-    record = generate(args.out, args.views, args.seed, args.laps, args.step, args.size, args.textures,
-                      start=args.start)
+    record = generate(args.out, args.views, args.seed, args.laps, args.step, args.size, args.textures)
     print(f"{args.views} views of a {record['block_m'][0]:.0f} x {record['block_m'][1]:.0f} m block "
           f"({record['textures']} textures), {record['overlapping_pairs']} overlapping pairs -> {args.out}")
     return 0
