@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,9 @@ def verified_score(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray, max_er
     return inliers if inliers >= options.min_inlier_ratio * max(len(matches), 1) else 0
 
 
+IMAGE_CACHE = 256  # decoded low-resolution images the orientation pass keeps at once
+
+
 class TurnScorer:
     """Verified low-resolution matches of image ``a`` (as stored) against image ``b`` turned ``k``
     times. Images are read, downscaled and extracted once per needed turn."""
@@ -112,25 +116,40 @@ class TurnScorer:
     def __init__(self, read: ReadFn, features_of: FeaturesFn, match: MatchFn,
                  options: OrientationOptions) -> None:
         self.read, self.features_of, self.match, self.options = read, features_of, match, options
-        self.small: dict[str, np.ndarray | None] = {}
+        # the last IMAGE_CACHE decoded low-resolution images (an image evicted is read again if
+        # another turn of it is needed): memory stays bounded however many images there are
+        self.small: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.shapes: dict[str, tuple[int, ...] | None] = {}  # (H, W) of each low-res image; None: unreadable
         self.features: dict[tuple[str, int], dict] = {}
         self.scores: dict[tuple[str, str, int], int] = {}
         self.extractions = 0
         self.matched = 0
 
     def image(self, name: str) -> np.ndarray | None:
-        if name not in self.small:
-            img = self.read(name)
-            self.small[name] = None if img is None else resize_for_extraction(img, self.options.resize_max)[0]
-        return self.small[name]
+        if name in self.small:
+            self.small.move_to_end(name)
+            return self.small[name]
+        if name in self.shapes and self.shapes[name] is None:
+            return None
+        img = self.read(name)
+        if img is None:
+            self.shapes[name] = None
+            return None
+        small = resize_for_extraction(img, self.options.resize_max)[0]
+        self.shapes[name] = small.shape[:2]
+        self.small[name] = small
+        if len(self.small) > IMAGE_CACHE:
+            self.small.popitem(last=False)
+        return small
 
     def item(self, name: str, k: int) -> dict | None:
+        if (name, k) in self.features:  # no need for the image (which may have left the cache)
+            return self.features[(name, k)]
         img = self.image(name)
         if img is None:
             return None
-        if (name, k) not in self.features:
-            self.features[(name, k)] = self.features_of(turn_image(img, k))
-            self.extractions += 1
+        self.features[(name, k)] = self.features_of(turn_image(img, k))
+        self.extractions += 1
         return self.features[(name, k)]
 
     def __call__(self, a: str, b: str, k: int) -> int:
@@ -143,7 +162,7 @@ class TurnScorer:
                 pairs = self.match(fa, fb)
                 self.matched += 1
                 # 3 px at 512 px: scaled with the low-resolution image size
-                max_error = 3.0 * max(self.image(a).shape[:2]) / 512.0
+                max_error = 3.0 * max(self.shapes[a]) / 512.0
                 self.scores[key] = verified_score(fa["keypoints"], fb["keypoints"], pairs, max_error,
                                                   self.options)
         return self.scores[key]
@@ -202,11 +221,16 @@ def solve_turns(names: Sequence[str], pairs: Sequence[tuple[str, str]], score: C
     anchor = set(members[0])
     turns = dict.fromkeys(names, 0)
     pending = [set(g) for g in members[1:]]
+    touching: dict[str, list[int]] = {}  # image -> indices of its candidate pairs (no scan of all pairs)
+    for index, (a, b) in enumerate(pairs):
+        touching.setdefault(a, []).append(index)
+        touching.setdefault(b, []).append(index)
     progress = True
     while pending and progress:  # step 2: attach the other groups, each by one quarter-turn
         progress = False
         for group in list(pending):
-            links = [(a, b) if a in anchor else (b, a) for a, b in pairs
+            own = sorted({i for m in group for i in touching.get(m, ())})  # in candidate order
+            links = [(a, b) if a in anchor else (b, a) for a, b in (pairs[i] for i in own)
                      if (a in anchor and b in group) or (b in anchor and a in group)]
             for a, b in links[: options.max_tries]:
                 k = best_turn([score(a, b, t) for t in range(4)], options)
@@ -232,7 +256,8 @@ def estimate_turns(names: Sequence[str], candidates: Callable[[list[str]], list[
     gives the pairs that may be matched among the readable images."""
     start = time.perf_counter()
     scorer = TurnScorer(read, features_of, match, options)
-    readable = [n for n in names if scorer.image(n) is not None]
+    # each readable image's upright features, made while its decoded image is at hand
+    readable = [n for n in names if scorer.item(n, 0) is not None]
     ordered = neighbours_first(readable, candidates(readable))
     turns, unattached = solve_turns(readable, ordered, scorer, options)
     est = TurnEstimate({**dict.fromkeys(names, 0), **turns}, time.perf_counter() - start,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +97,13 @@ def sequential(
             raise ValueError("sequential pairs with loop closure need global descriptors "
                              "(--global GLOBAL_H5)")
         desc = load_global(global_path, names)
-        sim = desc @ desc.T
-        idx = np.arange(n)
-        sim[np.abs(idx[:, None] - idx[None, :]) <= window] = -np.inf  # the window already has these
-        pairs += _top_k_pairs(sim, names, names, num_matched)
+
+        def score(rows: slice) -> np.ndarray:  # the window already has the pairs near the diagonal
+            sim = desc[rows] @ desc.T
+            sim[np.abs(np.arange(rows.start, rows.stop)[:, None] - np.arange(n)[None, :]) <= window] = -np.inf
+            return sim
+
+        pairs += top_k_pairs(score, names, names, num_matched)
     return matches_h5.unique_pairs(pairs)
 
 
@@ -116,10 +119,14 @@ def spatial(
     if len(located) < 2:
         return []
     xy = np.array([np.asarray(positions[n], dtype=np.float64)[:2] for n in located])
-    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
-    np.fill_diagonal(dist, np.inf)
-    dist[dist > radius] = np.inf
-    return matches_h5.unique_pairs(_top_k_pairs(-dist, located, located, num_matched))
+
+    def score(rows: slice) -> np.ndarray:  # nearer is better; beyond the radius, or itself: never
+        dist = np.linalg.norm(xy[rows, None] - xy[None], axis=-1)
+        dist[dist > radius] = np.inf
+        dist[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = np.inf
+        return -dist
+
+    return matches_h5.unique_pairs(top_k_pairs(score, located, located, num_matched))
 
 
 def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
@@ -133,13 +140,26 @@ def load_global(global_path: Path, names: Sequence[str]) -> np.ndarray:
     return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
 
-def _top_k_pairs(sim: np.ndarray, query: Sequence[str], db: Sequence[str], k: int) -> list[tuple[str, str]]:
-    """(query, database) pairs of the ``k`` most similar database images, best first per query."""
+SIMILARITY_ROWS = 1024  # queries scored at once: memory O(rows x N), never the N x N matrix
+
+
+def top_k_pairs(score: Callable[[slice], np.ndarray], query: Sequence[str], db: Sequence[str],
+                k: int) -> list[tuple[str, str]]:
+    """(query, database) pairs of the ``k`` best-scored database images, best first per query, ties
+    to the lower index. ``score(rows)`` gives the (rows, database) scores of a block of queries,
+    -inf where a pair must never be picked. Scored a block at a time with ``argpartition``: memory
+    O(block x N), never the N x N matrix, and no full sort of any row."""
     pairs = []
-    k = min(k, sim.shape[1])
-    for i, q in enumerate(query):
-        order = np.argsort(-sim[i], kind="stable")[:k]
-        pairs += [(q, db[j]) for j in order if np.isfinite(sim[i, j])]
+    k = min(k, len(db))
+    for start in range(0, len(query), SIMILARITY_ROWS):
+        rows = slice(start, min(start + SIMILARITY_ROWS, len(query)))
+        sim = score(rows)
+        top = (np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1]
+               else np.broadcast_to(np.arange(sim.shape[1]), sim.shape))
+        values = np.take_along_axis(sim, top, axis=1)
+        top = np.take_along_axis(top, np.lexsort((top, -values), axis=1), axis=1)  # best first
+        for i, row in enumerate(top):
+            pairs += [(query[start + i], db[j]) for j in row if np.isfinite(sim[i, j])]
     return pairs
 
 
@@ -179,9 +199,20 @@ def retrieval(
     db = list(db_names) if db_names is not None else list(names)
     if num_matched < 1:
         raise ValueError(f"num_matched must be >= 1, got {num_matched}")
-    sim = similarity(load_global(global_path, query), load_global(global_path, db))
-    sim[np.array(query)[:, None] == np.array(db)[None, :]] = -np.inf  # never pair an image with itself
-    return matches_h5.unique_pairs(_top_k_pairs(sim, query, db, num_matched))
+    query_desc, db_desc = load_global(global_path, query), load_global(global_path, db)
+    # the cosine similarity of :func:`similarity`, as unit vectors centred on the database's mean
+    mean = db_desc.mean(axis=0, keepdims=True) if len(db_desc) > 1 else 0.0
+    db_index = {name: j for j, name in enumerate(db)}
+    self_index = np.array([db_index.get(q, -1) for q in query])
+
+    query_desc, db_desc = _unit(query_desc - mean), _unit(db_desc - mean)
+
+    def score(rows: slice) -> np.ndarray:
+        sim = query_desc[rows] @ db_desc.T
+        sim[self_index[rows, None] == np.arange(len(db))[None, :]] = -np.inf  # never an image with itself
+        return sim
+
+    return matches_h5.unique_pairs(top_k_pairs(score, query, db, num_matched))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

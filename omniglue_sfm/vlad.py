@@ -45,6 +45,30 @@ def vocabulary(descriptors: list[np.ndarray], num_words: int, seed: int = 0) -> 
         raise ValueError(f"only {len(pool)} local descriptors for {num_words} visual words; use fewer words")
     rng = np.random.default_rng(seed)
     sample = pool[rng.choice(len(pool), min(SAMPLE, len(pool)), replace=False)]
+    return _kmeans(sample, num_words, rng)
+
+
+def file_vocabulary(features_path: Path, names: list[str], num_words: int, seed: int = 0) -> np.ndarray:
+    """:func:`vocabulary` of the images ``names`` of ``features_path`` (the same sample, the same
+    centres), reading one image at a time: only the sample is ever in memory, never every descriptor."""
+    with h5io.read_h5(features_path) as h5:
+        counts = np.array([h5[n]["descriptors"].shape[1] for n in names], np.int64)
+        total = int(counts.sum())
+        if total < num_words:
+            raise ValueError(f"only {total} local descriptors for {num_words} visual words; use fewer words")
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(total, min(SAMPLE, total), replace=False)  # indices into the concatenation
+        owner = np.searchsorted(np.cumsum(counts), picks, side="right")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sample = np.empty((len(picks), h5[names[int(owner[0])]]["descriptors"].shape[0]), np.float32)
+        for i in np.unique(owner):
+            rows = np.flatnonzero(owner == i)
+            descriptors = _unit(h5[names[i]]["descriptors"][()].T.astype(np.float32))  # as read_descriptors
+            sample[rows] = descriptors[picks[rows] - starts[i]]
+    return _kmeans(sample, num_words, rng)
+
+
+def _kmeans(sample: np.ndarray, num_words: int, rng: np.random.Generator) -> np.ndarray:
     centres = sample[rng.choice(len(sample), num_words, replace=False)].copy()
     for _ in range(ITERATIONS):
         assign = np.argmax(sample @ centres.T, axis=1)
@@ -75,13 +99,13 @@ def main(features_path: Path | str, out_path: Path | str, num_words: int = DEFAU
     names = h5io.list_names(features_path)
     if not names:
         raise ValueError(f"{features_path} holds no images")
-    descriptors = read_descriptors(features_path, names)
-    centres = vocabulary(list(descriptors.values()), num_words, seed)
+    centres = file_vocabulary(features_path, names, num_words, seed)
     config = {"features": h5io.read_config(features_path), "global": "vlad", "words": num_words, "seed": seed}
     with locks.output_lock(out_path):
         store = sharded.ShardedH5(out_path, "global", config, overwrite=True)
-        with store:
-            for name in names:
-                store.add(name, {"global_descriptor": vlad(descriptors[name], centres).astype(np.float32)})
+        with store, h5io.read_h5(features_path) as h5:
+            for name in names:  # one image's descriptors in memory at a time
+                descriptors = _unit(h5[name]["descriptors"][()].T.astype(np.float32))
+                store.add(name, {"global_descriptor": vlad(descriptors, centres).astype(np.float32)})
     log.info("VLAD (%d words) of %d images -> %s", num_words, len(names), out_path)
     return len(names)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,16 +43,31 @@ def relative_pose(p0: CameraPose, p1: CameraPose) -> tuple[np.ndarray, np.ndarra
 
 
 def pair_errors(est: Mapping[str, CameraPose], gt: Mapping[str, CameraPose]) -> np.ndarray:
-    """max(rotation error, translation-direction error) in degrees for every GT pair (inf if missing)."""
-    errors = []
-    for a, b in itertools.combinations(sorted(gt), 2):
-        if a not in est or b not in est:
-            errors.append(math.inf)
-            continue
-        R_gt, t_gt = relative_pose(gt[a], gt[b])
-        R_est, t_est = relative_pose(est[a], est[b])
-        errors.append(max(rotation_angle_deg(R_est.T @ R_gt), vector_angle_deg(t_est, t_gt)))
-    return np.asarray(errors, dtype=np.float64)
+    """max(rotation error, translation-direction error) in degrees for every GT pair (inf if missing),
+    in ``itertools.combinations(sorted(gt), 2)`` order; vectorised over the second image of each pair
+    (a scene of N images has N (N - 1) / 2 pairs: 50 million at 10,000 images)."""
+    names = sorted(gt)
+    have = np.array([n in est for n in names])
+    eye = CameraPose(np.eye(3), np.zeros(3))
+    R_gt, t_gt = np.stack([gt[n].R for n in names]), np.stack([gt[n].t for n in names])
+    R_est = np.stack([est.get(n, eye).R for n in names])
+    t_est = np.stack([est.get(n, eye).t for n in names])
+    out = []
+    for i in range(len(names) - 1):
+        rel = []
+        for R, t in ((R_gt, t_gt), (R_est, t_est)):  # relative_pose of (i, j) for every j > i
+            R_rel = R[i + 1:] @ R[i].T
+            rel.append((R_rel, t[i + 1:] - R_rel @ t[i]))
+        (Rg, tg), (Re, te) = rel
+        cos = (np.einsum("kji,kji->k", Re, Rg) - 1.0) / 2.0  # trace(Re^T Rg)
+        rot = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        ng, ne = np.linalg.norm(tg, axis=1), np.linalg.norm(te, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dot = np.einsum("ki,ki->k", te, tg) / (ne * ng)
+        trans = np.where((ng < 1e-12) | (ne < 1e-12), math.inf,
+                         np.degrees(np.arccos(np.clip(dot, -1.0, 1.0))))
+        out.append(np.where(have[i] & have[i + 1:], np.maximum(rot, trans), math.inf))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def pose_auc(errors: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> list[float]:
