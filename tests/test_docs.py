@@ -16,6 +16,8 @@ from omniglue_sfm.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 IN_CODE = re.compile(r"(?:^|\s)(?:\.venv/bin/)?omniglue-sfm\s+([^#\n]*)")  # a line of a code block
+SHELL_SEPARATOR = re.compile(r"\s(?:&&|\|\||;)\s")
+PROGRAM_WORD = re.compile(r"^\s*(?:\.venv/bin/)?omniglue-sfm\s+")
 INLINE = re.compile(r"`(?:\.venv/bin/)?omniglue-sfm\s+([^`]*)`")  # `omniglue-sfm ...` in prose
 
 
@@ -39,7 +41,11 @@ def _shown_commands() -> list[tuple[str, str]]:
         for k, part in enumerate(text.split("```")):  # odd parts are code blocks
             pattern = IN_CODE if k % 2 else INLINE
             for line in part.splitlines():
-                found += [(page.name, m.group(1)) for m in pattern.finditer(line)]
+                for m in pattern.finditer(line):
+                    # `omniglue-sfm a && omniglue-sfm b`: both commands
+                    first, *others = SHELL_SEPARATOR.split(m.group(1))
+                    found.append((page.name, first))
+                    found += [(page.name, o) for c in others if (o := PROGRAM_WORD.sub("", c, 1)) != c]
         if page.name == "README.md":
             table = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
             for row in re.findall(r"^\| `([^`]+)`", table, flags=re.M):
