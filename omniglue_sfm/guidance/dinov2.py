@@ -22,6 +22,7 @@ of the L2-normalised patch tokens, L2-normalised (``global = "mean"``).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -189,12 +190,7 @@ class DINOv2Guidance(Guidance):
             path = weights.resolve_known(str(explicit))
         else:
             path = weights.resolve_known(variant, explicit)
-        state = weights.load_state_dict(path)
-        self.vit = DINOv2ViT.from_state_dict(state)
-        try:
-            self.vit.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise weights.WeightsNotFoundError(f"{path} is not a DINOv2 ViT/14 checkpoint: {err}") from err
+        self.vit = load_vit(path)
         if self.vit.dim != self.variants[variant]:
             raise weights.WeightsNotFoundError(
                 f"{path} holds a {self.vit.dim}-d ViT but {variant} is {self.variants[variant]}-d")
@@ -221,3 +217,15 @@ class DINOv2Guidance(Guidance):
         else:
             gdesc = F.normalize(F.normalize(patches, dim=1).mean((0, 2, 3)), dim=0)
         return {"dense": patches, "global_descriptor": gdesc}
+
+
+def load_vit(path: Path) -> DINOv2ViT:
+    """The DINOv2 ViT of an official checkpoint file, its shape read from the file and every key
+    loaded strictly; :class:`WeightsNotFoundError` naming the file when it is not one."""
+    state = weights.load_state_dict(path)
+    vit = DINOv2ViT.from_state_dict(state)
+    try:
+        vit.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise weights.WeightsNotFoundError(f"{path} is not a DINOv2 ViT/14 checkpoint: {err}") from err
+    return vit

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..runtime import extras, weights
 from .base import Guidance
-from .dinov2 import IMAGENET_MEAN, IMAGENET_STD, DINOv2ViT, dino_input_size
+from .dinov2 import IMAGENET_MEAN, IMAGENET_STD, dino_input_size, load_vit
 
 MAX_SIDE = 630
 FEATURE_DIM = 768  # hard-coded in the released matcher's input: ViT-B/14 only
@@ -87,12 +87,7 @@ class DINOv2Official(Guidance):
         name = str(self.conf["weights"])
         path = (weights.resolve_known(name) if name in weights.KNOWN
                 else weights.resolve(weights.KNOWN["dinov2_vitb14"], explicit=name))
-        state = weights.load_state_dict(path)
-        self.vit = DINOv2ViT.from_state_dict(state)
-        try:
-            self.vit.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise weights.WeightsNotFoundError(f"{path} is not a DINOv2 ViT/14 checkpoint: {err}") from err
+        self.vit = load_vit(path)
         if self.vit.dim != FEATURE_DIM or self.vit.num_registers:
             raise weights.WeightsNotFoundError(
                 f"{path} holds a {self.vit.dim}-d ViT with {self.vit.num_registers} registers; the released "
