@@ -12,17 +12,21 @@ What is made (deterministic: the same arguments give the same bytes):
   back by 0-2 m (with side walls where two setbacks meet), a back row of taller buildings
   (14-24 m) 12 m behind them, seen above the lower ones, boxes (kiosks, pillars, bins) on the
   pavement every 4-9 m for parallax, and a textured ground plane.
-* **Textures.** Each facade segment (and box) shows a seeded random crop of a photo, flipped or
-  not, shaded by its orientation to a fixed sun. ``--textures auto`` takes the photos of
-  ``../shared/data`` (urban100, sun_hays80, lund, sacre_coeur, sceaux_castle, monstree; never
-  herzjesu_p8, our test scene) when that folder exists, else (a fresh clone, CI) seeded procedural
-  facades (windows, bricks, signs, noise); ``procedural`` forces those. The ground is procedural
+* **Textures.** Each facade segment shows a seeded random crop of a photo, flipped or not,
+  shaded by its orientation to a fixed sun; each photo is used once (a photo on two walls would be
+  a false overlap), and segments past the last photo, boxes and side walls get procedural facades.
+  ``--textures auto`` takes the photos of ``../shared/data`` (urban100 and sun_hays80: unrelated
+  photos, not the scene folders' many views of one building; never herzjesu_p8, our test scene)
+  when that folder exists, else (a fresh clone, CI) seeded procedural facades (windows, bricks,
+  signs, noise) everywhere; ``procedural`` forces those. The ground is procedural
   value noise with paving joints, computed at each hit point (no tiling, so no repeated patches).
 * **Camera path.** ``--laps`` walks around the courtyard (default 2), at 6 m from the facades on
   the first lap and 4.5 m (half a step later, higher, more oblique) on the second: every place is
   revisited from another viewpoint, and the end of each lap closes a loop. Each view looks at the
-  nearest wall (turning 45 degrees into each corner) with a seeded jitter of yaw, pitch and
-  position.
+  nearest wall (turning 45 degrees into each corner; on a side shorter than two turns they meet
+  at its middle) with a seeded jitter of position and a smooth seeded wander of yaw and pitch
+  along the path (std 8 degrees of yaw on the first lap, 18 on the second, correlated over about
+  6 m: consecutive views differ by a few degrees, as a walker's do).
 * **Rendering.** An exact ray caster in numpy (no GL stack, so CI, a laptop and a server render
   the same pixels): per pixel the nearest quad or ground hit, textures sampled trilinearly from
   mip pyramids at the pixel's footprint (no aliasing), per-view exposure gain, sensor noise, JPEG
@@ -57,11 +61,13 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-SCENE_VERSION = 3
+SCENE_VERSION = 8  # 3: the first measured tables; 4-7: tried and reverted (docs/growth.md)
 # photo folders under ../shared/data used as textures (see SOURCES.md there for each licence);
 # herzjesu_p8 is our test scene and is never used
-PHOTO_DIRS = ("train/urban100", "train/sun_hays80", "scenes/lund/images", "scenes/sacre_coeur/images",
-              "scenes/sceaux_castle/images", "scenes/monstree/images")
+# Only collections of unrelated photos: the scene folders (lund, sacre_coeur, ...) hold many photos
+# of one building, and two walls textured with two of them matched each other (40-50 verified
+# inliers between places 30 m apart), a false overlap that the ground truth does not know of.
+PHOTO_DIRS = ("train/urban100", "train/sun_hays80")
 FOCAL_35MM = 28  # EXIF FocalLengthIn35mmFilm; focal = 28 mm over the 35 mm frame's diagonal
 STREET = 6.0  # distance of the first lap from the facades (m)
 BACK_ROW = 12.0  # distance of the taller back row of buildings behind the courtyard's walls (m)
@@ -258,6 +264,7 @@ def inward(a: np.ndarray) -> np.ndarray:
 def build_scene(A: float, B: float, seed: int, photos: list[Path]) -> Scene:
     """The facades around a courtyard [0, A] x [0, B] (facing in), with boxes in front of them."""
     rng = rng_for(seed, "scene")
+    unused = [photos[i] for i in rng_for(seed, "photos").permutation(len(photos))]
     O, U, V, T = [], [], [], []
     key = 0
 
@@ -266,8 +273,8 @@ def build_scene(A: float, B: float, seed: int, photos: list[Path]) -> Scene:
         nonlocal key
         key += 1
         photo, crop, flip = None, (0.0, 0.0, 1.0), False
-        if photos and photo_ok:
-            photo = str(photos[int(rng.integers(len(photos)))])
+        if photo_ok and unused:  # each photo once: a photo on two walls is a false overlap
+            photo = str(unused.pop())
             crop = (float(rng.random()), float(rng.random()), float(rng.uniform(0.55, 1.0)))
             flip = bool(rng.random() < 0.5)
         O.append(o)
@@ -316,7 +323,7 @@ def build_scene(A: float, B: float, seed: int, photos: list[Path]) -> Scene:
             ex, ey = a3 * side / 2, n3 * side / 2
             for p, u in ((centre - ex - ey, 2 * ex), (centre + ex - ey, 2 * ey),
                          (centre + ex + ey, -2 * ex), (centre - ex + ey, -2 * ey)):
-                quad(p, u, up * tall, side, tall)
+                quad(p, u, up * tall, side, tall, photo_ok=False)
             x += float(rng.uniform(4.0, 9.0))
     return Scene(np.array(O), np.array(U), np.array(V), T, (-2.0, -2.0, A + 2.0, B + 2.0))
 
@@ -351,11 +358,13 @@ def path_point(s: float, A: float, B: float, d: float) -> tuple[np.ndarray, np.n
         if s <= inner:
             pos = corner + n * d + a * (d + s)
             look = -n
-            if s > inner - CORNER_BLEND:  # turning towards the next wall (ahead, a)
-                w = 0.25 * math.pi * (s - (inner - CORNER_BLEND)) / CORNER_BLEND
+            # on a side shorter than two turns, the turns meet at its middle (no jump of the view)
+            blend = min(CORNER_BLEND, inner / 2)
+            if s > inner - blend:  # turning towards the next wall (ahead, a)
+                w = 0.25 * math.pi * (s - (inner - blend)) / blend
                 look = -n * math.cos(w) + a * math.sin(w)
-            elif s < CORNER_BLEND:  # still turning from the previous wall (behind, -a)
-                w = 0.25 * math.pi * (CORNER_BLEND - s) / CORNER_BLEND
+            elif s < blend:  # still turning from the previous wall (behind, -a)
+                w = 0.25 * math.pi * (blend - s) / blend
                 look = -n * math.cos(w) - a * math.sin(w)
             return pos, look
         s -= inner
@@ -382,6 +391,22 @@ def block_size(views_per_lap: int, step: float) -> tuple[float, float]:
     return max(total - B, B), B
 
 
+JITTER_KNOTS_M = 6.0  # the smooth view jitter's correlation length along the path (m)
+
+
+def smooth_jitter(s: float, length: float, seed: int, *keys: object) -> float:
+    """A seeded function of arc length ``s`` on a closed path of ``length`` m, periodic with it:
+    standard normal values at knots about ``JITTER_KNOTS_M`` apart, joined by a cosine ease (the
+    result's spread is a little below 1 between knots)."""
+    knots = max(3, round(length / JITTER_KNOTS_M))
+    values = rng_for(seed, "jitter", *keys).normal(0.0, 1.0, knots)
+    x = (s % length) / length * knots
+    k = int(math.floor(x)) % knots
+    f = x - math.floor(x)
+    f = 0.5 - 0.5 * math.cos(math.pi * f)
+    return float(values[k] * (1 - f) + values[(k + 1) % knots] * f)
+
+
 def make_views(num_views: int, laps: int, step: float, seed: int) -> tuple[list[View], float, float]:
     per_lap = math.ceil(num_views / laps)
     A, B = block_size(per_lap, step)
@@ -394,8 +419,11 @@ def make_views(num_views: int, laps: int, step: float, seed: int) -> tuple[list[
         s = (j + 0.5 * (lap % 2) + rng.uniform(-0.15, 0.15)) * length / per_lap
         pos, towards = path_point(s, A, B, d)
         pos = pos + rng.normal(0, 0.15, 2)
-        yaw = math.radians(rng.normal(0, 8.0 if lap % 2 == 0 else 18.0))
-        pitch = math.radians(rng.uniform(2.0, 8.0) if lap % 2 == 0 else rng.uniform(6.0, 14.0))
+        # yaw and pitch wander smoothly along the lap (a walker turns gradually): independent draws
+        # per view made consecutive views differ by 25 degrees and more on the second lap
+        yaw = math.radians(smooth_jitter(s, length, seed, "yaw", lap) * (8.0 if lap % 2 == 0 else 18.0))
+        wander = 0.5 + 0.5 * math.tanh(smooth_jitter(s, length, seed, "pitch", lap))
+        pitch = math.radians((2.0 if lap % 2 == 0 else 6.0) + 6.0 * wander)
         c, sn = math.cos(yaw), math.sin(yaw)
         look = np.array([c * towards[0] - sn * towards[1], sn * towards[0] + c * towards[1]])
         forward = np.r_[look * math.cos(pitch), math.sin(pitch)]
