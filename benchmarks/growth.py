@@ -1,8 +1,8 @@
 """How cost grows with the number of images: every stage, both mappers, accuracy and retrieval
 recall on rendered scenes with exact ground truth (benchmarks/growth_scene.py).
 
-    python benchmarks/growth.py run --root /work/growth_runs --sizes 50 100 200 400 800 1600
-    python benchmarks/growth.py report --root /work/growth_runs --png docs/growth.png --markdown table.md
+    python benchmarks/growth.py run --root growth_runs --sizes 50 100 200 400 800 1600
+    python benchmarks/growth.py report --root growth_runs --png docs/growth.png --markdown table.md
 
 ``run``: for each N (ascending), render the scene (if not done), then run the pipeline through
 the command line, one process per stage, as ``reconstruct`` runs it with retrieval pairs:

@@ -1,8 +1,8 @@
 """The mapper alone at large N: synthetic features and matches whose truth is known, mapped by
 ``omniglue-sfm sfm`` (database import, verification, mapping, export), scored by ``evaluate``.
 
-    python benchmarks/growth_mapper.py run --root /work/growth_runs/mapper --sizes 1000 2000 5000 10000
-    python benchmarks/growth_mapper.py report --root /work/growth_runs/mapper
+    python benchmarks/growth_mapper.py run --root growth_runs/mapper --sizes 1000 2000 5000 10000
+    python benchmarks/growth_mapper.py report --root growth_runs/mapper
 
 The geometry is ``growth_scene``'s courtyard for N views (same camera path, same facades), but
 nothing is rendered: 3D points are sampled on the facades (5 per m², up to 7 m high), the
