@@ -196,6 +196,11 @@ def _panoramas(source: Path, output_dir: Path, names: list[str], sizes: dict[str
     return Capture(source, "panoramas", views_dir, view_names, rig=panorama.rig_config(options), stats=stats)
 
 
+NOT_GEOREGISTERED = ("not georegistered: the model could not be aligned to the GPS positions (fewer than "
+                     f"{geo.MIN_ALIGNMENT_IMAGES} registered images with one, or all on a line); "
+                     "it is not in metres")
+
+
 def georegister(output_dir: Path, capture: Capture, rec: pycolmap.Reconstruction, fingerprint: str | None,
                 reused: bool) -> dict | None:
     """Align the model (``sparse/``, ``model.ply``) to the photos' GPS positions and write
@@ -214,8 +219,7 @@ def georegister(output_dir: Path, capture: Capture, rec: pycolmap.Reconstruction
     alignment = geo.align_to_positions(rec, capture.positions, max_error)
     if alignment is None:
         (output_dir / geo.GEOREF_FILE).unlink(missing_ok=True)
-        log.warning("GPS: the model could not be aligned to the GPS positions (fewer than %d registered "
-                    "images with one, or all on a line): not georegistered", geo.MIN_ALIGNMENT_IMAGES)
+        log.warning("GPS: %s", NOT_GEOREGISTERED)
         return None
     rec.write(output_dir / "sparse")
     rec.export_PLY(output_dir / "model.ply")

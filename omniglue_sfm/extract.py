@@ -124,7 +124,7 @@ class ExtractWorker:
         if self.remote and not path.exists():  # the driver listed it: this node does not see it
             raise FileNotFoundError(
                 f"Ray worker {executors.here()} cannot find image {path}, which the driver sees: every "
-                "node must see the image folder at the same path (shared storage; see README, Ray)")
+                "node must see the image folder at the same path (shared storage; see docs/scale.md, Ray)")
         try:
             img, full_size = read_image_sized(path, self.resize_max)
         except ImageReadError as err:

@@ -161,6 +161,8 @@ def main(
         result.stats["pairs_mode"] = pair_options.mode
         if georef is not None:
             result.stats["georef"] = {k: v for k, v in georef.items() if k not in ("per_image_m", "key")}
+        elif cap.positions:  # GPS photos, yet no metres: said in stats.json and the summary, not only logged
+            result.stats["georef"] = {"error": captures.NOT_GEOREGISTERED}
         else:
             result.stats.pop("georef", None)
         result.stats["failed_images"] = result.failed_images

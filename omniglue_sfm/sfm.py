@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from .colmap.mapper import (
     map_and_write,
     two_view_options,
 )
-from .formats import h5io, hloc, matches_h5, textfiles
+from .formats import h5io, hloc, matches_h5, provenance, textfiles
 from .geometry.cameras import CameraOptions, ImageInfo, make_cameras, read_image_infos
 from .runtime import locks
 from .runtime.devices import num_threads
@@ -76,15 +77,25 @@ def write_images(
     return image_ids
 
 
-def write_keypoints(db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]) -> dict[str, int]:
-    """Every image's keypoints; returns name -> number of keypoints."""
-    counts = {}
+@dataclass(frozen=True)
+class StoredFeatures:
+    """What the database import needs to know of one image's features beyond its keypoints."""
+
+    num_keypoints: int
+    source: str  # provenance.source_sha1 of the features group: what matches must have been made from
+
+
+def write_keypoints(
+    db: pycolmap.Database, features_path: Path, image_ids: dict[str, int]
+) -> dict[str, StoredFeatures]:
+    """Every image's keypoints; returns name -> their count and source."""
+    stored = {}
     with h5io.read_h5(features_path) as h5:
         for name, image_id in image_ids.items():
             kps = h5[name]["keypoints"][()].astype(np.float32)  # hloc may store float16
             db.write_keypoints(image_id, kps + 0.5)  # COLMAP: top-left pixel centre at (0.5, 0.5)
-            counts[name] = len(kps)
-    return counts
+            stored[name] = StoredFeatures(len(kps), provenance.source_sha1(dict(h5[name].attrs)))
+    return stored
 
 
 def select_pairs(
@@ -101,11 +112,13 @@ def select_pairs(
 
 def write_matches(
     db: pycolmap.Database, matches_path: Path, pairs: Sequence[tuple[str, str]], image_ids: dict[str, int],
-    num_keypoints: dict[str, int],
+    stored: Mapping[str, StoredFeatures],
 ) -> int:
     """Raw matches of every pair (canonical order; our layout or hloc's). Returns the number of pairs
-    written. An index beyond an image's keypoints is an error (COLMAP would not check it)."""
-    missing = []
+    written. A pair matched from other features than ``features.h5`` now holds (an image replaced or
+    re-extracted since ``match`` ran), or an index beyond an image's keypoints, is an error: COLMAP
+    would import either without a word."""
+    missing, stale = [], []
     written = 0
     with h5io.read_h5(matches_path) as h5:
         for a, b in pairs:
@@ -114,14 +127,23 @@ def write_matches(
             except KeyError:
                 missing.append((a, b))
                 continue
+            recorded = matches_h5.recorded_sources(h5, a, b)
+            if recorded is not None and recorded != (stored[a].source, stored[b].source):
+                stale.append((a, b))
+                continue
             if len(matches) == 0:
                 continue
             for column, name in enumerate((a, b)):
-                if matches[:, column].max() >= num_keypoints[name]:
+                if matches[:, column].max() >= stored[name].num_keypoints:
                     raise ValueError(f"{matches_path}: pair ({a!r}, {b!r}) refers to keypoints that {name!r} "
                                      "does not have: these matches were not made from this features.h5")
             db.write_matches(image_ids[a], image_ids[b], matches.astype(np.uint32))
             written += 1
+    if stale:
+        raise ReconstructionError(
+            f"{len(stale)} of {len(pairs)} pairs in {matches_path} were matched from other features than "
+            f"the features.h5 now holds (first: {stale[0]}: an image replaced or re-extracted since); run "
+            "the match stage again (it re-matches only those pairs)")
     if missing:
         raise ReconstructionError(
             f"{len(missing)} of {len(pairs)} pairs have no matches in {matches_path} "
@@ -257,8 +279,8 @@ def build_database(
     needed = features_path.stat().st_size + matches_path.stat().st_size
     with fresh_database(db_path, needed) as db:
         image_ids = write_images(db, infos, cameras, assignment)
-        counts = write_keypoints(db, features_path, image_ids)
-        write_matches(db, matches_path, pairs, image_ids, counts)
+        stored = write_keypoints(db, features_path, image_ids)
+        write_matches(db, matches_path, pairs, image_ids, stored)
         if priors:
             write_pose_priors(db, priors, image_ids)
         if rig is not None:

@@ -112,8 +112,8 @@ def reference_database(db_path: Path, ref: pycolmap.Reconstruction, features_pat
             bare = pycolmap.Image(name=image.name, camera_id=image.camera_id, image_id=image.image_id)
             image_ids[image.name] = db.write_image(bare, use_image_id=True)
         posed = {ref.images[i].name: i for i in ref.reg_image_ids()}
-        counts = sfm.write_keypoints(db, features_path, posed)
-        sfm.write_matches(db, matches_path, pair_list, image_ids, counts)
+        stored = sfm.write_keypoints(db, features_path, posed)
+        sfm.write_matches(db, matches_path, pair_list, image_ids, stored)
     return db_path
 
 

@@ -6,7 +6,7 @@ image's local descriptors to that word's centre; the vocabulary is learned on th
 fit the scene. Each word's sum is power-normalised (signed square root) and L2-normalised, then the
 whole vector. The output has the layout of ``global.h5`` (``global_descriptor`` per image), so
 ``pairs --mode retrieval --global vlad.h5`` uses it as is. On lund it finds more of the verified
-pairs than the dense-map descriptor at the same k (README, "Pair selection at scale").
+pairs than the dense-map descriptor at the same k (docs/scale.md, "Pair selection at scale").
 
 The vocabulary depends on every image, so the file is rebuilt from scratch on each run.
 """

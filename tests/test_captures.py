@@ -114,6 +114,25 @@ def test_mapping_without_priors_is_still_georegistered(gps_run, tmp_path):
     assert geo.read_georef(copy).alignment["residual_m"]["max"] < 6.0
 
 
+def test_gps_photos_that_cannot_be_aligned_say_so_in_stats_and_summary(gps_run, tmp_path, monkeypatch):
+    """GPS photos whose model cannot be aligned to their tags (geo.align_to_positions finds no
+    alignment: tags on a line, too few registered): the run succeeds, but stats.json and the
+    summary say the model is not in metres (a log line alone was easy to miss)."""
+    from omniglue_sfm import capture
+    from omniglue_sfm.colmap.summary import summary_rows
+
+    scene, out, _ = gps_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(capture.geo, "align_to_positions", lambda *args, **kwargs: None)
+    result = reconstruct.main(scene.images, copy, PRESET, pair_options=PairsOptions(num_matched=4),
+                              sfm_options=QUIET)
+    assert "not georegistered" in result.stats["georef"]["error"]
+    assert not (copy / geo.GEOREF_FILE).exists()
+    assert json.loads((copy / "stats.json").read_text())["georef"] == result.stats["georef"]
+    assert ("GPS", result.stats["georef"]["error"]) in summary_rows(result.stats)
+
+
 def test_gps_off_ignores_tags(gps_run, tmp_path):
     scene, _, _ = gps_run
     from omniglue_sfm import capture

@@ -350,3 +350,13 @@ def test_localize_exit_code_as_readme_says(num_localized, code, tmp_path, monkey
     monkeypatch.setattr(localize, "main", lambda *args, **kwargs: report)
     assert cli.main(["localize", str(tmp_path), str(tmp_path), str(tmp_path / "out")]) == code
     assert ("FAILED     pose rejected" in capsys.readouterr().out) == (not num_localized)
+
+
+@pytest.mark.parametrize("size, words", [("1280", "expected WxH"), ("0x960", "at least 1"),
+                                         ("axb", "expected WxH")])
+def test_viz_size_errors_name_the_option(size, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, before any work
+        cli.main(["viz", "model", str(tmp_path), str(tmp_path / "r.png"), "--size", size])
+    assert exit_info.value.code == 1
+    line = _one_error(capsys)
+    assert "--size" in line and words in line

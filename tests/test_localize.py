@@ -379,3 +379,45 @@ def test_query_errors_are_zero_for_a_pose_in_a_similar_frame():
     moved = query_errors([rot[3], rot[0], rot[1], rot[2]], q.t + np.array([0.0, 0.0, s * 0.5]), align,
                          gt["3.jpg"])
     assert moved[0] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_a_map_whose_features_were_extracted_again_is_refused(tmp_path):
+    """The model's 2D points must be features.h5's keypoints: a features.h5 re-extracted after the
+    model was made would give PnP the wrong 3D point for every match."""
+    lmap, _, _ = synthetic_map(tmp_path)
+    loc_maps.check_model_features(lmap.reconstruction, lmap.features_path)
+    import h5py
+
+    with h5py.File(lmap.features_path, "r+") as h5:
+        kps = h5["map1.jpg/keypoints"][()]
+        del h5["map1.jpg/keypoints"]
+        h5["map1.jpg/keypoints"] = kps[::-1]  # the same points, another order: other indices
+    with pytest.raises(localize.LocalizationError, match="'map1.jpg' are not those of"):
+        loc_maps.check_model_features(lmap.reconstruction, lmap.features_path)
+
+
+def test_map_global_descriptors_refuse_changed_photos_and_are_kept_per_map(tmp_path, monkeypatch):
+    import h5py
+
+    from omniglue_sfm.formats import provenance
+
+    made = []
+    monkeypatch.setattr(loc_maps.extract, "main", lambda images, features, preset, run, *, global_path:
+                        made.append((features, global_path)))
+    paths = []
+    for which in ("a", "b"):
+        lmap, _, _ = synthetic_map(tmp_path / which, seed=0)
+        photos = tmp_path / which / "photos"
+        photos.mkdir()
+        with h5py.File(lmap.features_path, "r+") as h5:
+            for k, name in enumerate(sorted(lmap.image_ids)):
+                Image.fromarray(np.full((8, 8, 3), k, np.uint8)).save(photos / name)
+                for key, value in provenance.source_record(photos / name).items():
+                    h5[name].attrs[key] = value
+        paths.append(loc_maps.ensure_map_global(lmap, tmp_path / "out", 1, photos, RunOptions(device="cpu")))
+    assert paths[0] != paths[1]  # two maps localized into one OUT never share descriptors
+    assert [m[1] for m in made] == paths and made[0][0] == tmp_path / "a" / "features.h5"
+    Image.fromarray(np.full((8, 8, 3), 99, np.uint8)).save(tmp_path / "b" / "photos" / "map2.jpg")
+    with pytest.raises(localize.LocalizationError, match="not the files its features were made from"):
+        loc_maps.ensure_map_global(lmap, tmp_path / "out", 1, photos, RunOptions(device="cpu"))
+    assert len(made) == 2  # refused before any extraction

@@ -169,3 +169,75 @@ def test_replaced_image_rebuilds_the_sift_database(scene, tmp_path):
             np.testing.assert_array_equal(db.read_keypoints(db.read_image_with_name(name).image_id),
                                           ref.read_keypoints(ref.read_image_with_name(name).image_id))
     assert again.stats["fingerprint"] == fresh.stats["fingerprint"]
+
+
+# --------------------------------------------------------------------------------------------
+# found in review: matches, maps and models that could be used with features they were not made from
+
+
+def test_a_turn_is_part_of_what_features_were_made_from():
+    from omniglue_sfm.formats import provenance
+
+    upright = {"source_sha1": "abc"}
+    assert provenance.source_sha1(upright) == "abc"  # older files stay valid
+    assert provenance.source_sha1({**upright, "turn": 0}) == "abc"
+    turned = {provenance.source_sha1({**upright, "turn": k}) for k in (1, 2, 3)}
+    assert len(turned) == 3 and "abc" not in turned
+    masked = {**upright, "mask_sha1": "m"}
+    assert provenance.source_sha1({**masked, "turn": 1}) != provenance.source_sha1(masked)
+
+
+def _stamp_sources(root: Path, sources: dict[str, str]) -> None:
+    """Record ``sources`` as what each image's features were made from, and every pair's matches
+    as made from them (what extract and match write)."""
+    from omniglue_sfm.formats import matches_h5
+
+    with h5py.File(root / "features.h5", "r+") as h5:
+        for name, sha in sources.items():
+            h5[name].attrs["source_sha1"] = sha
+    with h5py.File(root / "matches.h5", "r+") as h5:
+        for a in sources:
+            for b in sources:
+                found = matches_h5.locate_pair(h5, a, b) if a < b else None
+                if found:
+                    first, second = matches_h5.canonical_pair(a, b)
+                    h5[found[0]].attrs["source_sha1_0"] = sources[first]
+                    h5[found[0]].attrs["source_sha1_1"] = sources[second]
+
+
+@pytest.mark.parametrize("change", ["image", "turn"])
+def test_sfm_refuses_matches_made_from_other_features(tmp_path, change):
+    """features.h5 re-extracted after match ran (a replaced photo, or the same photo at another
+    turn): sfm alone must not import the old matches against the new keypoints."""
+    from test_sfm import synthetic_scene
+
+    from omniglue_sfm import sfm
+
+    synthetic_scene(tmp_path)
+    names = sorted(p.name for p in (tmp_path / "images").iterdir())
+    _stamp_sources(tmp_path, {n: f"sha-{n}" for n in names})
+    result = sfm.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5", tmp_path / "ok",
+                      options=OPTS)
+    assert result.stats["registered"] == len(names)  # consistent records: imported as before
+    with h5py.File(tmp_path / "features.h5", "r+") as h5:
+        if change == "image":
+            h5[names[2]].attrs["source_sha1"] = "sha-replaced"
+        else:
+            h5[names[2]].attrs["turn"] = 1
+    with pytest.raises(sfm.ReconstructionError, match="matched from other features"):
+        sfm.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5", tmp_path / "stale",
+                 options=OPTS)
+
+
+def test_a_model_whose_last_run_failed_is_not_exported_or_localized(tmp_path):
+    out = tmp_path / "out"
+    (out / "sparse").mkdir(parents=True)
+    pycolmap.Reconstruction().write(out / "sparse")
+    outputs.write_stats(out, {"registered": 4})
+    assert outputs.find_model(out) == out / "sparse"
+    outputs.write_stats(out, {"error": "no image pair has enough verified matches"})
+    with pytest.raises(FileNotFoundError, match="last sfm run .* failed"):
+        outputs.find_model(out)
+    with pytest.raises(FileNotFoundError, match="last sfm run .* failed"):
+        localize.load_map(out)
+    assert cli.main(["export", str(out), str(tmp_path / "exported")]) == 1

@@ -117,7 +117,7 @@ def _viz(sub: argparse._SubParsersAction) -> None:
     r = modes.add_parser("model", help="3D render of points and cameras to PNG")
     r.add_argument("folder", type=Path, help="reconstruct output folder or COLMAP model folder")
     r.add_argument("out", type=Path, help="PNG to write")
-    r.add_argument("--size", default="1280x960", help="WxH in pixels")
+    r.add_argument("--size", type=image_size, default=(1280, 960), help="WxH in pixels (default 1280x960)")
     r.add_argument("--backend", choices=("auto", "open3d", "software"), default="auto")
     r.add_argument("--point-size", type=float, default=None, help="default: from the number of points")
     for name, help_text in (("ply", "points + camera frustums as PLY"), ("html", "interactive plotly page")):
@@ -137,7 +137,7 @@ def _run_viz(args: argparse.Namespace) -> int:
     elif args.mode == "keypoints":
         info = viz_keypoints(args.folder, args.out, args.names or None, args.images)
     elif args.mode == "model":
-        w, h = (int(v) for v in args.size.lower().split("x"))
+        w, h = args.size
         info = render_model(args.folder, args.out, (w, h), args.poses, point_size=args.point_size,
                             backend=args.backend)
     elif args.mode == "ply":
@@ -209,3 +209,15 @@ def _run_triangulate(args: argparse.Namespace) -> int:
         print(f"warning: {len(few)} posed image(s) got no or almost no 3D points (wrong or swapped poses in "
               "the reference?): " + ", ".join(f"{name} ({n})" for name, n in few.items()))
     return 0
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``--size WxH``: two positive integers."""
+    parts = text.lower().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH in pixels (e.g. 1280x960), got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be at least 1, got {text!r}")
+    return w, h

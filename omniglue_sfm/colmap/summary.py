@@ -28,6 +28,9 @@ def summary_rows(stats: Mapping, failed: Mapping[str, str] | None = None,
     if unregistered:
         shown = ", ".join(unregistered[:10]) + (" ..." if len(unregistered) > 10 else "")
         rows.append(("not registered", shown))
+    georef_error = (stats.get("georef") or {}).get("error")
+    if georef_error:
+        rows.append(("GPS", georef_error))
     for name, reason in (failed or {}).items():
         rows.append((f"failed: {name}", reason))
     return rows

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 import h5py
 import numpy as np
 
-from .h5io import is_ours, item_paths, list_names, read_h5
+from .h5io import attr_text, is_ours, item_paths, list_names, read_h5
 
 
 def pair_key(name0: str, name1: str) -> str:
@@ -56,6 +56,20 @@ def locate_pair(h5: h5py.File, name0: str, name1: str) -> tuple[str, bool] | Non
             if isinstance(h5.get(key), h5py.Group) and "matches0" in h5[key]:
                 return key, swapped
     return None
+
+
+def recorded_sources(h5: h5py.File, name0: str, name1: str) -> tuple[str, str] | None:
+    """What the features of (name0, name1) were when the pair was matched (``source_sha1_0/1``, see
+    :func:`omniglue_sfm.formats.provenance.source_sha1`), in the order asked; None when the file
+    does not record it (hloc's files, older ones) or holds no such pair."""
+    found = locate_pair(h5, name0, name1) if is_ours(h5) else None
+    if found is None:
+        return None
+    attrs = h5[found[0]].attrs
+    if "source_sha1_0" not in attrs:
+        return None
+    first, second = attr_text(attrs["source_sha1_0"]), attr_text(attrs.get("source_sha1_1", ""))
+    return (second, first) if found[1] else (first, second)
 
 
 def read_pair(h5: h5py.File, name0: str, name1: str, where: Path | str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -38,8 +38,21 @@ def find_model(source: Path | str) -> Path:
         raise FileNotFoundError(f"model folder {source} does not exist")
     for candidate in (source / "sparse", source):
         if any((candidate / f"images{ext}").is_file() for ext in (".bin", ".txt")):
+            if candidate != source:
+                check_last_run(source)
             return candidate
     raise FileNotFoundError(f"no COLMAP model in {source} (looked for sparse/images.bin and images.bin)")
+
+
+def check_last_run(output_dir: Path | str) -> None:
+    """A ``FileNotFoundError`` when the last ``sfm`` run in ``output_dir`` failed: its ``sparse/``
+    is then an earlier run's, and its points index keypoints that ``features.h5`` may no longer
+    hold (the failed run re-extracted or re-matched first)."""
+    error = (read_stats(output_dir) or {}).get("error")
+    if error:
+        raise FileNotFoundError(
+            f"the last sfm run in {output_dir} failed ({error}); its sparse/ is from an earlier run and "
+            "may not match its features: run it again, or use another output folder")
 
 
 def recorded_image_dir(output_dir: Path | str, given: Path | str | None = None) -> Path:

@@ -72,8 +72,13 @@ def read_turn(path: Path | str, name: str) -> int:
 
 
 def source_sha1(record: dict) -> str:
-    """What a features group was made from: the image's SHA-1 ('' when unknown), and its mask's
-    when masked (so a changed mask, like a changed image, makes its pairs be matched again)."""
-    image = attr_text(record.get("source_sha1", ""))
-    return f"{image}+mask:{attr_text(record['mask_sha1'])}" if "mask_sha1" in record else image
+    """What a features group was made from: the image's SHA-1 ('' when unknown), its mask's when
+    masked, and its quarter-turn when not upright. A changed image, mask or turn (the same photo
+    re-extracted at another turn has other keypoints) makes its pairs be matched again; upright
+    unmasked images keep the bare SHA-1, so older files stay valid."""
+    source = attr_text(record.get("source_sha1", ""))
+    if "mask_sha1" in record:
+        source += f"+mask:{attr_text(record['mask_sha1'])}"
+    turn = stored_turn(record)
+    return f"{source}+turn:{turn}" if turn else source
 

@@ -320,7 +320,7 @@ def train(cfg: dict, records: list[dict] | None = None, val_records: list[dict] 
         if val_records is None:
             val_records = load_pool([val_dir], max_kp)[: t["val_pairs"]]
     if not pool:
-        raise RuntimeError(f"no training pairs: run with --stage cache first ({train_dir})"
+        raise FileNotFoundError(f"no training pairs: run with --stage cache first ({train_dir})"
                            if train_dir else "no training pairs in the configured data")
     model.train()
     t_start = time.time() - extra["elapsed_s"]
