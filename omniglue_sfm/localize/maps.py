@@ -4,8 +4,6 @@ and its global descriptors for retrieval (computed once when it has none).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +12,7 @@ import numpy as np
 import pycolmap
 
 from .. import extract
+from ..colmap.mapper import fingerprint
 from ..config import presets
 from ..config.options import RunOptions
 from ..formats import h5io, outputs, provenance
@@ -150,7 +149,8 @@ def ensure_map_global(lmap: LocalizationMap, output_dir: Path, num_retrieved: in
     names = sorted(lmap.image_ids)
     sources = map_sources(lmap.features_path, image_dir, names)
     # named after the map and its features: another map (or a rebuilt one) gets its own file
-    path = output_dir / f"map_global-{fingerprint([str(lmap.model_dir.resolve()), sources])}.h5"
+    key = fingerprint({"map": lmap.model_dir.resolve(), "sources": sources})
+    path = output_dir / f"map_global-{key}.h5"
     log.info("map has no global.h5: computing global descriptors of %d map images into %s",
              len(lmap.image_ids), path)
     # the map's features.h5 already holds every item (made with its masks, if any) and no photo
@@ -178,8 +178,4 @@ def map_sources(features_path: Path, image_dir: Path, names: list[str]) -> dict[
             f"{len(changed)} of the map's photos in {image_dir} are not the files its features were made "
             f"from (first: {changed[0]}); pass the map's own photos with --map-images")
     return sources
-
-
-def fingerprint(value: object) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
