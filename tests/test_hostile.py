@@ -345,17 +345,23 @@ def _cli_subprocess(*argv: object) -> subprocess.CompletedProcess:
                           text=True, env=env, check=False, timeout=300)
 
 
-def test_disk_full_is_one_line_and_leaves_nothing_half_written(small_disk: Path, tmp_path: Path) -> None:
-    images = resized_sample(tmp_path / "images", 6, 320)
-    done = _cli_subprocess("extract", images, small_disk / "features.h5", "--preset", "aliked+mnn",
-                           "--max-keypoints", "1024", "--resize-max", "320", "--rotation", "off",
-                           "--device", "cpu", "--flush-every", "2")
+def _assert_one_disk_full_error(done: subprocess.CompletedProcess, small_disk: Path) -> None:
+    """Exit 1, one ``error:`` line naming the full disk and the space needed, no traceback, and no
+    half-written ``*.tmp`` left on it."""
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
     assert "no space left" in errors[0].lower() and str(small_disk) in errors[0] and "MB" in errors[0]
     assert not [p.name for p in small_disk.rglob("*.tmp")]
+
+
+def test_disk_full_is_one_line_and_leaves_nothing_half_written(small_disk: Path, tmp_path: Path) -> None:
+    images = resized_sample(tmp_path / "images", 6, 320)
+    done = _cli_subprocess("extract", images, small_disk / "features.h5", "--preset", "aliked+mnn",
+                           "--max-keypoints", "1024", "--resize-max", "320", "--rotation", "off",
+                           "--device", "cpu", "--flush-every", "2")
+    _assert_one_disk_full_error(done, small_disk)
 
 
 def test_disk_full_during_sfm_is_one_line(built, small_disk: Path) -> None:
@@ -363,12 +369,7 @@ def test_disk_full_during_sfm_is_one_line(built, small_disk: Path) -> None:
     free = os.statvfs(small_disk)
     (small_disk / "fill").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 16 * 1024))
     done = _cli_subprocess("sfm", images, out / "features.h5", out / "matches.h5", small_disk / "sfm")
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, done.stderr
-    assert "no space left" in errors[0].lower() and str(small_disk) in errors[0] and "MB" in errors[0]
-    assert not [p.name for p in small_disk.rglob("*.tmp")]
+    _assert_one_disk_full_error(done, small_disk)
 
 
 # --------------------------------------------------------------------------------------------
