@@ -20,6 +20,10 @@ pairing loops over all N^2 image pairs (200 images took 24 s with SPARSE pairs h
 take about 17 hours, and every track would be 10,000 long). Its scenes are small-N unit tests; a
 scene that grows needs visibility that stays local, as here.
 
+``--density`` scales the point densities (a series is one density; resuming onto inputs made with
+another is refused): 0.3 keeps about 85 keypoints per image, which makes 10,000 images fit a
+2-core machine's afternoon.
+
 Each step is a process timed by ``os.wait4`` (wall, CPU, peak memory), results go to
 ``ROOT/n<N>/results.json`` as soon as a step ends, and a stopped series resumes.
 """
@@ -60,17 +64,19 @@ MIN_SHARED = 15
 DEPTH_STRIDE = 8
 
 
-def sample_points(scene: growth_scene.Scene, A: float, B: float, rng: np.random.Generator) -> np.ndarray:
+def sample_points(scene: growth_scene.Scene, A: float, B: float, rng: np.random.Generator,
+                  density: float = 1.0) -> np.ndarray:
+    """3D points on the facades, boxes and pavement; ``density`` scales both point densities."""
     pts = []
     for o, u, v in zip(scene.origins, scene.us, scene.vs, strict=True):
         height = min(np.linalg.norm(v), MAX_HEIGHT)
         area = np.linalg.norm(u) * height
-        count = rng.poisson(area * FACADE_DENSITY)
+        count = rng.poisson(area * FACADE_DENSITY * density)
         a, b = rng.random((count, 1)), rng.random((count, 1)) * height / np.linalg.norm(v)
         pts.append(o + a * u + b * v)
     # pavement: a band along the walls, inside the courtyard
     perimeter = 2 * (A + B)
-    count = rng.poisson(perimeter * GROUND_BAND * GROUND_DENSITY)
+    count = rng.poisson(perimeter * GROUND_BAND * GROUND_DENSITY * density)
     s, depth = rng.random(count) * perimeter, rng.random(count) * GROUND_BAND
     ground = np.zeros((count, 3))
     for k, (corner, a, length) in enumerate(growth_scene.block_sides(A, B)):
@@ -115,7 +121,7 @@ def observations(renderer: growth_scene.Renderer, views: list, points: np.ndarra
     return out
 
 
-def make_inputs(root: Path, n: int, seed: int) -> dict:
+def make_inputs(root: Path, n: int, seed: int, density: float = 1.0) -> dict:
     """features.h5, matches.h5, pairs.txt, images/, gt/ for N views under ``root``."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -123,7 +129,7 @@ def make_inputs(root: Path, n: int, seed: int) -> dict:
     scene = growth_scene.build_scene(A, B, seed, [])
     K = growth_scene.intrinsics(SIZE)
     renderer = growth_scene.Renderer(scene, K, SIZE, seed)
-    points = sample_points(scene, A, B, rng)
+    points = sample_points(scene, A, B, rng, density)
     obs = observations(renderer, views, points)
     # keypoints: projections + noise, extra keypoints, shuffled
     keypoints, index_of = [], []
@@ -199,7 +205,7 @@ def make_inputs(root: Path, n: int, seed: int) -> dict:
         if not target.exists():
             os.link(master, target)
         growth_scene.write_camera(root / "gt" / f"{view.name}.camera", K, view, SIZE)
-    return {"seconds": round(time.perf_counter() - t0, 1), "points3D": int(len(points)),
+    return {"seconds": round(time.perf_counter() - t0, 1), "density": density, "points3D": int(len(points)),
             "keypoints_per_image": round(float(np.mean([len(k) for k in keypoints])), 1),
             "pairs": len(pairs), "matches_per_pair": round(num_matches / max(len(pairs), 1), 1)}
 
@@ -210,8 +216,12 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     results = growth.Results(base / "results.json")
     if "inputs" not in results:
         print(f"[n={n}] making inputs", flush=True)
-        results.put("inputs", make_inputs(base / "data", n, args.seed))
+        results.put("inputs", make_inputs(base / "data", n, args.seed, args.density))
         print(f"[n={n}] inputs: {json.dumps(results['inputs'])}", flush=True)
+    recorded = results["inputs"].get("density", 1.0)
+    if recorded != args.density:  # a series is one density: never resume onto other inputs
+        raise SystemExit(f"{base} was made with --density {recorded}, not {args.density}: "
+                         "use another --root or the same density")
     data = base / "data"
     env = growth.pipeline_env()
     for mapper in args.mappers:
@@ -286,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mappers", nargs="+", default=["global", "incremental"])
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--timeout", type=int, default=4 * 3600, help="seconds one sfm run may take")
+    r.add_argument("--density", type=float, default=1.0,
+                   help="scale of the 3D point densities (fewer keypoints and matches per image: 0.3 "
+                        "makes a 10,000-image series fit a 2-core machine's afternoon)")
     q = sub.add_parser("report")
     q.add_argument("--root", type=Path, required=True)
     q.add_argument("--markdown", type=Path, default=None)
