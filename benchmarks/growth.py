@@ -6,14 +6,15 @@ recall on rendered scenes with exact ground truth (benchmarks/growth_scene.py).
 
 ``run``: for each N (ascending), render the scene (if not done), then run the pipeline through
 the command line, one process per stage, as ``reconstruct`` runs it with retrieval pairs:
-``extract --global`` (the orientation pass included; its share is read from the log), ``pairs
---mode retrieval``, ``match``, then ``sfm --mapper M`` and ``evaluate`` for each mapper. Each
-process is timed by ``os.wait4``: wall seconds, CPU seconds (user + system: what other jobs on a
-shared machine do not inflate) and peak resident memory. The sfm stage's own split (database
-import, verification, mapping, export) comes from its ``stats.json`` (wall). Then ``vlad`` and
-the retrieval recall of each pair option against the pairs that truly overlap (overlap score >=
-0.3 and >= 0.5 from the ground truth's depth maps, ``overlaps.txt``), and for N <= 200 the
-two-view precision of the raw matches (``evaluate-pairs``). Every step's result is written to
+``extract --global`` (the orientation pass included; its share is read from the log), ``vlad``,
+``pairs --mode retrieval`` on it (``--retrieval global``: on the extractor's ``global.h5``, as
+before reconstruct retrieved with VLAD), ``match``, then ``sfm --mapper M`` and ``evaluate`` for
+each mapper. Each process is timed by ``os.wait4``: wall seconds, CPU seconds (user + system:
+what other jobs on a shared machine do not inflate) and peak resident memory. The sfm stage's own
+split (database import, verification, mapping, export) comes from its ``stats.json`` (wall).
+Then the retrieval recall of each pair option against the pairs that truly overlap (overlap
+score >= 0.3 and >= 0.5 from the ground truth's depth maps, ``overlaps.txt``), and for N <= 200
+the two-view precision of the raw matches (``evaluate-pairs``). Every step's result is written to
 ``ROOT/n<N>/results.json`` as soon as it ends: a stopped series resumes at the first step not
 done (the pipeline's own files resume too).
 
@@ -157,9 +158,15 @@ def run_size(n: int, args: argparse.Namespace) -> None:
 
     step("extract", omniglue("extract", str(images), str(out / "features.h5"), "--global",
                              str(out / "global.h5"), *knobs), orientation_seconds)
+    if args.retrieval == "vlad":  # as reconstruct: VLAD of the scene's own features, before pairs
+        step("vlad", omniglue("vlad", str(out / "features.h5"), str(out / "vlad.h5")))
+    done = results["pairs"].get("retrieval", "global") if "pairs" in results else args.retrieval
+    if done != args.retrieval:  # one series, one retrieval: never resume onto other pairs
+        raise SystemExit(f"{base} has pairs retrieved with {done!r}, not {args.retrieval!r}: "
+                         "use another --root")
     step("pairs", omniglue("pairs", str(images), str(out / "pairs.txt"), "--mode", "retrieval", "--global",
-                           str(out / "global.h5"), "--num-matched", str(args.num_matched)),
-         lambda: {"pairs": count_lines(out / "pairs.txt")})
+                           str(out / f"{args.retrieval}.h5"), "--num-matched", str(args.num_matched)),
+         lambda: {"pairs": count_lines(out / "pairs.txt"), "retrieval": args.retrieval})
 
     def match_stats() -> dict:
         text = (base / "logs" / "match.log").read_text()
@@ -402,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mappers", nargs="+", default=["incremental", "global"])
     r.add_argument("--max-keypoints", type=int, default=512)
     r.add_argument("--num-matched", type=int, default=8, help="retrieval pairs per image")
+    r.add_argument("--retrieval", choices=("vlad", "global"), default="vlad",
+                   help="retrieval descriptor (reconstruct's --retrieval; series before 2026-12-04: global)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--textures", default="auto", choices=("auto", "photos", "procedural"))
     r.add_argument("--two-view-max", type=int, default=200, help="evaluate-pairs up to this N")

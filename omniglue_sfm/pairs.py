@@ -42,6 +42,10 @@ MODES = (*IMAGE_MODES, "covisibility")
 DEFAULT_WINDOW = 10  # sequential: neighbours per image (COLMAP's sequential overlap)
 DEFAULT_NUM_MATCHED = 20  # retrieval, covisibility, spatial and loop closure: pairs per image
 DEFAULT_RADIUS_M = 100.0  # spatial: farthest neighbour, metres (COLMAP's spatial matcher default)
+# what the pipelines retrieve with: VLAD of the scene's own local descriptors, or the extractor's
+# dense-map mean (global.h5). VLAD finds more of the overlapping pairs at the same k, and the gap
+# widens with the image count (docs/growth.md, "Retrieval")
+RETRIEVAL_DESCRIPTORS = ("vlad", "global")
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,14 @@ class PairsOptions:
     num_matched: int = DEFAULT_NUM_MATCHED
     radius: float = DEFAULT_RADIUS_M  # spatial
     with_retrieval: bool = False  # spatial: also the retrieval pairs
+    retrieval: str = "vlad"  # the pipelines' retrieval descriptor (RETRIEVAL_DESCRIPTORS)
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"unknown pairs mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.retrieval not in RETRIEVAL_DESCRIPTORS:
+            raise ValueError(f"unknown retrieval descriptor {self.retrieval!r}; choose one of "
+                             f"{', '.join(RETRIEVAL_DESCRIPTORS)}")
         if not self.radius > 0:
             raise ValueError(f"--radius must be positive (metres), got {self.radius}")
         # checked here, before any work (the pair stage runs after extraction)
@@ -239,6 +247,31 @@ def covisibility(model_dir: Path, num_matched: int) -> list[tuple[str, str]]:
         best = sorted(shared[image_id].items(), key=lambda kv: (-kv[1], rec.images[kv[0]].name))
         pairs += [(name, rec.images[other].name) for other, _ in best[:num_matched]]
     return matches_h5.unique_pairs(pairs)
+
+
+def needs_retrieval(options: PairsOptions, names: Sequence[str],
+                    positions: Mapping[str, np.ndarray] | None = None) -> bool:
+    """Whether ``options`` pair any of ``names`` by global descriptor (``positions``: spatial's)."""
+    if options.mode == "retrieval" or (options.mode == "sequential" and options.loop_closure):
+        return True
+    if options.mode == "spatial":
+        return options.with_retrieval or positions is None or any(n not in positions for n in names)
+    return False
+
+
+def retrieval_descriptors(options: PairsOptions, features_path: Path, global_path: Path,
+                          names: Sequence[str], positions: Mapping[str, np.ndarray] | None = None) -> Path:
+    """The global descriptors a pipeline's pairs retrieve with: ``global_path`` (the extractor's,
+    ``extract --global``) or, for ``options.retrieval == "vlad"``, VLAD of ``names``' local
+    descriptors in ``features_path``, written beside it as ``vlad.h5``. That file is rebuilt each
+    time (seconds): its vocabulary depends on every image, so it is never stale."""
+    if options.retrieval == "global" or not needs_retrieval(options, names, positions):
+        return global_path
+    from . import vlad
+
+    out = Path(features_path).with_name("vlad.h5")
+    vlad.main(features_path, out, names=list(names))
+    return out
 
 
 def main(

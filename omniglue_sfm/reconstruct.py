@@ -190,8 +190,11 @@ def run_learned(images: extract.ImageSet, output_dir: Path, preset: dict, run: R
     if len(names) < 2:
         raise ReconstructionError(f"only {len(names)} readable image(s); SfM needs at least two")
     with stage("pairs", timings):
-        chosen = pairs.main(None, pairs_path, pair_options, global_path=output_dir / "global.h5", names=names,
-                            positions=cap.positions if cap else None)
+        positions = cap.positions if cap else None
+        retrieval_path = pairs.retrieval_descriptors(pair_options, features_path, output_dir / "global.h5",
+                                                     names, positions)
+        chosen = pairs.main(None, pairs_path, pair_options, global_path=retrieval_path, names=names,
+                            positions=positions)
         if cap is not None and cap.kind == "panoramas":  # views of one panorama share no baseline
             kept = cap.filter_pairs(chosen)
             textfiles.write_pairs(pairs_path, kept)

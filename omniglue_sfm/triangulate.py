@@ -159,7 +159,8 @@ def _run(image_dir: Path, output_dir: Path, model_dir: Path, ref: pycolmap.Recon
     if summary.failed:  # a posed image without features would silently lose its observations
         raise none_readable(image_dir, summary.failed)
     check_sizes(ref, features_path)
-    pair_list = pairs.main(None, pairs_path, pair_options, global_path=global_path, model_dir=model_dir,
+    retrieval_path = pairs.retrieval_descriptors(pair_options, features_path, global_path, names)
+    pair_list = pairs.main(None, pairs_path, pair_options, global_path=retrieval_path, model_dir=model_dir,
                            names=names)
     match.main(features_path, pairs_path, matches_path, preset, run)
     stats["seconds"]["features_and_matches"] = time.perf_counter() - t0

@@ -91,12 +91,19 @@ def vlad(descriptors: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def main(features_path: Path | str, out_path: Path | str, num_words: int = DEFAULT_WORDS,
-         seed: int = 0) -> int:
-    """Write ``out_path`` (global.h5 layout) for every image of ``features_path``; returns the count."""
+         seed: int = 0, names: list[str] | None = None) -> int:
+    """Write ``out_path`` (global.h5 layout) for ``names`` (default: every image of
+    ``features_path``); returns the count."""
     features_path, out_path = Path(features_path), Path(out_path)
     if num_words < 1:
         raise ValueError(f"--words must be at least 1, got {num_words}")
-    names = h5io.list_names(features_path)
+    have = h5io.list_names(features_path)
+    if names is not None:
+        missing = sorted(set(names) - set(have))
+        if missing:
+            raise ValueError(f"{features_path} has no features for {len(missing)} image(s): "
+                             f"{', '.join(missing[:5])}")
+    names = have if names is None else list(names)
     if not names:
         raise ValueError(f"{features_path} holds no images")
     centres = file_vocabulary(features_path, names, num_words, seed)

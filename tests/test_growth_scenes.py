@@ -98,6 +98,7 @@ def test_small_growth_scene_reconstructs_every_image(gen, tmp_path):
                               pair_options=pairs.PairsOptions("retrieval", num_matched=6),
                               sfm_options=SfMOptions(progress=False))
     assert result.stats["registered"] == 40, result.stats.get("unregistered")
+    assert (out / "vlad.h5").exists()  # retrieval compared VLAD of the scene's own features
     metrics = evaluate.evaluate(out / "sparse", scene / "gt")
     assert metrics["registered"] == 40
     assert metrics["auc5"] > 0.5, metrics

@@ -39,3 +39,55 @@ def test_vlad_of_the_same_descriptors_is_the_same_and_others_differ() -> None:
 def test_too_few_descriptors_for_the_words() -> None:
     with pytest.raises(ValueError, match="fewer words"):
         vlad.vocabulary([np.ones((3, 8), np.float32)], 16)
+
+
+def _copy_features(small_features: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    features, global_path = tmp_path / "features.h5", tmp_path / "global.h5"
+    shutil.copy(small_features, features)
+    shutil.copy(small_features.with_name("global.h5"), global_path)
+    return features, global_path
+
+
+def test_pipelines_retrieve_with_vlad_by_default(small_features: Path, tmp_path: Path) -> None:
+    """reconstruct / triangulate: retrieval pairs compare VLAD of the scene's own features,
+    written beside features.h5 for exactly the images being paired."""
+    features, global_path = _copy_features(small_features, tmp_path)
+    names = h5io.list_names(features)
+    options = pairs.PairsOptions("retrieval", num_matched=1)
+    used = pairs.retrieval_descriptors(options, features, global_path, names[:2])
+    assert used == tmp_path / "vlad.h5"
+    assert h5io.list_names(used, "global") == sorted(names[:2])
+    found = pairs.main(None, tmp_path / "pairs.txt", options, global_path=used, names=names[:2])
+    assert found == [tuple(names[:2])]
+    with pytest.raises(ValueError, match="no features for 1 image"):
+        pairs.retrieval_descriptors(options, features, global_path, [*names, "missing.jpg"])
+
+
+def test_the_extractor_descriptor_on_request_and_none_without_retrieval(small_features: Path,
+                                                                         tmp_path: Path) -> None:
+    features, global_path = _copy_features(small_features, tmp_path)
+    names = h5io.list_names(features)
+    chosen = pairs.PairsOptions("retrieval", retrieval="global")
+    assert pairs.retrieval_descriptors(chosen, features, global_path, names) == global_path
+    for mode in ("exhaustive", "sequential"):  # no retrieval: nothing to build
+        plain = pairs.PairsOptions(mode)
+        assert pairs.retrieval_descriptors(plain, features, global_path, names) == global_path
+    assert not (tmp_path / "vlad.h5").exists()
+    with pytest.raises(ValueError, match="retrieval descriptor"):
+        pairs.PairsOptions("retrieval", retrieval="netvlad")
+
+
+@pytest.mark.parametrize(("options", "positions", "expected"), [
+    (pairs.PairsOptions("retrieval"), None, True),
+    (pairs.PairsOptions("sequential"), None, False),
+    (pairs.PairsOptions("sequential", loop_closure=True), None, True),
+    (pairs.PairsOptions("exhaustive"), None, False),
+    (pairs.PairsOptions("spatial"), {"a": np.zeros(3), "b": np.zeros(3)}, False),
+    (pairs.PairsOptions("spatial"), {"a": np.zeros(3)}, True),  # b has no GPS: paired by retrieval
+    (pairs.PairsOptions("spatial", with_retrieval=True), {"a": np.zeros(3), "b": np.zeros(3)}, True),
+    (pairs.PairsOptions("spatial"), None, True),  # positions read later from EXIF: may lack some
+])
+def test_which_pair_modes_retrieve(options, positions, expected) -> None:
+    assert pairs.needs_retrieval(options, ["a", "b"], positions) is expected

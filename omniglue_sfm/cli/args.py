@@ -20,7 +20,7 @@ from ..config.rotation import ROTATION_MODES
 from ..formats.masks import MASK_SUFFIX
 from ..geometry.cameras import CAMERA_MODES, CameraOptions
 from ..geometry.panorama import PanoramaOptions
-from ..pairs import DEFAULT_NUM_MATCHED, DEFAULT_RADIUS_M, DEFAULT_WINDOW, PairsOptions
+from ..pairs import DEFAULT_NUM_MATCHED, DEFAULT_RADIUS_M, DEFAULT_WINDOW, RETRIEVAL_DESCRIPTORS, PairsOptions
 from ..runtime.executors import EXECUTORS, ExecutorOptions
 
 
@@ -156,11 +156,20 @@ def add_pairs(parser: argparse.ArgumentParser) -> None:
                         help="spatial: also the --num-matched most similar images by appearance")
 
 
+def add_retrieval(parser: argparse.ArgumentParser) -> None:
+    """``--retrieval``: what a pipeline's retrieval pairs compare (the ``pairs`` stage takes a file)."""
+    parser.add_argument("--retrieval", choices=RETRIEVAL_DESCRIPTORS, default="vlad",
+                        help="descriptor of retrieval pairs and loop closure: vlad (VLAD of the scene's "
+                             "own local features, rebuilt each run; finds more overlapping pairs) or "
+                             "global (the extractor's dense-map mean, global.h5)")
+
+
 def pairs_options(args: argparse.Namespace, mode: str | None = None) -> PairsOptions:
-    """From the arguments of :func:`add_pairs` (``mode``: the parsed pairs mode)."""
+    """From the arguments of :func:`add_pairs` and :func:`add_retrieval` (``mode``: the parsed
+    pairs mode)."""
     return PairsOptions(mode, args.window, args.loop_closure, getattr(args, "quadratic", False),
                         args.num_matched, getattr(args, "radius", DEFAULT_RADIUS_M),
-                        getattr(args, "with_retrieval", False))
+                        getattr(args, "with_retrieval", False), getattr(args, "retrieval", "vlad"))
 
 
 def add_sfm(parser: argparse.ArgumentParser) -> None:

@@ -190,6 +190,7 @@ def _triangulate(sub: argparse._SubParsersAction) -> None:
                    help="pair selection (default: exhaustive up to 40 images, else retrieval; "
                         "covisibility uses the reference's points)")
     A.add_pairs(p)
+    A.add_retrieval(p)
     A.add_masks(p)
     A.add_overwrite(p, "discard existing features and matches")
     A.add_device(p)

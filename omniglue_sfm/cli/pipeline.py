@@ -193,6 +193,7 @@ def _reconstruct(sub: argparse._SubParsersAction) -> None:
                         f"closure for a video, else exhaustive up to {reconstruct.EXHAUSTIVE_MAX_IMAGES} "
                         "images, else retrieval)")
     A.add_pairs(p)
+    A.add_retrieval(p)
     A.add_sfm(p)
     A.add_capture(p)
     A.add_masks(p)
