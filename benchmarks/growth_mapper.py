@@ -312,6 +312,8 @@ def report(root: Path) -> str:
                 fits.setdefault(f"sfm process CPU ({mapper})", []).append((n, rec["cpu"]))
     lines += ["", "| part | k (time ~ N^k) | sizes |", "|---|---|---|"]
     for part, pts in fits.items():
+        if len(pts) < 2:  # one size: no exponent
+            continue
         k = growth.fit_exponent([p[0] for p in pts], [p[1] for p in pts])
         lines.append(f"| {part} | {k:.2f} | {', '.join(str(p[0]) for p in pts)} |")
     return "\n".join(lines) + "\n"
