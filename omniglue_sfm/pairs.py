@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import vlad
 from .formats import h5io, matches_h5, textfiles
 from .formats.images import list_images
 
@@ -267,8 +268,6 @@ def retrieval_descriptors(options: PairsOptions, features_path: Path, global_pat
     time (seconds): its vocabulary depends on every image, so it is never stale."""
     if options.retrieval == "global" or not needs_retrieval(options, names, positions):
         return global_path
-    from . import vlad
-
     out = Path(features_path).with_name("vlad.h5")
     vlad.main(features_path, out, names=list(names))
     return out
