@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,6 @@ def test_too_few_descriptors_for_the_words() -> None:
 
 
 def _copy_features(small_features: Path, tmp_path: Path) -> tuple[Path, Path]:
-    import shutil
-
     features, global_path = tmp_path / "features.h5", tmp_path / "global.h5"
     shutil.copy(small_features, features)
     shutil.copy(small_features.with_name("global.h5"), global_path)
